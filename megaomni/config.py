@@ -1,0 +1,229 @@
+"""Typed run configuration: dataclasses, YAML loading, ``KEY=VALUE`` overrides, validation.
+
+Every problem is reported as one :class:`ConfigError` line naming the field, the bad value and
+what would be valid, before any process group or model exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the user (one line)."""
+
+
+@dataclass
+class LLMConfig:
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    ffn_hidden_size: int = 176
+    vocab_size: int = 0  # 0: taken from the tokenizer, padded to a multiple of 64
+    max_seq_len: int = 512
+    rotary_base: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    tie_embeddings: bool = False
+
+
+@dataclass
+class VisionConfig:
+    enabled: bool = True
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    ffn_hidden_size: int = 176
+    patch_size: int = 14
+    merge_size: int = 2  # merge_size x merge_size patches become one LLM token
+    in_channels: int = 3
+    rotary_base: float = 10000.0
+    norm_eps: float = 1e-6
+
+
+@dataclass
+class AudioConfig:
+    enabled: bool = True
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    ffn_hidden_size: int = 176
+    n_mels: int = 40
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    downsample: int = 4  # log-mel frames per LLM token (conv stride 2, then pooling 2)
+    rotary_base: float = 10000.0
+    norm_eps: float = 1e-6
+
+
+@dataclass
+class ModelConfig:
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    tokenizer: str = ""  # "": <path>/tokenizer.model
+    seq_length: int = 256
+    micro_batch_size: int = 8
+    global_batch_size: int = 16
+    min_pixels: int = 28 * 28
+    max_pixels: int = 112 * 112
+    max_audio_seconds: float = 4.0
+    zero_media: bool = False  # feed all-zero pixels/features: the "text only" control
+    seed: int = 1234
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 200
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_iters: int = 10
+    weight_decay: float = 0.0
+    clip_grad: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    seed: int = 1234
+    bf16: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    output_dir: str = "runs/tiny_omni"
+
+
+@dataclass
+class CheckpointConfig:
+    save: str = ""  # "": <train.output_dir>/checkpoints
+    save_interval: int = 0  # 0: save only at the end
+    load: str = ""  # a checkpoint directory (or its parent holding `latest`)
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = 1
+
+
+@dataclass
+class OmniConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check ``value`` against the annotation ``typ``; ints are accepted for floats."""
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        typ = args[0]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        raise ConfigError(f"{key}: unsupported field type {typ}")
+    raise ConfigError(f"{key}={value!r}: expected {typ.__name__}, got {type(value).__name__}")
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in types_:
+            raise ConfigError(f"{name}: unknown key (valid: {', '.join(types_)})")
+        typ = types_[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value, name + ".")
+        else:
+            kwargs[key] = _coerce(name, value, typ)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {p} is a value, not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> OmniConfig:
+    """YAML file (optional) + ``KEY=VALUE`` overrides -> validated-by-type OmniConfig."""
+    tree: dict = {}
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"--config {path}: no such file")
+        with open(path) as f:
+            tree = yaml.safe_load(f) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item}: overrides are KEY=VALUE, e.g. train.iters=20")
+        key, raw = item.split("=", 1)
+        # YAML parsing gives ints, floats, bools and strings the same way the file does.
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return _build(OmniConfig, tree, "")
+
+
+def describe_fields(cls=OmniConfig, prefix: str = "") -> list[str]:
+    """Lines ``key = default  (type)`` for ``--help``."""
+    lines = []
+    default = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            lines += describe_fields(type(value), f"{prefix}{f.name}.")
+        else:
+            typ = _field_types(cls)[f.name]
+            lines.append(f"  {prefix}{f.name} = {value!r}  ({getattr(typ, '__name__', typ)})")
+    return lines

@@ -1,0 +1,39 @@
+"""The micro-batch handed from the data pipeline to the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class Batch:
+    """One micro-batch. Text is ``[b, s]``, right-padded; media are packed across the batch
+    in the order their placeholders appear (sample by sample, left to right).
+
+    - ``labels[i, t]`` is the token to predict at position ``t``; ``loss_mask`` is 1 where that
+      prediction is trained (assistant answers), 0 on prompts and padding.
+    - ``image_patches`` ``[total_patches, channels*patch*patch]`` in
+      :func:`megaomni.models.media_layout.patch_positions` order, ``image_grids`` ``[n_images, 2]``
+      (patch rows, patch cols).
+    - ``audio_features`` ``[total_frames, n_mels]`` log-mel, ``audio_lengths`` ``[n_clips]``.
+    """
+
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
+    position_ids: torch.Tensor
+    image_patches: Optional[torch.Tensor] = None
+    image_grids: Optional[torch.Tensor] = None
+    audio_features: Optional[torch.Tensor] = None
+    audio_lengths: Optional[torch.Tensor] = None
+    num_samples: int = 0
+
+    def to(self, device: torch.device | str) -> "Batch":
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            moved[f.name] = value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+        return Batch(**moved)

@@ -1,0 +1,71 @@
+"""Audio encoder: convolutional stem over log-mel frames, then a bidirectional transformer.
+
+Clips of different lengths are packed into one sequence; attention stays within each clip and
+rotary positions restart at every clip. Knows nothing of parallelism.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.transformer_config import TransformerConfig
+from torch import nn
+
+from megaomni.config import AudioConfig
+from megaomni.models.projector import MLPProjector
+from megaomni.models.rotary import rope_1d
+from megaomni.models.specs import encoder_layer_spec
+from megaomni.models.vision import packed_params
+
+STEM_STRIDE = 2  # the second convolution halves the frame rate; the projector merges the rest
+
+
+def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
+    return (a + b - 1) // b
+
+
+class AudioEncoder(MegatronModule):
+    """``features [F, n_mels]`` + ``lengths [n_clips]`` -> ``[sum ceil(len/downsample), llm_hidden]``."""
+
+    placeholder = "audio"
+    batch_fields = ("audio_features", "audio_lengths")
+
+    def __init__(self, cfg: AudioConfig, config: TransformerConfig, llm_hidden: int):
+        super().__init__(config=config)
+        self.cfg = cfg
+        self.merge = cfg.downsample // STEM_STRIDE
+        self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.conv1 = nn.Conv1d(cfg.n_mels, cfg.hidden_size, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, kernel_size=3, stride=STEM_STRIDE, padding=1)
+        self.blocks = TransformerBlock(config, encoder_layer_spec(), post_layer_norm=True)
+        self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=self.merge)
+
+    def stem(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the convolutions on every clip -> packed ``[sum out_len, hidden]``, ``out_len``.
+
+        Clips are zero-padded to a common length and convolved as one batch; zero padding is
+        what each clip's own convolution pads with, so valid outputs are unchanged.
+        """
+        clips = torch.split(features, lengths.tolist())
+        batch = nn.utils.rnn.pad_sequence(clips, batch_first=True).transpose(1, 2)  # [n, mels, T]
+        batch = batch.to(self.conv1.weight.dtype)
+        out = F.gelu(self.conv2(F.gelu(self.conv1(batch)))).transpose(1, 2)  # [n, T', hidden]
+        out_lengths = _ceil_div(lengths, STEM_STRIDE)
+        return torch.cat([out[i, :n] for i, n in enumerate(out_lengths.tolist())]), out_lengths
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        hidden, stem_lengths = self.stem(features, lengths)
+        # Pad every clip to a multiple of the projector's merge so merging never mixes clips.
+        padded_lengths = _ceil_div(stem_lengths, self.merge) * self.merge
+        pieces = torch.split(hidden, stem_lengths.tolist())
+        hidden = torch.cat([F.pad(p, (0, 0, 0, n - p.shape[0])) for p, n in zip(pieces, padded_lengths.tolist())])
+        positions = torch.cat([torch.arange(n) for n in padded_lengths.tolist()]).to(hidden.device)
+        hidden = self.blocks(
+            hidden_states=hidden[:, None, :],
+            attention_mask=None,
+            rotary_pos_emb=rope_1d(positions, self.head_dim, self.cfg.rotary_base),
+            packed_seq_params=packed_params(padded_lengths.to(hidden.device)),
+        )
+        return self.projector(hidden[:, 0, :])

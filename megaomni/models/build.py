@@ -1,0 +1,46 @@
+"""Build the omni model from configuration (one place that knows which parts exist)."""
+
+from __future__ import annotations
+
+
+from megaomni.config import OmniConfig
+from megaomni.models.llm import build_llm
+from megaomni.models.omni import ENCODERS, OmniModel
+from megaomni.models.transformer_config import make_transformer_config
+
+
+def _stack_config(part, cfg: OmniConfig, **extra):
+    return make_transformer_config(
+        num_layers=part.num_layers,
+        hidden_size=part.hidden_size,
+        num_attention_heads=part.num_attention_heads,
+        ffn_hidden_size=part.ffn_hidden_size,
+        norm_eps=part.norm_eps,
+        bf16=cfg.train.bf16,
+        **extra,
+    )
+
+
+def build_model(cfg: OmniConfig, vocab_size: int, pad_ids: dict[str, int]) -> OmniModel:
+    """``pad_ids`` maps each encoder's placeholder name (``"image"``, ``"audio"``) to its token id."""
+    llm_cfg = cfg.model.llm
+    llm_config = _stack_config(
+        llm_cfg, cfg, num_query_groups=llm_cfg.num_query_groups, init_std=llm_cfg.init_std,
+        tp=cfg.parallel.tp, pp=cfg.parallel.pp, cp=cfg.parallel.cp,
+    )
+    llm = build_llm(llm_cfg, llm_config, vocab_size)
+    encoders, encoder_pads = {}, {}
+    for name, cls in ENCODERS.items():
+        part = getattr(cfg.model, name)
+        if not part.enabled:
+            continue
+        encoders[name] = cls(part, _stack_config(part, cfg, init_std=llm_cfg.init_std), llm_cfg.hidden_size)
+        encoder_pads[name] = pad_ids[cls.placeholder]
+    return OmniModel(cfg.model, llm, encoders, encoder_pads)
+
+
+def padded_vocab_size(tokenizer_vocab: int, configured: int, multiple: int = 64) -> int:
+    size = configured or tokenizer_vocab
+    return -(-size // multiple) * multiple
+
+

@@ -1,0 +1,25 @@
+"""The LLM backbone: megatron-core's GPTModel (dense), RMSNorm, SwiGLU, GQA, RoPE."""
+
+from __future__ import annotations
+
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megaomni.config import LLMConfig
+from megaomni.models.specs import llm_layer_spec
+
+
+def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int,
+              pre_process: bool = True, post_process: bool = True) -> GPTModel:
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=llm_layer_spec(),
+        vocab_size=vocab_size,
+        max_sequence_length=cfg.max_seq_len,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=cfg.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(cfg.rotary_base),
+        parallel_output=True,
+    )

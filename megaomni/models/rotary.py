@@ -1,0 +1,26 @@
+"""Rotary-embedding angle tables in megatron-core's layout (``[s, 1, 1, dim]``, the two halves
+repeated for rotate-half), for positions we compute ourselves (per image / per clip)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def _inv_freq(dim: int, base: float, device=None) -> torch.Tensor:
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+
+
+def rope_1d(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
+    """Angles for integer ``positions [s]`` -> ``[s, 1, 1, head_dim]``."""
+    angles = positions.float()[:, None] * _inv_freq(head_dim, base, positions.device)[None, :]
+    return torch.cat([angles, angles], dim=-1)[:, None, None, :]
+
+
+def rope_2d(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
+    """Angles for ``(row, col)`` ``positions [s, 2]`` -> ``[s, 1, 1, head_dim]``: a quarter of the
+    frequencies rotate by the row, a quarter by the column (Qwen2-VL's vision RoPE)."""
+    if head_dim % 4:
+        raise ValueError(f"2D rotary embeddings need a head dim divisible by 4, got {head_dim}")
+    inv = _inv_freq(head_dim // 2, base, positions.device)
+    angles = torch.cat([positions[:, :1].float() * inv, positions[:, 1:].float() * inv], dim=-1)
+    return torch.cat([angles, angles], dim=-1)[:, None, None, :]

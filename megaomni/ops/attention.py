@@ -1,0 +1,129 @@
+"""Attention core on ``torch.nn.functional.scaled_dot_product_attention``.
+
+A drop-in for megatron-core's ``DotProductAttention`` (same constructor and ``forward``), used by
+the local (no Transformer Engine) layer specs. megatron-core's own core materialises the full
+score matrix in fp32 (4x slower and out of memory at 4k tokens on an 80 GB GPU, see
+shared/notes/gpu-anchors.md); SDPA picks flash / cuDNN / memory-efficient kernels.
+
+Sequence boundaries: when ``packed_seq_params`` carries ``cu_seqlens_q``, tokens attend only
+within their own sequence. Two layouts reach here:
+
+- ``qkv_format="thd"`` (packed LLM sequences): tensors are ``[t, heads, dim]``;
+- ``qkv_format="sbhd"`` with ``cu_seqlens`` (encoders over several images/clips): tensors are
+  ``[t, 1, heads, dim]``. megatron-core applies rotary embeddings position by position in this
+  layout, which is what the encoders' 2D (image) positions need, and leaves the boundaries to us.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core import tensor_parallel
+
+
+def sequence_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Index of the sequence each of ``total`` tokens belongs to, from cumulative lengths."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths)
+    if ids.numel() != total:
+        raise ValueError(f"cu_seqlens covers {ids.numel()} tokens but the input has {total}")
+    return ids
+
+
+def block_mask(cu_seqlens: torch.Tensor, total: int, causal: bool) -> torch.Tensor:
+    """Boolean ``[total, total]`` mask, True where attention is allowed."""
+    ids = sequence_ids(cu_seqlens, total)
+    allowed = ids[:, None] == ids[None, :]
+    if causal:
+        allowed &= torch.ones(total, total, dtype=torch.bool, device=ids.device).tril()
+    return allowed
+
+
+def sdpa_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """``q [b, hq, s, d]``, ``k/v [b, hkv, s, d]`` -> ``[b, hq, s, d]``; GQA by head groups.
+
+    With ``cu_seqlens`` (b must be 1) attention stays inside each sequence.
+    """
+    mask = None
+    if cu_seqlens is not None:
+        mask = block_mask(cu_seqlens, q.shape[2], causal)
+        causal = False
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal, scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+
+
+class SDPAttention(MegatronModule):
+    """megatron-core core-attention module backed by :func:`sdpa_attention`."""
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: Optional[float] = None,
+        softmax_scale: Optional[float] = None,
+        cp_comm_type: Optional[str] = None,
+        pg_collection=None,
+    ):
+        super().__init__(config=config)
+        if config.context_parallel_size != 1:
+            raise ValueError("SDPAttention does not implement context parallelism yet")
+        self.attn_mask_type = attn_mask_type
+        self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        attn_mask_type: Optional[AttnMaskType] = None,
+        attention_bias: Optional[torch.Tensor] = None,
+        packed_seq_params: Optional[PackedSeqParams] = None,
+    ) -> torch.Tensor:
+        if attention_bias is not None:
+            raise ValueError("SDPAttention does not take an attention bias")
+        if attention_mask is not None:
+            raise ValueError("SDPAttention expresses masks by attn_mask_type and cu_seqlens only")
+        mask_type = attn_mask_type or self.attn_mask_type
+        causal = mask_type == AttnMaskType.causal
+        cu_seqlens = packed_seq_params.cu_seqlens_q if packed_seq_params is not None else None
+        thd = packed_seq_params is not None and packed_seq_params.qkv_format == "thd"
+        if thd:  # [t, h, d] -> [1, h, t, d]
+            q, k, v = (x.unsqueeze(0).transpose(1, 2) for x in (query, key, value))
+        else:  # [s, b, h, d] -> [b, h, s, d]
+            q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))
+        dropout_p = self.dropout_p if self.training else 0.0
+        if dropout_p > 0 and not self.config.sequence_parallel:
+            # Same RNG discipline as megatron-core's core attention: heads differ per TP rank.
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                out = sdpa_attention(q, k, v, causal=causal, cu_seqlens=cu_seqlens,
+                                     dropout_p=dropout_p, scale=self.softmax_scale)
+        else:
+            out = sdpa_attention(q, k, v, causal=causal, cu_seqlens=cu_seqlens,
+                                 dropout_p=dropout_p, scale=self.softmax_scale)
+        if thd:  # [1, h, t, d] -> [t, h*d]
+            return out.squeeze(0).transpose(0, 1).reshape(out.shape[2], -1)
+        b, h, s, d = out.shape  # -> [s, b, h*d]
+        return out.permute(2, 0, 1, 3).reshape(s, b, h * d)

@@ -1,0 +1,68 @@
+"""Process start-up: the device, the process group (NCCL on GPUs, gloo on CPU) and megatron-core's
+model-parallel groups. The CPU redirections (megaomni.platform.cpu) are installed here, and only
+when there is no usable CUDA device."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+from megaomni.config import OmniConfig
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is visible")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init_distributed(cfg: OmniConfig) -> torch.device:
+    """Start (or join) the process group and build megatron-core's parallel state."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    device = pick_device(cfg.train.device)
+    if device.type == "cpu":
+        from megaomni.platform import cpu
+
+        cpu.activate()
+    else:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # a plain `python pretrain_omni.py`: a world of one
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(_free_port()))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=cfg.parallel.tp,
+            pipeline_model_parallel_size=cfg.parallel.pp,
+            context_parallel_size=cfg.parallel.cp,
+        )
+    torch.manual_seed(cfg.train.seed)
+    model_parallel_cuda_manual_seed(cfg.train.seed)
+    return device
+
+
+def shutdown() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,127 @@
+"""Rules a configuration must satisfy, checked before any process group or model exists.
+
+Each failing rule raises :class:`~megaomni.config.ConfigError` with one line: the field, its
+value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from megaomni.config import ConfigError, OmniConfig
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_positive(cfg: OmniConfig) -> None:
+    for section, fields in (
+        ("model.llm", ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                       "ffn_hidden_size", "max_seq_len")),
+        ("model.vision", ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
+                          "patch_size", "merge_size")),
+        ("model.audio", ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
+                         "n_mels", "sample_rate", "n_fft", "hop_length")),
+        ("parallel", ("tp", "pp", "cp")),
+        ("data", ("seq_length", "micro_batch_size", "global_batch_size")),
+        ("train", ("iters",)),
+    ):
+        obj = cfg
+        for part in section.split("."):
+            obj = getattr(obj, part)
+        for name in fields:
+            value = getattr(obj, name)
+            _require(value > 0, f"{section}.{name}={value}: must be a positive integer")
+
+
+def _check_heads(prefix: str, hidden: int, heads: int, rope_multiple: int) -> None:
+    _require(hidden % heads == 0,
+             f"{prefix}.hidden_size={hidden}: must be divisible by {prefix}.num_attention_heads={heads}")
+    head_dim = hidden // heads
+    _require(head_dim % rope_multiple == 0,
+             f"{prefix}.hidden_size/num_attention_heads={head_dim}: rotary embeddings need a head "
+             f"dim divisible by {rope_multiple}")
+
+
+def check_model(cfg: OmniConfig) -> None:
+    llm, vision, audio = cfg.model.llm, cfg.model.vision, cfg.model.audio
+    _check_heads("model.llm", llm.hidden_size, llm.num_attention_heads, 2)
+    _require(llm.num_attention_heads % llm.num_query_groups == 0,
+             f"model.llm.num_query_groups={llm.num_query_groups}: must divide "
+             f"num_attention_heads={llm.num_attention_heads} (valid: {_divisors(llm.num_attention_heads)})")
+    if vision.enabled:
+        _check_heads("model.vision", vision.hidden_size, vision.num_attention_heads, 4)
+    if audio.enabled:
+        _check_heads("model.audio", audio.hidden_size, audio.num_attention_heads, 2)
+        _require(audio.downsample >= 2 and audio.downsample % 2 == 0,
+                 f"model.audio.downsample={audio.downsample}: must be an even number >= 2 "
+                 "(the stem halves the frame rate, the projector merges the rest)")
+    _require(cfg.data.seq_length <= llm.max_seq_len,
+             f"data.seq_length={cfg.data.seq_length}: must not exceed model.llm.max_seq_len={llm.max_seq_len}")
+
+
+def check_parallel(cfg: OmniConfig, world_size: int) -> None:
+    par, llm = cfg.parallel, cfg.model.llm
+    _require(par.pp == 1, f"parallel.pp={par.pp}: pipeline parallelism is not available yet (valid: 1)")
+    _require(par.cp == 1, f"parallel.cp={par.cp}: context parallelism is not available yet (valid: 1)")
+    _require(llm.num_attention_heads % par.tp == 0,
+             f"parallel.tp={par.tp}: must divide model.llm.num_attention_heads={llm.num_attention_heads} "
+             f"(valid: {_divisors(llm.num_attention_heads)})")
+    _require(llm.num_query_groups % par.tp == 0,
+             f"parallel.tp={par.tp}: must divide model.llm.num_query_groups={llm.num_query_groups} "
+             f"(valid: {_divisors(llm.num_query_groups)})")
+    for name in ("vision", "audio"):
+        part = getattr(cfg.model, name)
+        _require(not part.enabled or part.num_attention_heads % par.tp == 0,
+                 f"parallel.tp={par.tp}: must divide model.{name}.num_attention_heads="
+                 f"{part.num_attention_heads} (valid: {_divisors(part.num_attention_heads)})")
+    model_parallel = par.tp * par.pp * par.cp
+    _require(world_size % model_parallel == 0,
+             f"parallel.tp*pp*cp={model_parallel}: must divide the world size {world_size} "
+             f"(valid tp*pp*cp: {_divisors(world_size)})")
+    dp = world_size // model_parallel
+    per_step = cfg.data.micro_batch_size * dp
+    _require(cfg.data.global_batch_size % per_step == 0,
+             f"data.global_batch_size={cfg.data.global_batch_size}: must be a multiple of "
+             f"data.micro_batch_size*data_parallel={cfg.data.micro_batch_size}*{dp}={per_step}")
+
+
+def check_train(cfg: OmniConfig) -> None:
+    train = cfg.train
+    _require(train.lr > 0, f"train.lr={train.lr}: must be > 0")
+    _require(0 <= train.min_lr <= train.lr, f"train.min_lr={train.min_lr}: must be in [0, train.lr={train.lr}]")
+    _require(0 <= train.warmup_iters < train.iters,
+             f"train.warmup_iters={train.warmup_iters}: must be in [0, train.iters={train.iters})")
+    _require(train.device in ("auto", "cpu", "cuda"), f"train.device={train.device!r}: valid: auto, cpu, cuda")
+    _require(cfg.checkpoint.save_interval >= 0,
+             f"checkpoint.save_interval={cfg.checkpoint.save_interval}: must be >= 0 (0: only at the end)")
+    _require(cfg.logging.log_interval > 0, f"logging.log_interval={cfg.logging.log_interval}: must be > 0")
+
+
+def check_paths(cfg: OmniConfig) -> None:
+    data = cfg.data
+    _require(bool(data.path), "data.path is empty: set it to a directory of *.tar shards "
+             "(make one with `python tools/make_toy_data.py --out DIR`)")
+    _require(os.path.isdir(data.path), f"data.path={data.path}: no such directory")
+    _require(bool(glob.glob(os.path.join(data.path, "*.tar"))),
+             f"data.path={data.path}: holds no *.tar shards")
+    tokenizer = data.tokenizer or os.path.join(data.path, "tokenizer.model")
+    _require(os.path.isfile(tokenizer), f"data.tokenizer={tokenizer}: no such file "
+             "(train one with tools/make_toy_data.py or point data.tokenizer at a .model file)")
+    if cfg.checkpoint.load:
+        _require(os.path.exists(cfg.checkpoint.load), f"checkpoint.load={cfg.checkpoint.load}: no such path")
+
+
+def validate(cfg: OmniConfig, world_size: int) -> None:
+    _check_positive(cfg)
+    check_model(cfg)
+    check_parallel(cfg, world_size)
+    check_train(cfg)
+    check_paths(cfg)

@@ -1,0 +1,93 @@
+"""Config loading, overrides and validation: every bad value is one line naming the field."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from megaomni.config import ConfigError, OmniConfig, load_config
+from megaomni.validation import validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "examples", "configs", "tiny_omni.yaml")
+
+
+def test_yaml_and_overrides_typed():
+    cfg = load_config(TINY, ["train.iters=7", "train.lr=1e-3", "parallel.tp=2", "data.zero_media=true"])
+    assert cfg.train.iters == 7 and isinstance(cfg.train.iters, int)
+    assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
+    assert cfg.parallel.tp == 2 and cfg.data.zero_media is True
+    assert cfg.model.llm.hidden_size == 64  # from the file
+    assert load_config(None, ["train.lr=1"]).train.lr == 1.0  # ints accepted for floats
+
+
+@pytest.mark.parametrize("override, field", [
+    ("train.iterz=3", "train.iterz"),
+    ("model.llm.hidden_size=abc", "model.llm.hidden_size"),
+    ("train.iters=2.5", "train.iters"),
+    ("data.zero_media=3", "data.zero_media"),
+    ("train", "train"),
+])
+def test_load_errors_name_the_field(override, field):
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, [override])
+    assert str(err.value).startswith(field)
+
+
+def _valid_cfg(tmp_path, *overrides):
+    (tmp_path / "a.tar").write_bytes(b"")
+    (tmp_path / "tokenizer.model").write_bytes(b"")
+    return load_config(TINY, [f"data.path={tmp_path}", *overrides])
+
+
+@pytest.mark.parametrize("overrides, world, expected", [
+    (["parallel.tp=3"], 3, "parallel.tp=3: must divide model.llm.num_attention_heads=4"),
+    (["parallel.tp=2"], 3, "parallel.tp*pp*cp=2: must divide the world size 3"),
+    (["model.llm.num_query_groups=3"], 1, "model.llm.num_query_groups=3: must divide"),
+    (["model.llm.hidden_size=66"], 1, "model.llm.hidden_size=66: must be divisible"),
+    (["data.global_batch_size=12"], 1, "data.global_batch_size=12: must be a multiple"),
+    (["data.seq_length=4096"], 1, "data.seq_length=4096: must not exceed"),
+    (["train.warmup_iters=500"], 1, "train.warmup_iters=500"),
+    (["data.path=/nonexistent/dir"], 1, "data.path=/nonexistent/dir: no such directory"),
+])
+def test_validation_rules(tmp_path, overrides, world, expected):
+    cfg = _valid_cfg(tmp_path, *overrides)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, world)
+    assert str(err.value).startswith(expected), str(err.value)
+
+
+def test_valid_config_passes(tmp_path):
+    validate(_valid_cfg(tmp_path), 1)
+    validate(_valid_cfg(tmp_path, "parallel.tp=2"), 4)
+
+
+def test_missing_data_path():
+    with pytest.raises(ConfigError, match="data.path is empty"):
+        validate(OmniConfig(), 1)
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    (["train.iterz=3"], {}, "config error: train.iterz: unknown key"),
+    (["model.llm.hidden_size=abc"], {}, "config error: model.llm.hidden_size='abc': expected int"),
+    (["parallel.tp=3"], {}, "config error: parallel.tp=3: must divide model.llm.num_attention_heads=4"),
+    (["parallel.tp=2"], {"WORLD_SIZE": "3"}, "config error: parallel.tp*pp*cp=2: must divide the world size 3"),
+    (["data.path=/nonexistent/dir"], {}, "config error: data.path=/nonexistent/dir: no such directory"),
+])
+def test_cli_exits_with_one_line(args, env, expected):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "pretrain_omni.py"), "--config", TINY, *args],
+        capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_cli_help_lists_fields():
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain_omni.py"), "--help"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0
+    assert "train.iters = 200" in proc.stdout and "parallel.tp = 1" in proc.stdout
