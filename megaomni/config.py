@@ -29,7 +29,7 @@ class LLMConfig:
     ffn_hidden_size: int = 176
     vocab_size: int = 0  # 0: taken from the tokenizer, padded to a multiple of 64
     max_seq_len: int = 512
-    rotary_base: float = 10000.0
+    rotary_base: int = 10000  # megatron-core's GPTModel takes an int
     norm_eps: float = 1e-6
     init_std: float = 0.02
     tie_embeddings: bool = False

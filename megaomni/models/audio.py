@@ -45,13 +45,16 @@ class AudioEncoder(MegatronModule):
     def stem(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the convolutions on every clip -> packed ``[sum out_len, hidden]``, ``out_len``.
 
-        Clips are zero-padded to a common length and convolved as one batch; zero padding is
-        what each clip's own convolution pads with, so valid outputs are unchanged.
+        Clips are zero-padded to a common length and convolved as one batch. Each convolution
+        must see zeros past its clip's end, as it would alone: true of the input, and made true
+        of ``conv1``'s output (bias + GELU make it non-zero there) before ``conv2`` reads it.
         """
         clips = torch.split(features, lengths.tolist())
         batch = nn.utils.rnn.pad_sequence(clips, batch_first=True).transpose(1, 2)  # [n, mels, T]
-        batch = batch.to(self.conv1.weight.dtype)
-        out = F.gelu(self.conv2(F.gelu(self.conv1(batch)))).transpose(1, 2)  # [n, T', hidden]
+        hidden = F.gelu(self.conv1(batch.to(self.conv1.weight.dtype)))
+        valid = torch.arange(hidden.shape[-1], device=hidden.device)[None, :] < lengths.to(hidden.device)[:, None]
+        hidden = hidden * valid[:, None, :].to(hidden.dtype)
+        out = F.gelu(self.conv2(hidden)).transpose(1, 2)  # [n, T', hidden]
         out_lengths = _ceil_div(lengths, STEM_STRIDE)
         return torch.cat([out[i, :n] for i, n in enumerate(out_lengths.tolist())]), out_lengths
 

@@ -20,6 +20,6 @@ def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int,
         post_process=post_process,
         share_embeddings_and_output_weights=cfg.tie_embeddings,
         position_embedding_type="rope",
-        rotary_base=int(cfg.rotary_base),
+        rotary_base=cfg.rotary_base,
         parallel_output=True,
     )

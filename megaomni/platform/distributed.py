@@ -44,10 +44,12 @@ def init_distributed(cfg: OmniConfig) -> torch.device:
     else:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        if "RANK" not in os.environ:  # a plain `python pretrain_omni.py`: a world of one
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(_free_port()))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if "RANK" in os.environ:  # torchrun / SLURM wrapper: rendezvous from the environment
+            dist.init_process_group(backend)
+        else:  # a plain `python pretrain_omni.py`: a world of one (environment left untouched)
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                    rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=cfg.parallel.tp,

@@ -1,0 +1,39 @@
+"""Shared fixtures: toy data made once per session, and a runner for the shipped entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(ROOT, "examples", "configs", "tiny_omni.yaml")
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("toy")
+    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_toy_data.py"), "--out", str(out),
+                    "--samples", "384", "--seed", "0"], check=True, cwd=ROOT, timeout=300)
+    return str(out)
+
+
+def run_pretrain(*overrides: str, nproc: int = 1, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run pretrain_omni.py with the tiny recipe (torchrun when ``nproc > 1``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, os.path.join(ROOT, "pretrain_omni.py")]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", os.path.join(ROOT, "pretrain_omni.py")]
+    proc = subprocess.run([*cmd, "--config", TINY_CONFIG, *overrides], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=timeout)
+    return proc
+
+
+def read_metrics(output_dir: str) -> list[dict]:
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
