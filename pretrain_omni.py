@@ -33,6 +33,8 @@ def _setup_logging() -> None:
         datefmt="%H:%M:%S",
         stream=sys.stdout,
     )
+    # megatron-core logs every parameter and its full optimizer config at INFO.
+    logging.getLogger("megatron").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,11 +57,12 @@ def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, comm
     rank = dist.get_rank()
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(os.path.join(tmp, "rng"))
+        os.makedirs(tmp)  # dist_checkpointing wants it to exist, and empty
     dist.barrier()
     state = _sharded_state(model, optimizer, is_loading=False)
     state.update(iteration=iteration, scheduler=scheduler.state_dict(), **common)
     dist_checkpointing.save(state, tmp)
+    os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
     torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
     dist.barrier()
     if rank == 0:

@@ -40,6 +40,7 @@ class OmniModel(MegatronModule):
     def __init__(self, cfg: ModelConfig, llm: nn.Module, encoders: dict[str, nn.Module],
                  pad_ids: dict[str, int]):
         super().__init__(config=llm.config)
+        self.model_type = llm.model_type  # megatron-core's schedules read it from the outer model
         self.cfg = cfg
         self.llm = llm
         # Plain attributes, not a ModuleDict: megatron-core's sharded_state_dict recurses only
@@ -48,6 +49,10 @@ class OmniModel(MegatronModule):
         for name, encoder in encoders.items():
             self.add_module(f"{name}_encoder", encoder)
         self.pad_ids = pad_ids  # encoder name -> placeholder token id
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Pipeline hook of megatron-core's schedules: the activation entering this stage."""
+        self.llm.set_input_tensor(input_tensor)
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """Text embeddings with encoder outputs merged in: ``[s, b, h]``."""

@@ -1,0 +1,109 @@
+"""Deterministic, resumable data-parallel loader: a continuous stream of per-epoch permutations,
+cut into global batches, each rank taking its contiguous share as micro-batches."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+import torch
+
+from megaomni.config import OmniConfig
+from megaomni.data.batch import Batch
+from megaomni.data.collate import collate
+from megaomni.data.errors import BadSample
+from megaomni.data.sample import Sample, build_sample
+from megaomni.data.shards import index_shards, list_shards
+from megaomni.data.tokenizer import OmniTokenizer
+
+log = logging.getLogger("megaomni.data")
+
+STATE_KEYS = ("epoch", "offset", "consumed_samples")
+
+
+class OmniDataLoader:
+    """``next_step()`` returns this rank's micro-batches of the next global batch.
+
+    The sample order depends only on ``data.seed`` and the data set, never on ``dp_size``, so the
+    ``state_dict`` (a position in that order) resumes under any data-parallel layout.
+    """
+
+    def __init__(self, cfg: OmniConfig, tokenizer: OmniTokenizer, dp_rank: int, dp_size: int):
+        data = cfg.data
+        if dp_size < 1 or not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank={dp_rank}, dp_size={dp_size}: need 0 <= dp_rank < dp_size")
+        per_step = data.micro_batch_size * dp_size
+        if data.micro_batch_size < 1 or data.global_batch_size < 1 or data.global_batch_size % per_step:
+            raise ValueError(f"data.global_batch_size={data.global_batch_size}: must be a positive multiple of "
+                             f"data.micro_batch_size*data_parallel={data.micro_batch_size}*{dp_size}={per_step}")
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.skipped: dict[str, int] = {}
+        self.samples: list[Sample] = self._load()
+        self.epoch = 0
+        self.offset = 0  # position of the next sample in this epoch's permutation
+        self.consumed_samples = 0
+        self._permutation_cache: tuple[int, list[int]] = (-1, [])
+
+    def _load(self) -> list[Sample]:
+        """Convert every sample once, up front: bad ones are known (and counted) before training,
+        and the permutation runs over usable samples only."""
+        started = time.perf_counter()
+        path = self.cfg.data.path
+        shards = list_shards(path)
+        samples, skipped = [], collections.Counter()
+        for raw in index_shards(shards):
+            try:
+                samples.append(build_sample(raw, self.tokenizer, self.cfg))
+            except BadSample as e:
+                skipped[e.reason] += 1
+                log.debug("skipping %s in %s: %s", raw.key, raw.shard, e)
+        self.skipped = dict(sorted(skipped.items()))
+        reasons = ", ".join(f"{reason} {n}" for reason, n in self.skipped.items())
+        log.info("data: %d samples from %d shards in %s (%.1f s); skipped %d%s", len(samples), len(shards),
+                 path, time.perf_counter() - started, sum(skipped.values()), f" ({reasons})" if reasons else "")
+        if not samples:
+            raise ValueError(f"data.path={path}: no usable samples (skipped: {reasons or 'none'})")
+        return samples
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if self._permutation_cache[0] != epoch:
+            generator = torch.Generator().manual_seed(self.cfg.data.seed + epoch)
+            self._permutation_cache = (epoch, torch.randperm(len(self.samples), generator=generator).tolist())
+        return self._permutation_cache[1]
+
+    def _take(self, count: int) -> list[int]:
+        """The next ``count`` sample indices of the stream; an epoch's tail runs into the next."""
+        indices: list[int] = []
+        while len(indices) < count:
+            permutation = self._permutation(self.epoch)
+            chunk = permutation[self.offset:self.offset + count - len(indices)]
+            indices += chunk
+            self.offset += len(chunk)
+            if self.offset == len(permutation):
+                self.epoch, self.offset = self.epoch + 1, 0
+        self.consumed_samples += count
+        return indices
+
+    def next_step(self) -> list[Batch]:
+        data = self.cfg.data
+        step = self._take(data.global_batch_size)
+        per_rank = data.global_batch_size // self.dp_size
+        mine = step[self.dp_rank * per_rank:(self.dp_rank + 1) * per_rank]
+        return [collate([self.samples[i] for i in mine[start:start + data.micro_batch_size]],
+                        self.tokenizer.pad_id, max_length=data.seq_length)
+                for start in range(0, per_rank, data.micro_batch_size)]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset, "consumed_samples": self.consumed_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = [k for k in STATE_KEYS if not isinstance(state.get(k), int) or state[k] < 0]
+        if missing:
+            raise ValueError(f"data loader state {state!r}: needs non-negative ints {', '.join(STATE_KEYS)}")
+        if state["offset"] >= len(self.samples):
+            raise ValueError(f"data loader state offset={state['offset']} is past the {len(self.samples)} usable "
+                             f"samples of data.path={self.cfg.data.path}: was the data set changed?")
+        self.epoch, self.offset, self.consumed_samples = state["epoch"], state["offset"], state["consumed_samples"]
