@@ -17,7 +17,7 @@ TINY_CONFIG = os.path.join(ROOT, "examples", "configs", "tiny_omni.yaml")
 def toy_data(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("toy")
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_toy_data.py"), "--out", str(out),
-                    "--samples", "384", "--seed", "0"], check=True, cwd=ROOT, timeout=300)
+                    "--samples", "512", "--seed", "0"], check=True, cwd=ROOT, timeout=300)
     return str(out)
 
 
