@@ -63,6 +63,13 @@ def check_model(cfg: OmniConfig) -> None:
         _require(audio.downsample >= 2 and audio.downsample % 2 == 0,
                  f"model.audio.downsample={audio.downsample}: must be an even number >= 2 "
                  "(the stem halves the frame rate, the projector merges the rest)")
+    if vision.enabled:
+        cell = (vision.patch_size * vision.merge_size) ** 2
+        _require(cfg.data.max_pixels >= cell,
+                 f"data.max_pixels={cfg.data.max_pixels}: must hold one merged patch, "
+                 f"(model.vision.patch_size*merge_size)^2={cell}")
+        _require(cfg.data.min_pixels <= cfg.data.max_pixels,
+                 f"data.min_pixels={cfg.data.min_pixels}: must not exceed data.max_pixels={cfg.data.max_pixels}")
     _require(cfg.data.seq_length <= llm.max_seq_len,
              f"data.seq_length={cfg.data.seq_length}: must not exceed model.llm.max_seq_len={llm.max_seq_len}")
 

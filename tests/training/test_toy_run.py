@@ -3,39 +3,12 @@ resuming from a checkpoint continues the same run, and a NaN stops the run clean
 
 from __future__ import annotations
 
-import collections
-import json
-import math
-import os
-import tarfile
-
 import pytest
 
+from megaomni.data.stats import text_only_entropy
 from tests.conftest import read_metrics, run_pretrain
 
 LEARN_ITERS = 200  # the shipped recipe (examples/configs/tiny_omni.yaml)
-
-
-def text_only_entropy(data_dir: str) -> float:
-    """H(answer | prompt text) of the data, in nats: the best answer NLL a model that ignores the
-    media can reach (media sizes, hence placeholder counts, carry no information on the answer)."""
-    by_prompt = collections.defaultdict(collections.Counter)
-    for name in sorted(os.listdir(data_dir)):
-        if not name.endswith(".tar"):
-            continue
-        with tarfile.open(os.path.join(data_dir, name)) as tar:
-            for member in tar.getmembers():
-                if member.name.endswith(".json"):
-                    turns = json.load(tar.extractfile(member))
-                    prompt = " ".join(t["content"] for t in turns if t["role"] == "user")
-                    answer = " ".join(t["content"] for t in turns if t["role"] == "assistant")
-                    by_prompt[prompt][answer] += 1
-    total = sum(sum(c.values()) for c in by_prompt.values())
-    entropy = 0.0
-    for counts in by_prompt.values():
-        n = sum(counts.values())
-        entropy += n / total * -sum(k / n * math.log(k / n) for k in counts.values())
-    return entropy
 
 
 def _train(toy_data, out, *overrides):
