@@ -104,6 +104,14 @@ class OmniTokenizer:
     def audio_pad_id(self) -> int:
         return self._special[AUDIO_PAD]
 
+    def media_pad_id(self, placeholder: str) -> int:
+        """Id of ``<|{placeholder}_pad|>``, the token an encoder's outputs replace (the encoder
+        classes name their placeholder: ``"image"``, ``"audio"``)."""
+        token = f"<|{placeholder}_pad|>"
+        if token not in self._special:
+            raise ValueError(f"tokenizer {self.path}: no special token {token} for the {placeholder} encoder")
+        return self._special[token]
+
     @property
     def user_id(self) -> int:
         return self._special[USER]

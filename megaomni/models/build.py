@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 
 from megaomni.config import OmniConfig
 from megaomni.models.llm import build_llm
@@ -21,8 +23,9 @@ def _stack_config(part, cfg: OmniConfig, **extra):
     )
 
 
-def build_model(cfg: OmniConfig, vocab_size: int, pad_ids: dict[str, int]) -> OmniModel:
-    """``pad_ids`` maps each encoder's placeholder name (``"image"``, ``"audio"``) to its token id."""
+def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], int]) -> OmniModel:
+    """``media_pad_id(placeholder)`` gives the token id an encoder's outputs replace, for each
+    encoder's ``placeholder`` name (``"image"``, ``"audio"``)."""
     llm_cfg = cfg.model.llm
     llm_config = _stack_config(
         llm_cfg, cfg, num_query_groups=llm_cfg.num_query_groups, init_std=llm_cfg.init_std,
@@ -35,7 +38,7 @@ def build_model(cfg: OmniConfig, vocab_size: int, pad_ids: dict[str, int]) -> Om
         if not part.enabled:
             continue
         encoders[name] = cls(part, _stack_config(part, cfg, init_std=llm_cfg.init_std), llm_cfg.hidden_size)
-        encoder_pads[name] = pad_ids[cls.placeholder]
+        encoder_pads[name] = media_pad_id(cls.placeholder)
     return OmniModel(cfg.model, llm, encoders, encoder_pads)
 
 

@@ -70,7 +70,7 @@ def train(cfg: OmniConfig) -> dict:
     device = init_distributed(cfg)
     tokenizer = OmniTokenizer(tokenizer_path(cfg))
     vocab = padded_vocab_size(tokenizer.vocab_size, cfg.model.llm.vocab_size)
-    model = build_model(cfg, vocab, {"image": tokenizer.image_pad_id, "audio": tokenizer.audio_pad_id})
+    model = build_model(cfg, vocab, tokenizer.media_pad_id)
     # bf16: every parameter, megatron-core's and the plain torch ones (patch embedding, convs,
     # projectors), lives in bf16; the optimizer keeps fp32 master weights.
     model = model.to(device=device, dtype=torch.bfloat16 if cfg.train.bf16 else torch.float32)

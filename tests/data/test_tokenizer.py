@@ -14,6 +14,10 @@ def test_special_tokens_are_single_distinct_ids(tokenizer):
         tokenizer.image_id, tokenizer.audio_id, tokenizer.image_pad_id, tokenizer.audio_pad_id,
         tokenizer.user_id, tokenizer.assistant_id, tokenizer.end_id]
     assert len({tokenizer.pad_id, tokenizer.eos_id, *(v[0] for v in ids.values())}) == len(SPECIAL_TOKENS) + 2
+    assert tokenizer.media_pad_id("image") == tokenizer.image_pad_id
+    assert tokenizer.media_pad_id("audio") == tokenizer.audio_pad_id
+    with pytest.raises(ValueError, match="<|video_pad|>"):
+        tokenizer.media_pad_id("video")
     # Kept whole inside text, too.
     assert tokenizer.image_id in tokenizer.encode("look<image>here")
     assert tokenizer.vocab_size > max(v[0] for v in ids.values())

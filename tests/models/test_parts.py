@@ -69,7 +69,7 @@ def built(megatron_cpu):
 
     cfg = small_config()
     torch.manual_seed(0)
-    model = build_model(cfg, VOCAB, {"image": IMAGE_PAD, "audio": AUDIO_PAD})
+    model = build_model(cfg, VOCAB, {"image": IMAGE_PAD, "audio": AUDIO_PAD}.__getitem__)
     randomize_(model)
     model.double().eval()
     return cfg, model
