@@ -92,6 +92,9 @@ class DataConfig:
     zero_media: bool = False  # feed all-zero pixels/features: the "text only" control
     seed: int = 1234
 
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or os.path.join(self.path, "tokenizer.model")
+
 
 @dataclass
 class TrainConfig:

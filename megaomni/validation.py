@@ -119,7 +119,7 @@ def check_paths(cfg: OmniConfig) -> None:
     _require(os.path.isdir(data.path), f"data.path={data.path}: no such directory")
     _require(bool(glob.glob(os.path.join(data.path, "*.tar"))),
              f"data.path={data.path}: holds no *.tar shards")
-    tokenizer = data.tokenizer or os.path.join(data.path, "tokenizer.model")
+    tokenizer = data.tokenizer_path()
     _require(os.path.isfile(tokenizer), f"data.tokenizer={tokenizer}: no such file "
              "(train one with tools/make_toy_data.py or point data.tokenizer at a .model file)")
     if cfg.checkpoint.load:

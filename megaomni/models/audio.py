@@ -17,7 +17,7 @@ from megaomni.config import AudioConfig
 from megaomni.models.projector import MLPProjector
 from megaomni.models.rotary import rope_1d
 from megaomni.models.specs import encoder_layer_spec
-from megaomni.models.vision import packed_params
+from megaomni.ops.attention import segment_params
 
 STEM_STRIDE = 2  # the second convolution halves the frame rate; the projector merges the rest
 
@@ -69,6 +69,6 @@ class AudioEncoder(MegatronModule):
             hidden_states=hidden[:, None, :],
             attention_mask=None,
             rotary_pos_emb=rope_1d(positions, self.head_dim, self.cfg.rotary_base),
-            packed_seq_params=packed_params(padded_lengths.to(hidden.device)),
+            packed_seq_params=segment_params(padded_lengths.to(hidden.device)),
         )
         return self.projector(hidden[:, 0, :])

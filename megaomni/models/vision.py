@@ -7,7 +7,6 @@ Images of different sizes are packed into one sequence; attention stays within e
 from __future__ import annotations
 
 import torch
-from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -18,15 +17,7 @@ from megaomni.models.media_layout import patch_positions
 from megaomni.models.projector import MLPProjector
 from megaomni.models.rotary import rope_2d
 from megaomni.models.specs import encoder_layer_spec
-
-
-def packed_params(lengths: torch.Tensor) -> PackedSeqParams:
-    """Sequence boundaries for several variable-length inputs packed along the sequence."""
-    cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
-    cu[1:] = torch.cumsum(lengths, 0)
-    longest = int(lengths.max())
-    return PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                           max_seqlen_q=longest, max_seqlen_kv=longest)
+from megaomni.ops.attention import segment_params
 
 
 class VisionEncoder(MegatronModule):
@@ -53,6 +44,6 @@ class VisionEncoder(MegatronModule):
             hidden_states=hidden,
             attention_mask=None,
             rotary_pos_emb=rotary,
-            packed_seq_params=packed_params(grids.prod(-1).to(patches.device)),
+            packed_seq_params=segment_params(grids.prod(-1).to(patches.device)),
         )
         return self.projector(hidden[:, 0, :])

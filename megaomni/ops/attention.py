@@ -28,6 +28,15 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core import tensor_parallel
 
 
+def segment_params(lengths: torch.Tensor) -> PackedSeqParams:
+    """Boundaries of variable-length inputs (images, clips) packed along one ``sbhd`` sequence."""
+    cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
+    cu[1:] = torch.cumsum(lengths, 0)
+    longest = int(lengths.max())
+    return PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                           max_seqlen_q=longest, max_seqlen_kv=longest)
+
+
 def sequence_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     """Index of the sequence each of ``total`` tokens belongs to, from cumulative lengths."""
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]

@@ -30,10 +30,6 @@ from megaomni.training.step import STAT_KEYS, make_forward_step
 log = logging.getLogger("megaomni.train")
 
 
-def tokenizer_path(cfg: OmniConfig) -> str:
-    return cfg.data.tokenizer or os.path.join(cfg.data.path, "tokenizer.model")
-
-
 def _log_parameters(model) -> None:
     parts = {"llm": model.llm, **{n: getattr(model, f"{n}_encoder") for n in model.encoder_names}}
     counts = ", ".join(f"{k} {sum(p.numel() for p in m.parameters()) / 1e6:.2f}M" for k, m in parts.items())
@@ -68,7 +64,7 @@ def _is_metrics_rank() -> bool:
 def train(cfg: OmniConfig) -> dict:
     """Run ``cfg.train.iters`` iterations; returns the last iteration's record."""
     device = init_distributed(cfg)
-    tokenizer = OmniTokenizer(tokenizer_path(cfg))
+    tokenizer = OmniTokenizer(cfg.data.tokenizer_path())
     vocab = padded_vocab_size(tokenizer.vocab_size, cfg.model.llm.vocab_size)
     model = build_model(cfg, vocab, tokenizer.media_pad_id)
     # bf16: every parameter, megatron-core's and the plain torch ones (patch embedding, convs,
