@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import os
 
-from megaomni.config import ConfigError, OmniConfig
+from megaomni.config import ConfigError, DataConfig, OmniConfig
 
 
 def _divisors(n: int) -> str:
@@ -93,11 +93,15 @@ def check_parallel(cfg: OmniConfig, world_size: int) -> None:
     _require(world_size % model_parallel == 0,
              f"parallel.tp*pp*cp={model_parallel}: must divide the world size {world_size} "
              f"(valid tp*pp*cp: {_divisors(world_size)})")
-    dp = world_size // model_parallel
-    per_step = cfg.data.micro_batch_size * dp
-    _require(cfg.data.global_batch_size % per_step == 0,
-             f"data.global_batch_size={cfg.data.global_batch_size}: must be a multiple of "
-             f"data.micro_batch_size*data_parallel={cfg.data.micro_batch_size}*{dp}={per_step}")
+    check_batch_sizes(cfg.data, world_size // model_parallel)
+
+
+def check_batch_sizes(data: DataConfig, dp: int) -> None:
+    """A global batch splits evenly into micro-batches on every data-parallel rank."""
+    per_step = data.micro_batch_size * dp
+    _require(data.micro_batch_size > 0 and data.global_batch_size > 0 and data.global_batch_size % per_step == 0,
+             f"data.global_batch_size={data.global_batch_size}: must be a positive multiple of "
+             f"data.micro_batch_size*data_parallel={data.micro_batch_size}*{dp}={per_step}")
 
 
 def check_train(cfg: OmniConfig) -> None:

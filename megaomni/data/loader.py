@@ -16,6 +16,7 @@ from megaomni.data.errors import BadSample
 from megaomni.data.sample import Sample, build_sample
 from megaomni.data.shards import index_shards, list_shards
 from megaomni.data.tokenizer import OmniTokenizer
+from megaomni.validation import check_batch_sizes
 
 log = logging.getLogger("megaomni.data")
 
@@ -33,10 +34,7 @@ class OmniDataLoader:
         data = cfg.data
         if dp_size < 1 or not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank={dp_rank}, dp_size={dp_size}: need 0 <= dp_rank < dp_size")
-        per_step = data.micro_batch_size * dp_size
-        if data.micro_batch_size < 1 or data.global_batch_size < 1 or data.global_batch_size % per_step:
-            raise ValueError(f"data.global_batch_size={data.global_batch_size}: must be a positive multiple of "
-                             f"data.micro_batch_size*data_parallel={data.micro_batch_size}*{dp_size}={per_step}")
+        check_batch_sizes(data, dp_size)
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.dp_rank, self.dp_size = dp_rank, dp_size

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-
 from megaomni.config import OmniConfig
 from megaomni.models.llm import build_llm
 from megaomni.models.omni import ENCODERS, OmniModel
