@@ -21,6 +21,25 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class MoEConfig:
+    """Mixture-of-experts MLPs in the LLM (megatron-core's MoE layer and token dispatchers)."""
+
+    num_experts: int = 0  # 0: dense LLM
+    top_k: int = 2
+    layer_freq: int = 1  # every layer_freq-th layer is MoE (1: all)
+    ffn_hidden_size: int = 0  # per expert; 0: model.llm.ffn_hidden_size
+    shared_expert_ffn_hidden_size: int = 0  # 0: no shared expert
+    balancing: str = "aux_loss"  # aux_loss | aux_loss_free (expert bias) | none
+    aux_loss_coeff: float = 1e-2
+    bias_update_rate: float = 1e-3  # aux_loss_free: expert-bias step per update
+    token_dispatcher: str = "alltoall"  # alltoall | allgather
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_experts > 0
+
+
+@dataclass
 class LLMConfig:
     num_layers: int = 2
     hidden_size: int = 64
@@ -33,6 +52,7 @@ class LLMConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     tie_embeddings: bool = False
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
 
 @dataclass
@@ -73,10 +93,29 @@ class ModelConfig:
 
 
 @dataclass
+class EncoderParallelConfig:
+    tp: int = 1  # 1 (replicated over the LLM's TP ranks) or parallel.tp
+
+
+@dataclass
 class ParallelConfig:
+    """Data parallelism is what remains of the world size: dp = world / (tp * pp * cp)."""
+
     tp: int = 1
     pp: int = 1
+    vpp: int = 1  # virtual pipeline stages (model chunks) per pipeline rank
     cp: int = 1
+    ep: int = 1  # expert parallelism, carved out of dp * cp
+    sp: bool = False  # Megatron sequence parallelism (needs tp > 1)
+    distributed_optimizer: bool = False
+    encoder: EncoderParallelConfig = field(default_factory=EncoderParallelConfig)
+
+
+@dataclass
+class PipelineConfig:
+    # LLM layers of each pipeline stage, in stage order (pp * vpp entries; virtual stage v of
+    # rank r is entry v * pp + r). Empty: split automatically, encoders counted on stage 0.
+    layers_per_stage: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -128,6 +167,7 @@ class LoggingConfig:
 class OmniConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -169,9 +209,14 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+    elif typing.get_origin(typ) is list:
+        (item,) = typing.get_args(typ)
+        if isinstance(value, (list, tuple)):
+            return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+        typ = list
     else:
         raise ConfigError(f"{key}: unsupported field type {typ}")
-    raise ConfigError(f"{key}={value!r}: expected {typ.__name__}, got {type(value).__name__}")
+    raise ConfigError(f"{key}={value!r}: expected {getattr(typ, '__name__', typ)}, got {type(value).__name__}")
 
 
 def _build(cls, data: dict, prefix: str):

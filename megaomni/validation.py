@@ -9,16 +9,9 @@ from __future__ import annotations
 import glob
 import os
 
-from megaomni.config import ConfigError, DataConfig, OmniConfig
-
-
-def _divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
+from megaomni.config import DataConfig, OmniConfig
+from megaomni.parallel.rules import check_parallel_layout
+from megaomni.parallel.rules import divisors, require
 
 
 def _check_positive(cfg: OmniConfig) -> None:
@@ -29,23 +22,21 @@ def _check_positive(cfg: OmniConfig) -> None:
                           "patch_size", "merge_size")),
         ("model.audio", ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
                          "n_mels", "sample_rate", "n_fft", "hop_length")),
-        ("parallel", ("tp", "pp", "cp")),
         ("data", ("seq_length", "micro_batch_size", "global_batch_size")),
-        ("train", ("iters",)),
     ):
         obj = cfg
         for part in section.split("."):
             obj = getattr(obj, part)
         for name in fields:
             value = getattr(obj, name)
-            _require(value > 0, f"{section}.{name}={value}: must be a positive integer")
+            require(value > 0, f"{section}.{name}={value}: must be a positive integer")
 
 
 def _check_heads(prefix: str, hidden: int, heads: int, rope_multiple: int) -> None:
-    _require(hidden % heads == 0,
+    require(hidden % heads == 0,
              f"{prefix}.hidden_size={hidden}: must be divisible by {prefix}.num_attention_heads={heads}")
     head_dim = hidden // heads
-    _require(head_dim % rope_multiple == 0,
+    require(head_dim % rope_multiple == 0,
              f"{prefix}.hidden_size/num_attention_heads={head_dim}: rotary embeddings need a head "
              f"dim divisible by {rope_multiple}")
 
@@ -53,81 +44,67 @@ def _check_heads(prefix: str, hidden: int, heads: int, rope_multiple: int) -> No
 def check_model(cfg: OmniConfig) -> None:
     llm, vision, audio = cfg.model.llm, cfg.model.vision, cfg.model.audio
     _check_heads("model.llm", llm.hidden_size, llm.num_attention_heads, 2)
-    _require(llm.num_attention_heads % llm.num_query_groups == 0,
+    require(llm.num_attention_heads % llm.num_query_groups == 0,
              f"model.llm.num_query_groups={llm.num_query_groups}: must divide "
-             f"num_attention_heads={llm.num_attention_heads} (valid: {_divisors(llm.num_attention_heads)})")
+             f"num_attention_heads={llm.num_attention_heads} (valid: {divisors(llm.num_attention_heads)})")
     if vision.enabled:
         _check_heads("model.vision", vision.hidden_size, vision.num_attention_heads, 4)
     if audio.enabled:
         _check_heads("model.audio", audio.hidden_size, audio.num_attention_heads, 2)
-        _require(audio.downsample >= 2 and audio.downsample % 2 == 0,
+        require(audio.downsample >= 2 and audio.downsample % 2 == 0,
                  f"model.audio.downsample={audio.downsample}: must be an even number >= 2 "
                  "(the stem halves the frame rate, the projector merges the rest)")
     if vision.enabled:
         cell = (vision.patch_size * vision.merge_size) ** 2
-        _require(cfg.data.max_pixels >= cell,
+        require(cfg.data.max_pixels >= cell,
                  f"data.max_pixels={cfg.data.max_pixels}: must hold one merged patch, "
                  f"(model.vision.patch_size*merge_size)^2={cell}")
-        _require(cfg.data.min_pixels <= cfg.data.max_pixels,
+        require(cfg.data.min_pixels <= cfg.data.max_pixels,
                  f"data.min_pixels={cfg.data.min_pixels}: must not exceed data.max_pixels={cfg.data.max_pixels}")
-    _require(cfg.data.seq_length <= llm.max_seq_len,
+    require(cfg.data.seq_length <= llm.max_seq_len,
              f"data.seq_length={cfg.data.seq_length}: must not exceed model.llm.max_seq_len={llm.max_seq_len}")
 
 
 def check_parallel(cfg: OmniConfig, world_size: int) -> None:
-    par, llm = cfg.parallel, cfg.model.llm
-    _require(par.pp == 1, f"parallel.pp={par.pp}: pipeline parallelism is not available yet (valid: 1)")
-    _require(par.cp == 1, f"parallel.cp={par.cp}: context parallelism is not available yet (valid: 1)")
-    _require(llm.num_attention_heads % par.tp == 0,
-             f"parallel.tp={par.tp}: must divide model.llm.num_attention_heads={llm.num_attention_heads} "
-             f"(valid: {_divisors(llm.num_attention_heads)})")
-    _require(llm.num_query_groups % par.tp == 0,
-             f"parallel.tp={par.tp}: must divide model.llm.num_query_groups={llm.num_query_groups} "
-             f"(valid: {_divisors(llm.num_query_groups)})")
-    for name in ("vision", "audio"):
-        part = getattr(cfg.model, name)
-        _require(not part.enabled or part.num_attention_heads % par.tp == 0,
-                 f"parallel.tp={par.tp}: must divide model.{name}.num_attention_heads="
-                 f"{part.num_attention_heads} (valid: {_divisors(part.num_attention_heads)})")
-    model_parallel = par.tp * par.pp * par.cp
-    _require(world_size % model_parallel == 0,
-             f"parallel.tp*pp*cp={model_parallel}: must divide the world size {world_size} "
-             f"(valid tp*pp*cp: {_divisors(world_size)})")
-    check_batch_sizes(cfg.data, world_size // model_parallel)
+    check_parallel_layout(cfg, world_size)
+    par = cfg.parallel
+    check_batch_sizes(cfg.data, world_size // (par.tp * par.pp * par.cp))
 
 
 def check_batch_sizes(data: DataConfig, dp: int) -> None:
     """A global batch splits evenly into micro-batches on every data-parallel rank."""
     per_step = data.micro_batch_size * dp
-    _require(data.micro_batch_size > 0 and data.global_batch_size > 0 and data.global_batch_size % per_step == 0,
+    require(data.micro_batch_size > 0 and data.global_batch_size > 0 and data.global_batch_size % per_step == 0,
              f"data.global_batch_size={data.global_batch_size}: must be a positive multiple of "
              f"data.micro_batch_size*data_parallel={data.micro_batch_size}*{dp}={per_step}")
 
 
 def check_train(cfg: OmniConfig) -> None:
     train = cfg.train
-    _require(train.lr > 0, f"train.lr={train.lr}: must be > 0")
-    _require(0 <= train.min_lr <= train.lr, f"train.min_lr={train.min_lr}: must be in [0, train.lr={train.lr}]")
-    _require(0 <= train.warmup_iters < train.iters,
-             f"train.warmup_iters={train.warmup_iters}: must be in [0, train.iters={train.iters})")
-    _require(train.device in ("auto", "cpu", "cuda"), f"train.device={train.device!r}: valid: auto, cpu, cuda")
-    _require(cfg.checkpoint.save_interval >= 0,
+    require(train.lr > 0, f"train.lr={train.lr}: must be > 0")
+    require(0 <= train.min_lr <= train.lr, f"train.min_lr={train.min_lr}: must be in [0, train.lr={train.lr}]")
+    require(train.iters >= 0, f"train.iters={train.iters}: must be >= 0 (0: write the initial weights "
+            "as a checkpoint and stop)")
+    require(train.iters == 0 or 0 <= train.warmup_iters < train.iters,
+            f"train.warmup_iters={train.warmup_iters}: must be in [0, train.iters={train.iters})")
+    require(train.device in ("auto", "cpu", "cuda"), f"train.device={train.device!r}: valid: auto, cpu, cuda")
+    require(cfg.checkpoint.save_interval >= 0,
              f"checkpoint.save_interval={cfg.checkpoint.save_interval}: must be >= 0 (0: only at the end)")
-    _require(cfg.logging.log_interval > 0, f"logging.log_interval={cfg.logging.log_interval}: must be > 0")
+    require(cfg.logging.log_interval > 0, f"logging.log_interval={cfg.logging.log_interval}: must be > 0")
 
 
 def check_paths(cfg: OmniConfig) -> None:
     data = cfg.data
-    _require(bool(data.path), "data.path is empty: set it to a directory of *.tar shards "
+    require(bool(data.path), "data.path is empty: set it to a directory of *.tar shards "
              "(make one with `python tools/make_toy_data.py --out DIR`)")
-    _require(os.path.isdir(data.path), f"data.path={data.path}: no such directory")
-    _require(bool(glob.glob(os.path.join(data.path, "*.tar"))),
+    require(os.path.isdir(data.path), f"data.path={data.path}: no such directory")
+    require(bool(glob.glob(os.path.join(data.path, "*.tar"))),
              f"data.path={data.path}: holds no *.tar shards")
     tokenizer = data.tokenizer_path()
-    _require(os.path.isfile(tokenizer), f"data.tokenizer={tokenizer}: no such file "
+    require(os.path.isfile(tokenizer), f"data.tokenizer={tokenizer}: no such file "
              "(train one with tools/make_toy_data.py or point data.tokenizer at a .model file)")
     if cfg.checkpoint.load:
-        _require(os.path.exists(cfg.checkpoint.load), f"checkpoint.load={cfg.checkpoint.load}: no such path")
+        require(os.path.exists(cfg.checkpoint.load), f"checkpoint.load={cfg.checkpoint.load}: no such path")
 
 
 def validate(cfg: OmniConfig, world_size: int) -> None:

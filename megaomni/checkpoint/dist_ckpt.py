@@ -6,6 +6,9 @@ Layout of a checkpoint root::
     <root>/iter_0000100/rng/  one file per rank: CPU/CUDA/megatron tracker RNG states
     <root>/latest             the newest complete iteration directory's name
 
+``iter_0000000`` (``train.iters=0``) holds the initial weights only: loading it starts a run from
+those weights (any layout), with a fresh optimizer, at iteration 0.
+
 A checkpoint is written to ``iter_N.tmp`` and renamed when every rank has finished, and
 ``latest`` is replaced atomically after that, so a crash never leaves a half checkpoint that
 resuming would pick up.
@@ -45,22 +48,39 @@ def _set_rng_state(state: dict) -> None:
     get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def _sharded_state(model, optimizer, is_loading: bool) -> dict:
-    model_sd = model.sharded_state_dict()
-    return {"model": model_sd, "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=is_loading)}
+def _model_state(chunks: list) -> dict:
+    # Keys inside are global (layer numbers, tensor shards), whatever the layout: a checkpoint
+    # loads under any TP / PP / VPP / EP.
+    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
 
 
-def save_checkpoint(root: str, iteration: int, model, optimizer, scheduler, common: dict) -> str:
-    """Collective: every rank calls it. ``model`` is the unwrapped MegatronModule; ``common`` is
-    plain data identical on all ranks (iteration bookkeeping, data-loader position, config)."""
+# The distributed optimizer's state saved in model space, so it reloads under any data- and
+# model-parallel layout (megatron-core's default format refuses flattened shards).
+_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def _sharded_state(chunks: list, optimizer, is_loading: bool) -> dict:
+    models = _model_state(chunks)
+    optimizer_state = optimizer.sharded_state_dict(models, is_loading=is_loading, metadata=_OPTIMIZER_METADATA)
+    return {**models, "optimizer": optimizer_state}
+
+
+def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, scheduler, common: dict,
+                    weights_only: bool = False) -> str:
+    """Collective: every rank calls it. ``chunks`` are this rank's unwrapped model chunks;
+    ``common`` is plain data identical on all ranks (data-loader position, config).
+    ``weights_only``: the model alone (e.g. the initial weights, before any optimizer state)."""
     final, tmp = _iter_dir(root, iteration), _iter_dir(root, iteration) + ".tmp"
     rank = dist.get_rank()
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)  # dist_checkpointing wants it to exist, and empty
     dist.barrier()
-    state = _sharded_state(model, optimizer, is_loading=False)
-    state.update(iteration=iteration, scheduler=scheduler.state_dict(), **common)
+    if weights_only:
+        state = {**_model_state(chunks), "weights_only": True}
+    else:
+        state = {**_sharded_state(chunks, optimizer, is_loading=False), "scheduler": scheduler.state_dict()}
+    state.update(iteration=iteration, **common)
     dist_checkpointing.save(state, tmp)
     os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
     torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
@@ -87,12 +107,21 @@ def resolve_checkpoint(path: str) -> str:
     return path
 
 
-def load_checkpoint(path: str, model, optimizer, scheduler) -> dict:
-    """Collective. Restores model, optimizer, scheduler and (same layout only) RNG; returns the
-    common state saved with it (``iteration``, data-loader position, ...)."""
+def load_checkpoint(path: str, chunks: list, optimizer, scheduler) -> dict:
+    """Collective. Restores the model, and from a full checkpoint the optimizer, scheduler and
+    (same layout only) RNG; returns the common state saved with it (``iteration``, data-loader
+    position, ...). A weights-only checkpoint starts training from its weights at iteration 0."""
     path = resolve_checkpoint(path)
-    state = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True), path)
-    model.load_state_dict(state.pop("model"))
+    if dist_checkpointing.load_common_state_dict(path).get("weights_only"):
+        state = dist_checkpointing.load(_model_state(chunks), path)
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(state.pop(f"model{i}"))
+        optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
+        log.info("initialised from weights %s", path)
+        return {"iteration": 0}
+    state = dist_checkpointing.load(_sharded_state(chunks, optimizer, is_loading=True), path)
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(state.pop(f"model{i}"))
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
     rng_dir = os.path.join(path, "rng")

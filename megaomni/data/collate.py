@@ -12,15 +12,23 @@ from megaomni.data.sample import Sample
 PAD_MULTIPLE = 8  # fewer distinct shapes, friendlier kernel sizes
 
 
-def collate(samples: Sequence[Sample], pad_id: int, max_length: Optional[int] = None) -> Batch:
-    """Pad to the longest sample rounded up to a multiple of 8, but not past ``max_length``
-    (the model's sequence limit) when given."""
+def padded_length(samples: Sequence[Sample], max_length: Optional[int] = None,
+                  multiple: int = PAD_MULTIPLE) -> int:
+    """The longest sample rounded up to ``multiple``, but not past ``max_length`` (the model's
+    sequence limit) when given."""
+    longest = max(s.tokens.numel() for s in samples)
+    length = -(-longest // multiple) * multiple
+    return length if max_length is None else max(longest, min(length, max_length))
+
+
+def collate(samples: Sequence[Sample], pad_id: int, max_length: Optional[int] = None,
+            length: Optional[int] = None) -> Batch:
+    """Right-pad to ``length`` (default: :func:`padded_length` of these samples)."""
     if not samples:
         raise ValueError("collate needs at least one sample")
-    longest = max(s.tokens.numel() for s in samples)
-    length = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
-    if max_length is not None:
-        length = max(longest, min(length, max_length))
+    length = length or padded_length(samples, max_length)
+    if length < max(s.tokens.numel() for s in samples):
+        raise ValueError(f"collate: length {length} is shorter than the longest sample")
     b = len(samples)
     tokens = torch.full((b, length), pad_id, dtype=torch.long)
     labels = torch.full((b, length), pad_id, dtype=torch.long)

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import time
 
 import torch
 
 from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
-from megaomni.data.collate import collate
+from megaomni.data.collate import PAD_MULTIPLE, collate, padded_length
 from megaomni.data.errors import BadSample
 from megaomni.data.sample import Sample, build_sample
 from megaomni.data.shards import index_shards, list_shards
 from megaomni.data.tokenizer import OmniTokenizer
+from megaomni.parallel.rules import sequence_multiple
 from megaomni.validation import check_batch_sizes
 
 log = logging.getLogger("megaomni.data")
@@ -38,6 +40,8 @@ class OmniDataLoader:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.dp_rank, self.dp_size = dp_rank, dp_size
+        # Context / sequence parallelism split sequences evenly: lengths are multiples of that.
+        self.pad_multiple = math.lcm(PAD_MULTIPLE, sequence_multiple(cfg))
         self.skipped: dict[str, int] = {}
         self.samples: list[Sample] = self._load()
         self.epoch = 0
@@ -86,12 +90,16 @@ class OmniDataLoader:
         return indices
 
     def next_step(self) -> list[Batch]:
+        """This rank's micro-batches, all padded to one length: the global batch's longest sample
+        (rounded up), so pipeline stages exchange one activation shape and every layout pads
+        alike (an MoE router sees the same pad tokens under any layout)."""
         data = self.cfg.data
         step = self._take(data.global_batch_size)
+        length = padded_length([self.samples[i] for i in step], data.seq_length, self.pad_multiple)
         per_rank = data.global_batch_size // self.dp_size
         mine = step[self.dp_rank * per_rank:(self.dp_rank + 1) * per_rank]
         return [collate([self.samples[i] for i in mine[start:start + data.micro_batch_size]],
-                        self.tokenizer.pad_id, max_length=data.seq_length)
+                        self.tokenizer.pad_id, length=length)
                 for start in range(0, per_rank, data.micro_batch_size)]
 
     def state_dict(self) -> dict[str, int]:

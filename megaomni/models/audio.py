@@ -32,14 +32,15 @@ class AudioEncoder(MegatronModule):
     placeholder = "audio"
     batch_fields = ("audio_features", "audio_lengths")
 
-    def __init__(self, cfg: AudioConfig, config: TransformerConfig, llm_hidden: int):
+    def __init__(self, cfg: AudioConfig, config: TransformerConfig, llm_hidden: int, pg_collection=None):
         super().__init__(config=config)
         self.cfg = cfg
         self.merge = cfg.downsample // STEM_STRIDE
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.hidden_size, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, kernel_size=3, stride=STEM_STRIDE, padding=1)
-        self.blocks = TransformerBlock(config, encoder_layer_spec(), post_layer_norm=True)
+        self.blocks = TransformerBlock(config, encoder_layer_spec(), post_layer_norm=True,
+                                       pg_collection=pg_collection)
         self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=self.merge)
 
     def stem(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from megaomni.config import OmniConfig
 from megaomni.models.llm import build_llm
-from megaomni.models.omni import ENCODERS, OmniModel
-from megaomni.models.transformer_config import make_transformer_config
+from megaomni.models.omni import ENCODERS, OmniModel, whole_sequence
+from megaomni.models.transformer_config import make_transformer_config, moe_config_fields
 
 
 def _stack_config(part, cfg: OmniConfig, **extra):
@@ -22,27 +22,34 @@ def _stack_config(part, cfg: OmniConfig, **extra):
     )
 
 
-def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], int]) -> OmniModel:
-    """``media_pad_id(placeholder)`` gives the token id an encoder's outputs replace, for each
-    encoder's ``placeholder`` name (``"image"``, ``"audio"``)."""
+def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], int], *,
+                llm_parallel: Optional[dict] = None, encoder_parallel: Optional[dict] = None,
+                encoder_pg_collection=None, pre_process: bool = True, post_process: bool = True,
+                vp_stage: Optional[int] = None, shard_sequence: Callable = whole_sequence) -> OmniModel:
+    """One stage of the omni model; encoders only where ``pre_process`` (the first stage).
+
+    ``media_pad_id(placeholder)`` gives the token id an encoder's outputs replace, for each
+    encoder's ``placeholder`` name (``"image"``, ``"audio"``). ``llm_parallel`` /
+    ``encoder_parallel`` are the ``TransformerConfig`` fields of the parallel layout
+    (megaomni.parallel.layout) and ``encoder_pg_collection`` the encoders' process groups;
+    absent, the model is built for one process."""
     llm_cfg = cfg.model.llm
     llm_config = _stack_config(
         llm_cfg, cfg, num_query_groups=llm_cfg.num_query_groups, init_std=llm_cfg.init_std,
-        tp=cfg.parallel.tp, pp=cfg.parallel.pp, cp=cfg.parallel.cp,
+        **moe_config_fields(llm_cfg.moe, llm_cfg.ffn_hidden_size), **(llm_parallel or {}),
     )
-    llm = build_llm(llm_cfg, llm_config, vocab_size)
+    llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage)
     encoders, encoder_pads = {}, {}
     for name, cls in ENCODERS.items():
         part = getattr(cfg.model, name)
-        if not part.enabled:
+        if not part.enabled or not pre_process:
             continue
-        encoders[name] = cls(part, _stack_config(part, cfg, init_std=llm_cfg.init_std), llm_cfg.hidden_size)
+        config = _stack_config(part, cfg, init_std=llm_cfg.init_std, **(encoder_parallel or {}))
+        encoders[name] = cls(part, config, llm_cfg.hidden_size, encoder_pg_collection)
         encoder_pads[name] = media_pad_id(cls.placeholder)
-    return OmniModel(cfg.model, llm, encoders, encoder_pads)
+    return OmniModel(cfg.model, llm, encoders, encoder_pads, shard_sequence)
 
 
 def padded_vocab_size(tokenizer_vocab: int, configured: int, multiple: int = 64) -> int:
     size = configured or tokenizer_vocab
     return -(-size // multiple) * multiple
-
-

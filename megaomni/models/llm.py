@@ -1,19 +1,22 @@
-"""The LLM backbone: megatron-core's GPTModel (dense), RMSNorm, SwiGLU, GQA, RoPE."""
+"""The LLM backbone: megatron-core's GPTModel (dense or MoE), RMSNorm, SwiGLU, GQA, RoPE."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megaomni.config import LLMConfig
-from megaomni.models.specs import llm_layer_spec
+from megaomni.models.specs import llm_block_spec
 
 
-def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int,
-              pre_process: bool = True, post_process: bool = True) -> GPTModel:
+def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int, pre_process: bool = True,
+              post_process: bool = True, vp_stage: Optional[int] = None) -> GPTModel:
+    """The LLM part of one pipeline stage (all of it without pipelining)."""
     return GPTModel(
         config=config,
-        transformer_layer_spec=llm_layer_spec(),
+        transformer_layer_spec=llm_block_spec(config, vp_stage=vp_stage),
         vocab_size=vocab_size,
         max_sequence_length=cfg.max_seq_len,
         pre_process=pre_process,
@@ -22,4 +25,8 @@ def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int,
         position_embedding_type="rope",
         rotary_base=cfg.rotary_base,
         parallel_output=True,
+        # The omni model merges encoder outputs into the full-length embeddings first; the
+        # sequence is then split for context / sequence parallelism (megaomni.parallel.sequence).
+        scatter_embedding_sequence_parallel=False,
+        vp_stage=vp_stage,
     )

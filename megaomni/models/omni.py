@@ -8,6 +8,8 @@ its outputs replace). Adding a modality is a new encoder class, a config field a
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from megatron.core.transformer.module import MegatronModule
 from torch import nn
@@ -33,29 +35,51 @@ def merge_media(embeddings: torch.Tensor, tokens: torch.Tensor, pad_id: int,
     return merged.transpose(0, 1)
 
 
+def whole_sequence(embeddings: torch.Tensor) -> torch.Tensor:
+    return embeddings
+
+
 class OmniModel(MegatronModule):
-    """Holds the LLM and one encoder per enabled modality; forward returns the per-token loss
-    ``[b, s]`` (unmasked: the training step applies ``loss_mask``)."""
+    """One pipeline stage of the omni model (the whole model without pipelining): the LLM part
+    of the stage, plus the encoders on the first stage. ``forward`` returns the per-token loss
+    ``[b, s]`` on the last stage (unmasked: the training step applies ``loss_mask``), the hidden
+    states for the next stage elsewhere.
+
+    ``shard_sequence`` maps the merged full-length embeddings ``[s, b, h]`` to the part of the
+    sequence this rank computes (context / sequence parallelism); the model itself stays unaware
+    of how it is parallelised."""
 
     def __init__(self, cfg: ModelConfig, llm: nn.Module, encoders: dict[str, nn.Module],
-                 pad_ids: dict[str, int]):
+                 pad_ids: dict[str, int], shard_sequence: Callable[[torch.Tensor], torch.Tensor] = whole_sequence):
         super().__init__(config=llm.config)
         self.model_type = llm.model_type  # megatron-core's schedules read it from the outer model
         self.cfg = cfg
         self.llm = llm
+        # megatron-core's schedules read which pipeline ends a chunk holds from the outer model.
+        self.pre_process, self.post_process = llm.pre_process, llm.post_process
         # Plain attributes, not a ModuleDict: megatron-core's sharded_state_dict recurses only
         # through MegatronModules, and a ModuleDict would save TP-sharded encoders as replicated.
         self.encoder_names = list(encoders)
         for name, encoder in encoders.items():
             self.add_module(f"{name}_encoder", encoder)
         self.pad_ids = pad_ids  # encoder name -> placeholder token id
+        self.shard_sequence = shard_sequence
+
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        """Read by megatron-core's gradient finalisation from the outer model (tied embeddings
+        across the first and last pipeline stages)."""
+        return self.llm.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        return self.llm.shared_embedding_or_output_weight()
 
     def set_input_tensor(self, input_tensor) -> None:
         """Pipeline hook of megatron-core's schedules: the activation entering this stage."""
         self.llm.set_input_tensor(input_tensor)
 
     def embed(self, batch: Batch) -> torch.Tensor:
-        """Text embeddings with encoder outputs merged in: ``[s, b, h]``."""
+        """Text embeddings with encoder outputs merged in: ``[s, b, h]``, the whole sequence."""
         embeddings = self.llm.embedding(input_ids=batch.tokens, position_ids=batch.position_ids)
         for name in self.encoder_names:
             encoder = getattr(self, f"{name}_encoder")
@@ -66,10 +90,12 @@ class OmniModel(MegatronModule):
         return embeddings
 
     def forward(self, batch: Batch) -> torch.Tensor:
+        """``batch.labels`` are this rank's part of the sequence (see ``shard_sequence``)."""
+        decoder_input = self.shard_sequence(self.embed(batch)) if self.pre_process else None
         return self.llm(
             input_ids=batch.tokens,
             position_ids=batch.position_ids,
             attention_mask=None,
-            decoder_input=self.embed(batch),
-            labels=batch.labels,
+            decoder_input=decoder_input,
+            labels=batch.labels if self.post_process else None,
         )

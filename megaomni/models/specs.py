@@ -1,18 +1,19 @@
-"""Layer specs: Transformer Engine's when it is importable, otherwise megatron-core's local spec
-with our SDPA attention core (megaomni.ops.attention)."""
+"""Layer specs: Transformer Engine's when it is importable, otherwise megatron-core's local
+modules with our SDPA attention core (megaomni.ops.attention) and RMSNorm (megaomni.ops.norm)."""
 
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
-from megatron.core.models.gpt.gpt_layer_specs import (
-    get_gpt_layer_local_spec,
-    get_gpt_layer_with_transformer_engine_spec,
-)
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_layer_local_spec
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megaomni.ops.attention import SDPAttention
+from megaomni.ops.norm import RMSNorm
 
 
 def have_transformer_engine() -> bool:
@@ -23,22 +24,31 @@ def have_transformer_engine() -> bool:
     return True
 
 
-def _local_spec(mask_type: AttnMaskType) -> ModuleSpec:
-    spec = copy.deepcopy(get_gpt_layer_local_spec(normalization="RMSNorm"))
+def _local(spec: ModuleSpec, mask_type: AttnMaskType) -> ModuleSpec:
+    """A local-spec layer with our attention core and norms."""
+    spec = copy.deepcopy(spec)
+    spec.submodules.input_layernorm = RMSNorm
+    spec.submodules.pre_mlp_layernorm = RMSNorm
     attention = spec.submodules.self_attention
     attention.params = {"attn_mask_type": mask_type}
     attention.submodules.core_attention = SDPAttention
     return spec
 
 
-def llm_layer_spec() -> ModuleSpec:
-    """Causal decoder layer: RMSNorm, GQA self-attention with RoPE, SwiGLU MLP."""
-    if have_transformer_engine():
-        return get_gpt_layer_with_transformer_engine_spec()
-    return _local_spec(AttnMaskType.causal)
+def llm_block_spec(config: TransformerConfig, vp_stage: Optional[int] = None,
+                   pp_rank: Optional[int] = None) -> TransformerBlockSubmodules:
+    """The causal decoder layers this (virtual) pipeline stage builds: RMSNorm, GQA
+    self-attention with RoPE, SwiGLU MLP, or an MoE MLP where ``config.moe_layer_freq`` says."""
+    te = have_transformer_engine()
+    block = get_gpt_decoder_block_spec(config, use_transformer_engine=te, normalization="RMSNorm",
+                                       vp_stage=vp_stage, pp_rank=pp_rank)
+    if not te:
+        block.layer_specs = [_local(s, AttnMaskType.causal) for s in block.layer_specs]
+        block.layer_norm = RMSNorm
+    return block
 
 
 def encoder_layer_spec() -> ModuleSpec:
     """Bidirectional layer for the encoders; always our core, since encoders pack several
     images/clips into one sequence with 2D positions (see megaomni.ops.attention)."""
-    return _local_spec(AttnMaskType.no_mask)
+    return _local(get_gpt_layer_local_spec(normalization="RMSNorm"), AttnMaskType.no_mask)

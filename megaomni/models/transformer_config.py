@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megaomni.config import MoEConfig
+
 
 def make_transformer_config(
     *,
@@ -16,13 +18,14 @@ def make_transformer_config(
     norm_eps: float,
     num_query_groups: int | None = None,
     init_std: float = 0.02,
-    tp: int = 1,
-    pp: int = 1,
-    cp: int = 1,
     bf16: bool = False,
     cpu_init: bool = True,
+    **extra,
 ) -> TransformerConfig:
-    """RMSNorm + SwiGLU + no biases + no dropout; fusions off (they need CUDA/TE kernels)."""
+    """RMSNorm + SwiGLU + no biases + no dropout; fusions off (they need CUDA/TE kernels).
+
+    ``extra`` holds the remaining ``TransformerConfig`` fields: the parallel layout (from
+    :mod:`megaomni.parallel.layout`) and MoE settings (:func:`moe_config_fields`)."""
     return TransformerConfig(
         num_layers=num_layers,
         hidden_size=hidden_size,
@@ -44,12 +47,37 @@ def make_transformer_config(
         persist_layer_norm=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        context_parallel_size=cp,
         calculate_per_token_loss=True,
         bf16=bf16,
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         pipeline_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_cpu_initialization=cpu_init,
+        **extra,
     )
+
+
+def moe_config_fields(moe: MoEConfig, ffn_hidden_size: int) -> dict:
+    """``TransformerConfig`` fields of an MoE LLM (none for a dense one)."""
+    if not moe.enabled:
+        return {}
+    fields = dict(
+        num_moe_experts=moe.num_experts,
+        moe_router_topk=moe.top_k,
+        moe_layer_freq=moe.layer_freq,
+        moe_ffn_hidden_size=moe.ffn_hidden_size or ffn_hidden_size,
+        moe_shared_expert_intermediate_size=moe.shared_expert_ffn_hidden_size or None,
+        moe_token_dispatcher_type=moe.token_dispatcher,
+        moe_grouped_gemm=False,
+        moe_router_dtype="fp32",
+        moe_permute_fusion=False,
+    )
+    if moe.balancing == "aux_loss":
+        fields.update(moe_router_load_balancing_type="aux_loss", moe_aux_loss_coeff=moe.aux_loss_coeff)
+    elif moe.balancing == "aux_loss_free":
+        # DeepSeek-V3's per-expert routing bias, nudged after each step toward even loads;
+        # megatron-core implements it for sigmoid router scores only.
+        fields.update(moe_router_load_balancing_type="none", moe_router_enable_expert_bias=True,
+                      moe_router_bias_update_rate=moe.bias_update_rate, moe_router_score_function="sigmoid")
+    else:
+        fields.update(moe_router_load_balancing_type="none")
+    return fields

@@ -26,12 +26,13 @@ class VisionEncoder(MegatronModule):
     placeholder = "image"
     batch_fields = ("image_patches", "image_grids")
 
-    def __init__(self, cfg: VisionConfig, config: TransformerConfig, llm_hidden: int):
+    def __init__(self, cfg: VisionConfig, config: TransformerConfig, llm_hidden: int, pg_collection=None):
         super().__init__(config=config)
         self.cfg = cfg
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.patch_embed = nn.Linear(cfg.in_channels * cfg.patch_size**2, cfg.hidden_size, bias=False)
-        self.blocks = TransformerBlock(config, encoder_layer_spec(), post_layer_norm=True)
+        self.blocks = TransformerBlock(config, encoder_layer_spec(), post_layer_norm=True,
+                                       pg_collection=pg_collection)
         self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=cfg.merge_size**2)
 
     def forward(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,10 @@ from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
+
+from megaomni.ops.context_parallel import causal_cp_mask, gather_keys_values
 
 
 def segment_params(lengths: torch.Tensor) -> PackedSeqParams:
@@ -62,15 +65,18 @@ def sdpa_attention(
     *,
     causal: bool,
     cu_seqlens: Optional[torch.Tensor] = None,
+    mask: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
     scale: Optional[float] = None,
 ) -> torch.Tensor:
-    """``q [b, hq, s, d]``, ``k/v [b, hkv, s, d]`` -> ``[b, hq, s, d]``; GQA by head groups.
+    """``q [b, hq, sq, d]``, ``k/v [b, hkv, sk, d]`` -> ``[b, hq, sq, d]``; GQA by head groups.
 
-    With ``cu_seqlens`` (b must be 1) attention stays inside each sequence.
+    With ``cu_seqlens`` (b must be 1) attention stays inside each sequence; an explicit boolean
+    ``mask [sq, sk]`` (True: may attend) replaces ``causal``.
     """
-    mask = None
-    if cu_seqlens is not None:
+    if mask is not None:
+        causal = False
+    elif cu_seqlens is not None:
         mask = block_mask(cu_seqlens, q.shape[2], causal)
         causal = False
     return F.scaled_dot_product_attention(
@@ -94,8 +100,9 @@ class SDPAttention(MegatronModule):
         pg_collection=None,
     ):
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError("SDPAttention does not implement context parallelism yet")
+        self.cp_group = None
+        if config.context_parallel_size > 1:
+            self.cp_group = pg_collection.cp if pg_collection is not None else ps.get_context_parallel_group()
         self.attn_mask_type = attn_mask_type
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         head_dim = config.kv_channels
@@ -119,6 +126,12 @@ class SDPAttention(MegatronModule):
         causal = mask_type == AttnMaskType.causal
         cu_seqlens = packed_seq_params.cu_seqlens_q if packed_seq_params is not None else None
         thd = packed_seq_params is not None and packed_seq_params.qkv_format == "thd"
+        mask = None
+        if self.cp_group is not None:
+            if thd or cu_seqlens is not None or not causal:
+                raise ValueError("context parallelism in SDPAttention covers causal, unpacked sequences")
+            mask = causal_cp_mask(query.shape[0], self.cp_group, query.device)
+            key, value = gather_keys_values(key, value, self.cp_group)
         if thd:  # [t, h, d] -> [1, h, t, d]
             q, k, v = (x.unsqueeze(0).transpose(1, 2) for x in (query, key, value))
         else:  # [s, b, h, d] -> [b, h, s, d]
@@ -127,10 +140,10 @@ class SDPAttention(MegatronModule):
         if dropout_p > 0 and not self.config.sequence_parallel:
             # Same RNG discipline as megatron-core's core attention: heads differ per TP rank.
             with tensor_parallel.get_cuda_rng_tracker().fork():
-                out = sdpa_attention(q, k, v, causal=causal, cu_seqlens=cu_seqlens,
+                out = sdpa_attention(q, k, v, causal=causal, cu_seqlens=cu_seqlens, mask=mask,
                                      dropout_p=dropout_p, scale=self.softmax_scale)
         else:
-            out = sdpa_attention(q, k, v, causal=causal, cu_seqlens=cu_seqlens,
+            out = sdpa_attention(q, k, v, causal=causal, cu_seqlens=cu_seqlens, mask=mask,
                                  dropout_p=dropout_p, scale=self.softmax_scale)
         if thd:  # [1, h, t, d] -> [t, h*d]
             return out.squeeze(0).transpose(0, 1).reshape(out.shape[2], -1)

@@ -5,16 +5,20 @@ but about where tensors live. This module is the only place megaomni redirects t
 :func:`activate` is called only when CUDA is unavailable (or forced by tests via
 ``MEGAOMNI_FORCE_CPU=1``); the GPU path never goes through it. What is redirected, and why:
 
-1. ``torch.cuda.current_device()`` -> 0, and a ``TorchFunctionMode`` that rewrites
-   ``device="cuda"`` / ``device=<int>`` arguments of tensor factories and ``Tensor.cuda()`` /
-   ``Tensor.to("cuda")`` to the CPU: the global memory buffer, the pipeline schedules, the grad
-   clipping and the checkpoint loader allocate on ``"cuda"`` or on ``current_device()``.
+1. ``torch.cuda.current_device()`` -> ``torch.device("cpu")``, and a ``TorchFunctionMode`` that
+   rewrites ``device="cuda"`` / ``device=<int>`` arguments of tensor factories and
+   ``Tensor.cuda()`` / ``Tensor.to("cuda")`` to the CPU: the global memory buffer, the pipeline
+   schedules, the grad clipping and the checkpoint loader allocate on ``"cuda"`` or on
+   ``current_device()``. The mode is not consulted inside autograd's backward (sequence- and
+   context-parallel backward passes allocate on ``current_device()``), hence the device object.
 2. ``Tensor.type()`` reports CPU tensors under their ``torch.cuda.*Tensor`` names: the optimizer
    and grad clipping assert ``param.grad.type() == 'torch.cuda.FloatTensor'``.
 3. The CUDA RNG (``torch.cuda.get_rng_state/set_rng_state/manual_seed`` and megatron's
    ``_get_cuda_rng_state``/``_set_cuda_rng_state``) is the CPU generator: megatron's RNG tracker
    forks "the CUDA RNG" around dropout, which on CPU tensors must fork the CPU generator.
 4. ``torch.cuda.synchronize()`` is a no-op (pipeline p2p and checkpointing call it).
+5. ``pin_memory=True`` in tensor factories is dropped: pinned memory needs an accelerator, and
+   context parallelism's rotary-table slicing asks for it.
 
 The mode costs a few percent of step time on tiny models; it is never active on GPUs.
 """
@@ -51,7 +55,7 @@ def _is_cuda_device(device) -> bool:
 
 
 class _CudaToCpuMode(TorchFunctionMode):
-    """Rewrites CUDA placements to the CPU (item 1) and CUDA type names (item 2)."""
+    """Rewrites CUDA placements to the CPU (item 1), CUDA type names (item 2) and pinning (item 5)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -61,6 +65,8 @@ class _CudaToCpuMode(TorchFunctionMode):
             return _CUDA_TYPE_NAMES.get(args[0].dtype, func(*args))
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
             kwargs = dict(kwargs, device="cpu")
+        if kwargs.get("pin_memory"):
+            kwargs = dict(kwargs, pin_memory=False)
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], "cpu", *args[2:])
         return func(*args, **kwargs)
@@ -83,7 +89,7 @@ def activate() -> None:
         raise RuntimeError("megaomni.platform.cpu must not be activated on a CUDA machine")
     from megatron.core.tensor_parallel import random as mcore_random
 
-    torch.cuda.current_device = lambda: 0
+    torch.cuda.current_device = lambda: torch.device("cpu")
     torch.cuda.synchronize = lambda *a, **k: None
     torch.cuda.get_rng_state = _cpu_get_rng_state
     torch.cuda.set_rng_state = _cpu_set_rng_state

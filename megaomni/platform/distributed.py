@@ -51,10 +51,13 @@ def init_distributed(cfg: OmniConfig) -> torch.device:
             dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
                                     rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
+        par = cfg.parallel
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=cfg.parallel.tp,
-            pipeline_model_parallel_size=cfg.parallel.pp,
-            context_parallel_size=cfg.parallel.cp,
+            tensor_model_parallel_size=par.tp,
+            pipeline_model_parallel_size=par.pp,
+            virtual_pipeline_model_parallel_size=par.vpp if par.vpp > 1 else None,
+            context_parallel_size=par.cp,
+            expert_model_parallel_size=par.ep,
         )
     torch.manual_seed(cfg.train.seed)
     model_parallel_cuda_manual_seed(cfg.train.seed)

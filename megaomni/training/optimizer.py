@@ -8,7 +8,8 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megaomni.config import TrainConfig
 
 
-def build_optimizer(cfg: TrainConfig, model_chunks: list):
+def build_optimizer(cfg: TrainConfig, model_chunks: list, distributed: bool = False):
+    """``distributed``: shard the optimizer state over the data-parallel ranks (ZeRO-1)."""
     optimizer = get_megatron_optimizer(
         OptimizerConfig(
             optimizer="adam",
@@ -19,6 +20,7 @@ def build_optimizer(cfg: TrainConfig, model_chunks: list):
             adam_beta2=cfg.adam_beta2,
             clip_grad=cfg.clip_grad,
             bf16=cfg.bf16,
+            use_distributed_optimizer=distributed,
         ),
         model_chunks,
     )
@@ -28,11 +30,11 @@ def build_optimizer(cfg: TrainConfig, model_chunks: list):
         max_lr=cfg.lr,
         min_lr=cfg.min_lr,
         lr_warmup_steps=cfg.warmup_iters,
-        lr_decay_steps=cfg.iters,
+        lr_decay_steps=max(cfg.iters, cfg.warmup_iters + 1),  # iters=0 only writes the initial weights
         lr_decay_style="cosine",
         start_wd=cfg.weight_decay,
         end_wd=cfg.weight_decay,
-        wd_incr_steps=cfg.iters,
+        wd_incr_steps=max(cfg.iters, cfg.warmup_iters + 1),
         wd_incr_style="constant",
     )
     return optimizer, scheduler

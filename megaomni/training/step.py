@@ -2,19 +2,22 @@
 
 The loss is per-token: each micro-batch returns the sum of its answer-token losses and their
 count; megatron-core (``calculate_per_token_loss``) divides the gradients by the step's total
-token count across micro-batches and data-parallel ranks, so uneven micro-batches weigh right.
+token count across micro-batches and data/context-parallel ranks, so uneven micro-batches weigh
+right.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 
 import torch
 
 from megaomni.data.batch import Batch
+from megaomni.parallel.sequence import shard_tokens
 
-# Order of the reduced step statistics (see reduce_step_stats).
-STAT_KEYS = ("loss_sum", "loss_tokens", "answer_nll_sum", "samples")
+# Order of the micro-batch statistics summed over ranks (see trainer.reduce_step_stats).
+STAT_KEYS = ("loss_sum", "loss_tokens")
 
 
 def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
@@ -22,16 +25,19 @@ def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     masked = per_token_loss.float() * mask
     loss_sum = masked.sum()
     num_tokens = mask.sum().to(torch.int)
-    # Per-sample answer NLL (sum over the answer's tokens): -log p(answer | prompt, media).
-    answer_nll = masked.sum(dim=1)
-    stats = torch.stack([loss_sum.detach(), mask.sum(), answer_nll.sum().detach(),
-                         torch.tensor(float(mask.shape[0]), device=mask.device)])
+    # loss_sum is also the answer NLL (-log p(answer | prompt, media), summed over each answer's
+    # tokens) summed over samples: the trainer divides it by the sample count as well.
+    stats = torch.stack([loss_sum.detach(), mask.sum()])
     return loss_sum, num_tokens, {"stats": stats}
 
 
 def make_forward_step(device: torch.device):
     def forward_step(data_iterator, model):
         batch: Batch = next(data_iterator).to(device)
+        # Labels and loss mask of this rank's part of the sequence (context parallelism); the
+        # model merges media into the whole sequence and cuts its embeddings the same way.
+        batch = dataclasses.replace(batch, labels=shard_tokens(batch.labels),
+                                    loss_mask=shard_tokens(batch.loss_mask))
         return model(batch), partial(loss_func, batch.loss_mask)
 
     return forward_step

@@ -1,0 +1,44 @@
+"""The parallel layout as megatron-core configuration: the ``TransformerConfig`` fields of the
+LLM and of the encoders, and the process-group sizes. One place turns ``parallel.*`` and
+``pipeline.*`` into megatron-core's terms."""
+
+from __future__ import annotations
+
+from megaomni.config import OmniConfig
+from megaomni.parallel.stages import layers_per_stage, megatron_layout
+
+
+def data_parallel_size(cfg: OmniConfig, world_size: int) -> int:
+    par = cfg.parallel
+    return world_size // (par.tp * par.pp * par.cp)
+
+
+def llm_parallel_fields(cfg: OmniConfig, vocab_size: int) -> dict:
+    par = cfg.parallel
+    fields = dict(
+        tensor_model_parallel_size=par.tp,
+        pipeline_model_parallel_size=par.pp,
+        context_parallel_size=par.cp,
+        expert_model_parallel_size=par.ep,
+        sequence_parallel=par.sp,
+    )
+    if par.pp > 1:
+        counts = layers_per_stage(cfg, vocab_size)
+        # All micro-batches of a step share one length (OmniDataLoader.next_step), so stages
+        # exchange fixed shapes: megatron-core's interleaved schedule hangs with variable ones.
+        fields.update(pipeline_model_parallel_layout=megatron_layout(counts))
+    if par.vpp > 1:
+        fields.update(
+            virtual_pipeline_model_parallel_size=par.vpp,
+            # megatron-core's interleaved schedule with batched p2p gives wrong numbers without
+            # an error on 2 stages (NVIDIA/Megatron-LM #750, #1450; shared/notes); never batch.
+            batch_p2p_comm=False,
+            overlap_p2p_comm=False,
+        )
+    return fields
+
+
+def encoder_parallel_fields(cfg: OmniConfig) -> dict:
+    """Encoders: tensor parallel by ``parallel.encoder.tp``, no pipeline, context or sequence
+    parallelism (their inputs are whole images/clips on the first stage)."""
+    return dict(tensor_model_parallel_size=cfg.parallel.encoder.tp)

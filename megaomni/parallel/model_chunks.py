@@ -1,0 +1,71 @@
+"""This rank's part of the omni model under the parallel layout: one model chunk per virtual
+pipeline stage, encoders on the first stage, each part given its process groups."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+from megatron.core.dist_checkpointing.mapping import ShardedBase
+from megatron.core.process_groups_config import ProcessGroupCollection
+
+from megaomni.config import OmniConfig
+from megaomni.models.build import build_model
+from megaomni.models.omni import OmniModel
+from megaomni.parallel.layout import encoder_parallel_fields, llm_parallel_fields
+from megaomni.parallel.sequence import embedding_sharder
+
+
+def _encoder_process_groups(cfg: OmniConfig):
+    """With ``parallel.encoder.tp=1`` under a tensor-parallel LLM the encoders are whole on every
+    TP rank: their tensor- and context-parallel groups are this rank alone. Collective."""
+    if cfg.parallel.encoder.tp == cfg.parallel.tp:
+        return None
+    alone, _ = dist.new_subgroups(group_size=1)
+    groups = ProcessGroupCollection.use_mpu_process_groups()
+    groups.tp = groups.cp = groups.tp_cp = alone
+    return groups
+
+
+def _replicate_over_llm_tp(encoder) -> None:
+    """An encoder whole on every LLM TP rank holds duplicates: count its gradients once in the
+    grad norm (TP rank 0), and save it once (a replica id per TP rank)."""
+    for param in encoder.parameters():
+        param.tensor_model_parallel = False
+    tp_rank = ps.get_tensor_model_parallel_rank()
+    inner = encoder.sharded_state_dict
+
+    def sharded_state_dict(*args, **kwargs):
+        state = inner(*args, **kwargs)
+        for item in nested_values(state):
+            if isinstance(item, ShardedBase):
+                ids = item.replica_id if isinstance(item.replica_id, tuple) else (item.replica_id,)
+                item.replica_id = (tp_rank, *ids)
+        return state
+
+    encoder.sharded_state_dict = sharded_state_dict
+
+
+def build_model_chunks(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], int]) -> list[OmniModel]:
+    """One :class:`OmniModel` per virtual pipeline stage of this rank (one without VPP)."""
+    llm_fields = llm_parallel_fields(cfg, vocab_size)
+    encoder_groups = _encoder_process_groups(cfg)
+    shard = embedding_sharder(cfg.parallel.sp)
+    vpp = cfg.parallel.vpp
+    chunks = []
+    for vp in range(vpp):
+        vp_stage = vp if vpp > 1 else None
+        model = build_model(
+            cfg, vocab_size, media_pad_id, llm_parallel=llm_fields,
+            encoder_parallel=encoder_parallel_fields(cfg), encoder_pg_collection=encoder_groups,
+            pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+            post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+            vp_stage=vp_stage, shard_sequence=shard,
+        )
+        if encoder_groups is not None:
+            for name in model.encoder_names:
+                _replicate_over_llm_tp(getattr(model, f"{name}_encoder"))
+        chunks.append(model)
+    return chunks

@@ -1,0 +1,92 @@
+"""Splitting the omni model into pipeline stages, encoders and LLM layers seen together.
+
+Encoders live on the first stage (megatron-core's LLaVA arrangement), with the LLM's embedding;
+the output layer lives on the last. The automatic split gives each (virtual) stage a contiguous
+run of LLM layers so that the largest stage cost is as small as possible, where a stage's cost
+counts the matmul parameters it runs per token (a parameter costs 2 FLOPs per token it touches):
+the encoders and the output layer weigh on the stages that hold them, so the first stage gets
+fewer LLM layers. ``pipeline.layers_per_stage`` overrides the split.
+
+Stage order is megatron-core's: virtual stage ``v`` of pipeline rank ``r`` is stage ``v * pp + r``.
+"""
+
+from __future__ import annotations
+
+from megaomni.config import LLMConfig, OmniConfig
+
+
+def llm_layer_costs(llm: LLMConfig) -> list[int]:
+    """Matmul parameters touched per token by each LLM layer (active experts only for MoE)."""
+    h, heads, groups = llm.hidden_size, llm.num_attention_heads, llm.num_query_groups
+    attention = h * h * 2 + 2 * h * (h // heads) * groups  # q, o and the grouped k, v
+    moe = llm.moe
+    dense_mlp = 3 * h * llm.ffn_hidden_size  # SwiGLU: gate, up, down
+    expert_ffn = moe.ffn_hidden_size or llm.ffn_hidden_size
+    moe_mlp = moe.top_k * 3 * h * expert_ffn + 3 * h * moe.shared_expert_ffn_hidden_size + h * moe.num_experts
+    return [attention + (moe_mlp if moe.enabled and i % moe.layer_freq == 0 else dense_mlp)
+            for i in range(llm.num_layers)]
+
+
+def encoder_cost(cfg: OmniConfig) -> int:
+    """Matmul parameters of the enabled encoders and projectors (per encoder token)."""
+    total, llm_h = 0, cfg.model.llm.hidden_size
+    for name in ("vision", "audio"):
+        part = getattr(cfg.model, name)
+        if part.enabled:
+            h = part.hidden_size
+            total += part.num_layers * (4 * h * h + 3 * h * part.ffn_hidden_size) + h * llm_h + llm_h * llm_h
+    return total
+
+
+def balanced_split(costs: list[int], stages: int, first_extra: int = 0, last_extra: int = 0) -> list[int]:
+    """Layer counts (each >= 1) of ``stages`` contiguous groups of ``costs`` minimising the
+    largest group cost, ``first_extra`` / ``last_extra`` added to the first / last group."""
+    n = len(costs)
+    if not 1 <= stages <= n:
+        raise ValueError(f"cannot split {n} layers into {stages} stages of >= 1 layer")
+    prefix = [0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+
+    def group(stage: int, start: int, end: int) -> int:
+        extra = (first_extra if stage == 0 else 0) + (last_extra if stage == stages - 1 else 0)
+        return prefix[end] - prefix[start] + extra
+
+    # best[s][e]: smallest max cost of splitting layers [0, e) into s + 1 groups; ties keep
+    # the earliest cut, so results are deterministic.
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(stages)]
+    cut = [[0] * (n + 1) for _ in range(stages)]
+    for e in range(1, n + 1):
+        best[0][e] = group(0, 0, e)
+    for s in range(1, stages):
+        for e in range(s + 1, n + 1):
+            for start in range(s, e):
+                value = max(best[s - 1][start], group(s, start, e))
+                if value < best[s][e]:
+                    best[s][e], cut[s][e] = value, start
+    counts, end = [], n
+    for s in range(stages - 1, 0, -1):
+        start = cut[s][end]
+        counts.append(end - start)
+        end = start
+    counts.append(end)
+    return counts[::-1]
+
+
+def layers_per_stage(cfg: OmniConfig, vocab_size: int) -> list[int]:
+    """LLM layers of each of the ``pp * vpp`` stages (stage order), configured or automatic."""
+    par = cfg.parallel
+    if cfg.pipeline.layers_per_stage:
+        return list(cfg.pipeline.layers_per_stage)
+    llm = cfg.model.llm
+    return balanced_split(llm_layer_costs(llm), par.pp * par.vpp, first_extra=encoder_cost(cfg),
+                          last_extra=llm.hidden_size * vocab_size)
+
+
+def megatron_layout(counts: list[int]) -> list[list[str]]:
+    """megatron-core's ``pipeline_model_parallel_layout``: the layer types of every stage."""
+    layout = [["decoder"] * n for n in counts]
+    layout[0].insert(0, "embedding")
+    layout[-1].append("loss")
+    return layout

@@ -1,0 +1,60 @@
+"""Everything a run needs before its first step: this rank's model chunks wrapped in
+megatron-core's DDP, the optimizer and the LR schedule."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from megatron.core.distributed import (
+    DistributedDataParallel,
+    DistributedDataParallelConfig,
+    finalize_model_grads,
+)
+
+from megaomni.config import OmniConfig
+from megaomni.models.omni import OmniModel
+from megaomni.parallel.model_chunks import build_model_chunks
+from megaomni.training.optimizer import build_optimizer
+
+log = logging.getLogger("megaomni.train")
+
+
+@dataclass
+class TrainingState:
+    chunks: list[OmniModel]  # one per virtual pipeline stage of this rank
+    ddp: list[DistributedDataParallel]
+    optimizer: object
+    scheduler: object
+
+
+def _log_parameters(chunks: list[OmniModel]) -> None:
+    counts: dict[str, int] = {}
+    for chunk in chunks:
+        parts = {"llm": chunk.llm, **{n: getattr(chunk, f"{n}_encoder") for n in chunk.encoder_names}}
+        for name, module in parts.items():
+            counts[name] = counts.get(name, 0) + sum(p.numel() for p in module.parameters())
+    log.info("parameters on this rank: %s", ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
+
+
+def build_training_state(cfg: OmniConfig, vocab_size: int, media_pad_id, device: torch.device) -> TrainingState:
+    chunks = build_model_chunks(cfg, vocab_size, media_pad_id)
+    # bf16: every parameter, megatron-core's and the plain torch ones (patch embedding, convs,
+    # projectors), lives in bf16; the optimizer keeps fp32 master weights.
+    dtype = torch.bfloat16 if cfg.train.bf16 else torch.float32
+    chunks = [chunk.to(device=device, dtype=dtype) for chunk in chunks]
+    _log_parameters(chunks)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+        use_distributed_optimizer=cfg.parallel.distributed_optimizer,
+    )
+    # Only the first chunk's buckets are used by megatron-core's bucketing; later chunks reduce
+    # their grads in one go (Megatron-LM's arrangement).
+    ddp = [DistributedDataParallel(chunk.config, ddp_config, chunk, disable_bucketing=i > 0)
+           for i, chunk in enumerate(chunks)]
+    config = chunks[0].config  # the schedules read the first chunk's config
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = [d.no_sync for d in ddp] if len(ddp) > 1 else ddp[0].no_sync
+    optimizer, scheduler = build_optimizer(cfg.train, ddp, distributed=cfg.parallel.distributed_optimizer)
+    return TrainingState(chunks, ddp, optimizer, scheduler)
