@@ -34,10 +34,10 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     (megaomni.parallel.layout) and ``encoder_pg_collection`` the encoders' process groups;
     absent, the model is built for one process."""
     llm_cfg = cfg.model.llm
-    llm_config = _stack_config(
-        llm_cfg, cfg, num_query_groups=llm_cfg.num_query_groups, init_std=llm_cfg.init_std,
-        **moe_config_fields(llm_cfg.moe, llm_cfg.ffn_hidden_size), **(llm_parallel or {}),
-    )
+    # The layout's fields come last: they may adjust MoE settings to the layout.
+    fields = {**moe_config_fields(llm_cfg.moe, llm_cfg.ffn_hidden_size), **(llm_parallel or {})}
+    llm_config = _stack_config(llm_cfg, cfg, num_query_groups=llm_cfg.num_query_groups,
+                               init_std=llm_cfg.init_std, **fields)
     llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage)
     encoders, encoder_pads = {}, {}
     for name, cls in ENCODERS.items():

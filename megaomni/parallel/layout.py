@@ -22,6 +22,13 @@ def llm_parallel_fields(cfg: OmniConfig, vocab_size: int) -> dict:
         expert_model_parallel_size=par.ep,
         sequence_parallel=par.sp,
     )
+    moe = cfg.model.llm.moe
+    shards = par.cp * (par.tp if par.sp else 1)
+    if moe.enabled and moe.balancing == "aux_loss" and shards > 1:
+        # With per-token loss, megatron-core scales each rank's share of the load-balancing loss
+        # by the tokens that rank holds, i.e. 1/shards of the whole sequence under sequence or
+        # context parallelism: without this the aux-loss gradient would shrink by that factor.
+        fields["moe_aux_loss_coeff"] = moe.aux_loss_coeff * shards
     if par.pp > 1:
         counts = layers_per_stage(cfg, vocab_size)
         # All micro-batches of a step share one length (OmniDataLoader.next_step), so stages

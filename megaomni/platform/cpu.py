@@ -19,12 +19,18 @@ but about where tensors live. This module is the only place megaomni redirects t
 4. ``torch.cuda.synchronize()`` is a no-op (pipeline p2p and checkpointing call it).
 5. ``pin_memory=True`` in tensor factories is dropped: pinned memory needs an accelerator, and
    context parallelism's rotary-table slicing asks for it.
+6. CUDA streams and events are inert stand-ins (``torch.cuda.Stream``, ``current_stream``,
+   ``stream(...)``): the MoE all-to-all dispatcher copies routing counts to the host on a side
+   stream; on the CPU there is one stream of work.
+7. ``all_to_all_single`` takes split sizes as Python lists: the MoE dispatcher hands over the
+   tensors / numpy arrays it would have copied from the GPU, which gloo refuses.
 
 The mode costs a few percent of step time on tiny models; it is never active on GPUs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -72,6 +78,43 @@ class _CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _InertEvent:
+    def synchronize(self) -> None:
+        pass
+
+    def wait(self, *_args) -> None:
+        pass
+
+
+class _InertStream:
+    def __init__(self, *_args, **_kwargs):
+        pass
+
+    def wait_stream(self, *_args) -> None:
+        pass
+
+    def wait_event(self, *_args) -> None:
+        pass
+
+    def record_event(self, *_args) -> _InertEvent:
+        return _InertEvent()
+
+    def synchronize(self) -> None:
+        pass
+
+
+_CPU_STREAM = _InertStream()
+
+
+def _with_list_splits(all_to_all_single):
+    def call(output, input, output_split_sizes=None, input_split_sizes=None, *args, **kwargs):
+        as_list = (lambda s: None if s is None else [int(x) for x in s])
+        return all_to_all_single(output, input, as_list(output_split_sizes), as_list(input_split_sizes),
+                                 *args, **kwargs)
+
+    return call
+
+
 def _cpu_get_rng_state(*_args, **_kwargs) -> torch.Tensor:
     return torch.get_rng_state()
 
@@ -98,6 +141,11 @@ def activate() -> None:
     torch.cuda.random.set_rng_state = _cpu_set_rng_state
     mcore_random._get_cuda_rng_state = _cpu_get_rng_state
     mcore_random._set_cuda_rng_state = _cpu_set_rng_state
+    torch.cuda.Stream = _InertStream
+    torch.cuda.current_stream = lambda *a, **k: _CPU_STREAM
+    torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()
+    torch.Tensor.record_stream = lambda self, *a: None
+    torch.distributed.all_to_all_single = _with_list_splits(torch.distributed.all_to_all_single)
     _CudaToCpuMode().__enter__()  # process-wide: stays on for the life of the process
     _ACTIVE = True
 

@@ -36,6 +36,9 @@ def init_distributed(cfg: OmniConfig) -> torch.device:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
+    from megaomni.platform import mcore_compat
+
+    mcore_compat.apply()
     device = pick_device(cfg.train.device)
     if device.type == "cpu":
         from megaomni.platform import cpu
