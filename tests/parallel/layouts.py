@@ -1,0 +1,68 @@
+"""The layouts the parity tests run, and how a layout's run is started and compared.
+
+Every run starts from the same initial weights (a weights-only checkpoint written once per model
+by a single process with ``train.iters=0``; loading reshards it to the layout), so any
+difference in loss or grad norm is the layout's doing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from tests.conftest import read_metrics, run_pretrain
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    overrides: tuple[str, ...]
+
+
+# 8 LLM layers so PP4 x VPP2 has a layer per virtual stage; 4 micro-batches of 4 per step so
+# the interleaved schedule has >= pp micro-batches.
+COMMON = ("train.iters=3", "train.warmup_iters=0", "checkpoint.save_interval=0",
+          "model.llm.num_layers=8", "data.micro_batch_size=4", "data.global_batch_size=16")
+DENSE = Model("dense", ())
+# Every other layer MoE, with a shared expert and the aux loss: dense and expert layers mixed.
+MOE = Model("moe", ("model.llm.moe.num_experts=4", "model.llm.moe.top_k=2", "model.llm.moe.layer_freq=2",
+                    "model.llm.moe.shared_expert_ffn_hidden_size=64"))
+
+# (name, ranks, overrides, models it applies to). An MoE LLM under TP needs sequence parallelism.
+LAYOUTS = [
+    ("tp2", 2, ("parallel.tp=2",), (DENSE,)),
+    ("tp2_sp", 2, ("parallel.tp=2", "parallel.sp=true"), (DENSE, MOE)),
+    ("tp2_enc_tp2", 2, ("parallel.tp=2", "parallel.encoder.tp=2"), (DENSE,)),
+    ("pp2", 2, ("parallel.pp=2",), (DENSE, MOE)),
+    ("pp2_vpp2", 2, ("parallel.pp=2", "parallel.vpp=2"), (DENSE, MOE)),
+    ("pp4_vpp2", 4, ("parallel.pp=4", "parallel.vpp=2"), (DENSE, MOE)),
+    ("cp2", 2, ("parallel.cp=2",), (DENSE, MOE)),
+    ("ep2", 2, ("parallel.ep=2",), (MOE,)),
+    ("dp2_distopt", 2, ("parallel.distributed_optimizer=true",), (DENSE, MOE)),
+    ("tp2_pp2", 4, ("parallel.tp=2", "parallel.pp=2"), (DENSE,)),
+    ("tp2_sp_pp2", 4, ("parallel.tp=2", "parallel.sp=true", "parallel.pp=2"), (MOE,)),
+    ("pp2_ep2", 4, ("parallel.pp=2", "parallel.ep=2"), (MOE,)),
+]
+
+CASES = [pytest.param(model, nproc, overrides, id=f"{model.name}-{name}")
+         for name, nproc, overrides, models in LAYOUTS for model in models]
+
+
+def launch(out, *overrides: str, nproc: int = 1) -> None:
+    proc = run_pretrain(f"train.output_dir={out}", *overrides, nproc=nproc)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
+def train(out, *overrides: str, nproc: int = 1) -> list[dict]:
+    launch(out, *overrides, nproc=nproc)
+    return read_metrics(str(out))
+
+
+def assert_same_run(reference: list[dict], records: list[dict], rel: float) -> None:
+    """Same iterations, token counts, and loss / grad norm within ``rel`` (relative)."""
+    assert [r["iteration"] for r in records] == [r["iteration"] for r in reference]
+    for a, b in zip(reference, records):
+        for key in ("loss", "grad_norm", "answer_nll"):
+            assert b[key] == pytest.approx(a[key], rel=rel), (key, a, b)
+        assert (b["tokens"], b["loss_tokens"]) == (a["tokens"], a["loss_tokens"])
