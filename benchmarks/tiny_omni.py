@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 
+from report import write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIG = os.path.join(ROOT, "examples", "configs", "tiny_omni.yaml")
@@ -91,12 +93,7 @@ def main() -> None:
         print(f"{name:<12}{s['final_answer_nll']:>12.3f}{s['final_loss']:>12.4f}"
               f"{s['median_tokens_per_s']:>10.0f}{s['median_step_time_s']:>9.3f}")
     print(f"bf16 resume from iteration {half}: max relative loss difference {resume_diff:.2e}")
-    os.makedirs(args.out, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in device.lower()).strip("-")
-    path = os.path.join(args.out, f"tiny_omni_{slug}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {path}")
+    write_result(result, args.out, "tiny_omni", device)
 
 
 if __name__ == "__main__":

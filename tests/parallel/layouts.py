@@ -59,6 +59,11 @@ def train(out, *overrides: str, nproc: int = 1) -> list[dict]:
     return read_metrics(str(out))
 
 
+def max_relative_difference(reference: list[dict], records: list[dict]) -> dict[str, float]:
+    return {key: max(abs(b[key] - a[key]) / abs(a[key]) for a, b in zip(reference, records))
+            for key in ("loss", "grad_norm")}
+
+
 def assert_same_run(reference: list[dict], records: list[dict], rel: float) -> None:
     """Same iterations, token counts, and loss / grad norm within ``rel`` (relative)."""
     assert [r["iteration"] for r in records] == [r["iteration"] for r in reference]
@@ -66,3 +71,29 @@ def assert_same_run(reference: list[dict], records: list[dict], rel: float) -> N
         for key in ("loss", "grad_norm", "answer_nll"):
             assert b[key] == pytest.approx(a[key], rel=rel), (key, a, b)
         assert (b["tokens"], b["loss_tokens"]) == (a["tokens"], a["loss_tokens"])
+
+
+class ParitySetup:
+    """``extra`` overrides apply to every run (the initial weights' too), e.g. ``train.bf16=true``."""
+
+    def __init__(self, toy_data: str, root, extra: tuple[str, ...] = ()):
+        self.toy_data, self.root, self.extra = toy_data, root, extra
+        self._references: dict[str, list[dict]] = {}
+
+    def init_weights(self, model: Model) -> str:
+        """A weights-only checkpoint of ``model``'s initial weights (single process)."""
+        path = self.root / f"{model.name}_init"
+        if not path.exists():
+            launch(self.root / f"{model.name}_init_run", f"data.path={self.toy_data}", *COMMON, *self.extra,
+                   *model.overrides, "train.iters=0", f"checkpoint.save={path}")
+        return str(path / "iter_0000000")
+
+    def run(self, model: Model, out, *overrides: str, nproc: int = 1) -> list[dict]:
+        """A ``model`` run from the shared initial weights; ``overrides`` win over COMMON."""
+        return train(out, f"data.path={self.toy_data}", *COMMON, *self.extra, *model.overrides,
+                     f"checkpoint.load={self.init_weights(model)}", *overrides, nproc=nproc)
+
+    def reference(self, model: Model) -> list[dict]:
+        if model.name not in self._references:
+            self._references[model.name] = self.run(model, self.root / f"{model.name}_reference")
+        return self._references[model.name]

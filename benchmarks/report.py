@@ -1,0 +1,22 @@
+"""Where a benchmark's figures go: ``<out>/<stem>_<device slug>.json``, one file per device, so
+results from several machines sit side by side in ``benchmarks/results/``."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def slug(text: str) -> str:
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``: safe in a file name."""
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def write_result(result: dict, out_dir: str, stem: str, device: str) -> str:
+    """Write ``result`` as indented JSON, say where, and return the path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{stem}_{slug(device)}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
+    return path
