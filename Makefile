@@ -7,7 +7,7 @@ CONFIG  ?= examples/configs/tiny_omni.yaml
 
 .PHONY: setup train test test-quick clean
 
-$(VENV)/.installed: requirements.txt setup.py pyproject.toml
+$(VENV)/.installed: requirements.txt setup.py pyproject.toml $(wildcard csrc/*.cpp)
 	test -x $(PY) || $(PYTHON3) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .

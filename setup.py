@@ -1,4 +1,21 @@
+import os
+
 from setuptools import find_packages, setup
+
+
+def packing_extension() -> dict:
+    """setup() arguments for the C++ packing extension (csrc/packing.cpp -> megaomni._packing_ext).
+    Empty when MEGAOMNI_NO_EXT=1 or torch is not importable at build time: megaomni.data.packing
+    then runs its Python reference, with the same results."""
+    if os.environ.get("MEGAOMNI_NO_EXT") == "1":
+        return {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        return {}
+    extension = CppExtension("megaomni._packing_ext", ["csrc/packing.cpp"], extra_compile_args=["-O3"])
+    return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
+
 
 setup(
     name="megaomni",
@@ -23,4 +40,5 @@ setup(
         "dali": ["nvidia-dali-cuda120"],
         "test": ["pytest"],
     },
+    **packing_extension(),
 )
