@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import wave
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from megaomni.data.errors import BadSample
 from megaomni.models.media_layout import patch_positions
@@ -51,6 +52,8 @@ def load_image(data: bytes, *, patch_size: int, merge_size: int, min_pixels: int
     try:
         image = Image.open(io.BytesIO(data))
         image = image.convert(modes[in_channels])  # forces the full decode: truncation shows here
+    except UnidentifiedImageError as e:  # its message names a BytesIO object, of no use in a log
+        raise BadSample("bad_image", "undecodable image (not a format Pillow knows)") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadSample("bad_image", f"undecodable image ({e})") from e
     factor = patch_size * merge_size
@@ -71,24 +74,34 @@ def load_image(data: bytes, *, patch_size: int, merge_size: int, min_pixels: int
 
 
 def _load_wav(data: bytes) -> tuple[np.ndarray, int]:
-    with wave.open(io.BytesIO(data)) as f:
-        if f.getsampwidth() != 2:
-            raise BadSample("bad_audio", f"WAV with {8 * f.getsampwidth()}-bit samples (need 16-bit PCM)")
-        channels, rate = f.getnchannels(), f.getframerate()
-        frames = f.readframes(f.getnframes())
+    try:
+        with wave.open(io.BytesIO(data)) as f:
+            width, channels, rate, count = f.getsampwidth(), f.getnchannels(), f.getframerate(), f.getnframes()
+            frames = f.readframes(count)
+    except RuntimeError as e:  # what wave raises for a chunk that claims more bytes than the file has
+        raise wave.Error("a chunk overruns the file") from e
+    if width != 2:
+        raise BadSample("bad_audio", f"WAV with {8 * width}-bit samples (need 16-bit PCM)")
+    if rate <= 0:
+        raise BadSample("bad_audio", f"WAV with a sample rate of {rate} Hz")
+    if len(frames) != count * channels * width:  # a short clip would be silently wrong, not bad
+        raise BadSample("bad_audio", f"truncated WAV data: {len(frames) // (channels * width)} of {count} frames")
     samples = np.frombuffer(frames, dtype="<i2")
-    if samples.size % channels:
-        raise BadSample("bad_audio", "truncated WAV data")
     return samples.reshape(-1, channels).astype(np.float32).mean(axis=1) / 32768.0, rate
 
 
 def _load_flac(data: bytes) -> tuple[np.ndarray, int]:
     try:
         import soundfile
-    except ImportError as e:
+    except ImportError as e:  # the setup's fault, not the sample's: stop, do not skip every clip
         raise RuntimeError("reading FLAC audio needs the soundfile package (pip install soundfile), "
                            "or convert the shards' audio to 16-bit WAV") from e
-    samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except RuntimeError as e:  # libsndfile's errors (soundfile.LibsndfileError is one)
+        raise BadSample("bad_audio", f"undecodable .flac ({e})") from e
+    if rate <= 0:
+        raise BadSample("bad_audio", f"FLAC with a sample rate of {rate} Hz")
     return samples.mean(axis=1), rate
 
 
@@ -99,7 +112,7 @@ def load_audio(data: bytes, ext: str) -> tuple[torch.Tensor, int]:
         raise BadSample("bad_audio", f"unsupported audio type .{ext} (valid: wav, flac)")
     try:
         samples, rate = readers[ext](data)
-    except (wave.Error, EOFError, ValueError) as e:
+    except (wave.Error, EOFError, ValueError, struct.error) as e:
         raise BadSample("bad_audio", f"undecodable .{ext} ({e})") from e
     if samples.size == 0:
         raise BadSample("bad_audio", "empty audio clip")

@@ -30,24 +30,33 @@ class Sample:
     loss_mask: torch.Tensor  # float [L]
     images: list[tuple[torch.Tensor, tuple[int, int]]] = field(default_factory=list)  # (patches, (gh, gw))
     audios: list[torch.Tensor] = field(default_factory=list)  # log-mel [frames, n_mels]
+    truncated_from: int = 0  # the length before data.truncate cut it to data.seq_length; 0: not cut
 
 
 def parse_conversation(data: bytes | None) -> list[dict]:
     if data is None:
-        raise BadSample("bad_json", "no KEY.json member")
+        raise BadSample("missing_json", "no KEY.json member")
     try:
         turns = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: bad UTF-8, bad JSON, a 5000-digit number
         raise BadSample("bad_json", f"malformed JSON ({e})") from e
     if not isinstance(turns, list) or not turns:
-        raise BadSample("bad_conversation", "expected a non-empty list of turns")
+        hint = " (a LLaVA record? tools/prepare_data.py converts those)" if isinstance(turns, dict) else ""
+        raise BadSample("bad_conversation", f"expected a non-empty list of turns{hint}")
     for turn in turns:
         if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
             raise BadSample("bad_conversation", f"turn {turn!r} is not {{'role': user|assistant, 'content': str}}")
+        try:
+            turn["content"].encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate escape: the tokenizer cannot take it
+            raise BadSample("bad_json", f"{turn['role']} content is not valid Unicode ({e})") from e
         if reserved := [t for t in RESERVED if t in turn["content"]]:
             raise BadSample("reserved_token", f"{turn['role']} content contains {reserved[0]}")
-    if not any(turn["role"] == "assistant" for turn in turns):
-        raise BadSample("bad_conversation", "no assistant turn to learn from")
+    answers = [turn["content"] for turn in turns if turn["role"] == "assistant"]
+    if not answers:
+        raise BadSample("no_answer", "no assistant turn to learn from")
+    if not all(answer.strip() for answer in answers):
+        raise BadSample("no_answer", "an empty assistant turn (it would teach to answer nothing)")
     return turns
 
 
@@ -57,6 +66,9 @@ def _check_placeholders(turns: list[dict], raw: RawSample, cfg: OmniConfig) -> N
         if any(placeholder in t["content"] for t in turns if t["role"] == "assistant"):
             raise BadSample("placeholder_mismatch", f"{placeholder} in an assistant turn")
         found = sum(t["content"].count(placeholder) for t in turns)
+        if found != count and raw.unread:
+            raise BadSample("unsupported_media", f"{found} {placeholder} placeholders for {count} readable files; "
+                            f"not read: {', '.join(raw.unread)} (images: png, jpg; audio: wav, flac)")
         if found != count:
             raise BadSample("placeholder_mismatch", f"{found} {placeholder} placeholders for {count} files")
         if count and not enabled:
@@ -74,8 +86,26 @@ def _audio_features(ext: str, data: bytes, cfg: OmniConfig) -> torch.Tensor:
                    hop_length=audio.hop_length, n_mels=audio.n_mels)
 
 
+def _kept_length(length: int, runs: list[tuple[int, int, int]], answer: list[bool], cfg: OmniConfig) -> int:
+    """All ``length`` tokens, or ``data.seq_length`` of them under ``data.truncate`` where that cut
+    leaves every media run whole (half an image is a wrong sample) and an answer token to learn."""
+    limit = cfg.data.seq_length
+    if length <= limit:
+        return length
+    why = f"{length} tokens > data.seq_length={limit}"
+    if not cfg.data.truncate:
+        raise BadSample("too_long", why)
+    if any(start < limit < end for _, start, end in runs):
+        raise BadSample("too_long", f"{why}; data.truncate would cut a media placeholder run in two")
+    if not any(answer[1:limit + 1]):  # answer[t + 1]: the label at t is an answer token
+        raise BadSample("too_long", f"{why}; data.truncate would leave no answer token to learn")
+    return limit
+
+
 def build_sample(raw: RawSample, tokenizer: OmniTokenizer, cfg: OmniConfig) -> Sample:
     """Raises :class:`BadSample` when the sample cannot be used (see ``BadSample.reason``)."""
+    if raw.error is not None:  # its members were already found wanting (shards.py)
+        raise raw.error
     turns = parse_conversation(raw.conversation)
     _check_placeholders(turns, raw, cfg)  # before decoding: cheap checks first
     vision = cfg.model.vision
@@ -90,26 +120,35 @@ def build_sample(raw: RawSample, tokenizer: OmniTokenizer, cfg: OmniConfig) -> S
     expand = {tokenizer.image_id: image_pads, tokenizer.audio_id: audio_pads}
     tokens: list[int] = []
     answer: list[bool] = []  # token is trained on (assistant content and its <|end|>)
+    runs: list[tuple[int, int, int]] = []  # (placeholder id, start, end) of each medium's pads, in text order
     for turn in turns:
         is_answer = turn["role"] == "assistant"
-        content: list[int] = []
+        tokens.append(tokenizer.assistant_id if is_answer else tokenizer.user_id)
         for token in tokenizer.encode(turn["content"]):
-            content += next(expand[token]) if token in expand else [token]
-        role = tokenizer.assistant_id if is_answer else tokenizer.user_id
-        tokens += [role, *content, tokenizer.end_id]
-        answer += [False] + [is_answer] * (len(content) + 1)
-    if len(tokens) > cfg.data.seq_length:
-        raise BadSample("too_long", f"{len(tokens)} tokens > data.seq_length={cfg.data.seq_length}")
+            if token in expand:
+                pads = next(expand[token])
+                runs.append((token, len(tokens), len(tokens) + len(pads)))
+                tokens += pads
+            else:
+                tokens.append(token)
+        tokens.append(tokenizer.end_id)
+        answer += [False] + [is_answer] * (len(tokens) - len(answer) - 1)
+    keep = _kept_length(len(tokens), runs, answer, cfg)
+    # A cut keeps the labels of the whole sample: the last kept token still predicts the next one.
+    labels, loss = tokens[1:] + [tokenizer.pad_id], answer[1:] + [False]
+    kept_runs = [placeholder for placeholder, _, end in runs if end <= keep]
+    images = images[:kept_runs.count(tokenizer.image_id)]
+    audios = audios[:kept_runs.count(tokenizer.audio_id)]
 
     if cfg.data.zero_media:  # the text-only control: same shapes and token counts, no content
         images = [(torch.zeros_like(p), grid) for p, grid in images]
         audios = [torch.zeros_like(f) for f in audios]
-    ids = torch.tensor(tokens, dtype=torch.long)
     return Sample(
         key=raw.key,
-        tokens=ids,
-        labels=torch.cat([ids[1:], ids.new_tensor([tokenizer.pad_id])]),
-        loss_mask=torch.tensor(answer[1:] + [False], dtype=torch.float32),
+        tokens=torch.tensor(tokens[:keep], dtype=torch.long),
+        labels=torch.tensor(labels[:keep], dtype=torch.long),
+        loss_mask=torch.tensor(loss[:keep], dtype=torch.float32),
         images=images,
         audios=audios,
+        truncated_from=len(tokens) if keep < len(tokens) else 0,
     )

@@ -2,7 +2,8 @@
 
 Per key: ``KEY.json`` (the conversation), images ``KEY.png``/``KEY.jpg`` or ``KEY.0.png``,
 ``KEY.1.png``, ... and audio ``KEY.wav``/``KEY.flac`` or ``KEY.0.wav``, ... in placeholder
-order. Bytes are not decoded here, so that a bad member fails its sample, not the shard.
+order. Bytes are not decoded here, so that a bad member fails its sample, not the shard; a
+shard unreadable from some point on keeps the samples before that point.
 """
 
 from __future__ import annotations
@@ -10,11 +11,20 @@ from __future__ import annotations
 import glob
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
+from megaomni.data.errors import BadSample
+
 IMAGE_EXTS = ("png", "jpg", "jpeg")
 AUDIO_EXTS = ("wav", "flac")
+# Media this reader does not decode. They are not read, but named when their sample's
+# placeholders lack files, so the skip says why (unsupported_media, not placeholder_mismatch).
+UNREAD_MEDIA_EXTS = ("gif", "webp", "bmp", "tif", "tiff", "heic", "avif",
+                     "mp3", "ogg", "opus", "m4a", "aac", "wma", "mp4", "webm", "mkv", "avi", "mov")
+# What reading a damaged shard raises: tarfile's errors, short reads, bad gzip, bad numbers in headers.
+SHARD_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error)
 
 
 @dataclass
@@ -24,6 +34,14 @@ class RawSample:
     conversation: Optional[bytes] = None  # the KEY.json bytes, parsed when the sample is built
     images: list[bytes] = field(default_factory=list)
     audios: list[tuple[str, bytes]] = field(default_factory=list)  # (extension, bytes)
+    unread: list[str] = field(default_factory=list)  # names of members of UNREAD_MEDIA_EXTS
+    error: Optional[BadSample] = None  # a problem of the members themselves: the sample fails with it
+
+    @property
+    def where(self) -> str:
+        """``SHARD.tar:KEY`` (``SHARD.tar`` for a whole-shard problem), for logs."""
+        name = os.path.basename(self.shard)
+        return f"{name}:{self.key}" if self.key else name
 
 
 def list_shards(path: str) -> list[str]:
@@ -44,39 +62,89 @@ def _split_name(name: str) -> tuple[str, Optional[int], str]:
     index: Optional[int] = None
     if "." in ext:
         number, _, ext = ext.rpartition(".")
-        index = int(number) if number.isdigit() else -1  # -1: not a media index, ignored below
+        # -1: not a media index (``KEY.meta.json``: another field), ignored by the caller
+        index = int(number) if number.isascii() and number.isdigit() else -1
     return os.path.join(head, stem), index, ext.lower()
+
+
+def _check_end(tar: tarfile.TarFile) -> None:
+    """tarfile ends its member loop quietly at a truncated or garbled header; a whole shard has
+    only zero blocks from there on (its end-of-archive marker and padding)."""
+    tar.fileobj.seek(tar.offset)
+    rest = tar.fileobj.read(tarfile.RECORDSIZE)
+    if not rest:
+        raise tarfile.ReadError(f"ends at byte {tar.offset} without the end-of-archive marker (truncated)")
+    while rest:
+        if rest.strip(b"\0"):
+            raise tarfile.ReadError(f"a garbled header, or data after the end marker, at byte {tar.offset}")
+        rest = tar.fileobj.read(tarfile.RECORDSIZE)
+
+
+def _media_order(key: str, kind: str, found: list[tuple[Optional[int], str]]) -> Optional[BadSample]:
+    """``found`` (index, member name) of one kind must be one unnumbered file or ``0..n-1``:
+    anything else leaves a placeholder's file missing or ambiguous."""
+    indices = sorted(-1 if index is None else index for index, _ in found)
+    names = ", ".join(sorted(name for _, name in found))
+    if len(set(indices)) < len(indices) or (-1 in indices and len(indices) > 1):
+        return BadSample("duplicate_member", f"{kind} members that claim the same placeholder ({names})")
+    if -1 not in indices and indices != list(range(len(indices))):
+        missing = min(set(range(len(indices) + 1)) - set(indices))
+        return BadSample("missing_media", f"no {key}.{missing}.* {kind} member (have {names})")
+    return None
+
+
+def _sample(key: str, path: str, members: list[tuple[str, Optional[int], str, bytes]]) -> RawSample:
+    """One key's members as a RawSample, with ``error`` set where they do not make one sample."""
+    conversations = [data for _, _, ext, data in members if ext == "json"]
+    media = sorted(members, key=lambda m: -1 if m[1] is None else m[1])  # KEY.png first, then KEY.0.png, ...
+    sample = RawSample(key=key, shard=path, conversation=conversations[0] if conversations else None,
+                       images=[data for _, _, ext, data in media if ext in IMAGE_EXTS],
+                       audios=[(ext, data) for _, _, ext, data in media if ext in AUDIO_EXTS],
+                       unread=[name for name, _, ext, _ in members if ext in UNREAD_MEDIA_EXTS])
+    if len(conversations) > 1:
+        sample.error = BadSample("duplicate_member", f"{len(conversations)} {key}.json members")
+    for kind, exts in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS)):
+        sample.error = sample.error or _media_order(key, kind, [(i, n) for n, i, ext, _ in members if ext in exts])
+    return sample
 
 
 def iter_shard(path: str) -> Iterator[RawSample]:
     """Raw samples of one shard, in order of first appearance of their key. Members with other
-    extensions are ignored (WebDataset shards may carry fields this pipeline does not read)."""
-    samples: dict[str, RawSample] = {}
-    media: dict[str, list[tuple[int, str, bytes]]] = {}
+    extensions are ignored (WebDataset shards may carry fields this pipeline does not read).
+
+    A shard unreadable from some point on (cut short, a garbled header, data past its end
+    marker) yields the samples read before that point, then a ``corrupt_shard`` stand-in; a
+    shard with no sample yields an ``empty_shard`` one. A stand-in is a RawSample with
+    ``error`` set: the loader counts it as it counts any bad sample, and training goes on.
+    Only whole members are kept, so a sample cut at that point lacks one: its JSON or a file
+    for a placeholder, which :func:`~megaomni.data.sample.build_sample` refuses."""
+    if os.path.getsize(path) == 0:
+        yield RawSample(key="", shard=path, error=BadSample("empty_shard", "a 0-byte file"))
+        return
+    members: dict[str, list[tuple[str, Optional[int], str, bytes]]] = {}  # key -> (name, index, ext, bytes)
+    key, name, broken = "", "", None
     try:
         with tarfile.open(path) as tar:
             for member in tar:
-                if not member.isfile():
-                    continue
                 key, index, ext = _split_name(member.name)
-                if index == -1 or ext not in ("json", *IMAGE_EXTS, *AUDIO_EXTS):
+                name = member.name
+                if not member.isfile() or index == -1:
                     continue
-                data = tar.extractfile(member).read()
-                sample = samples.setdefault(key, RawSample(key=key, shard=path))
-                if ext == "json":
-                    sample.conversation = data
-                else:
-                    # A lone KEY.png sorts first; KEY.0.png, KEY.1.png, ... by number.
-                    media.setdefault(key, []).append((-1 if index is None else index, ext, data))
-    except (tarfile.TarError, OSError) as e:
-        raise ValueError(f"shard {path}: unreadable tar file ({e})") from e
-    for key, sample in samples.items():
-        for _, ext, data in sorted(media.get(key, []), key=lambda m: m[0]):
-            if ext in IMAGE_EXTS:
-                sample.images.append(data)
-            else:
-                sample.audios.append((ext, data))
-        yield sample
+                if ext in ("json", *IMAGE_EXTS, *AUDIO_EXTS):
+                    members.setdefault(key, []).append((name, index, ext, tar.extractfile(member).read()))
+                elif ext in UNREAD_MEDIA_EXTS:
+                    members.setdefault(key, []).append((name, index, ext, b""))
+            _check_end(tar)
+    except SHARD_ERRORS as e:
+        broken = str(e).splitlines()[0] if str(e) else type(e).__name__
+    for sample_key, group in members.items():
+        yield _sample(sample_key, path, group)
+    if broken is not None:
+        at = f"at or after member {name}" if name else "from its start"
+        yield RawSample(key=key, shard=path, error=BadSample(
+            "corrupt_shard", f"unreadable {at}: {broken}; the rest of the shard is skipped"))
+    elif not members:
+        yield RawSample(key="", shard=path, error=BadSample("empty_shard", "holds no samples"))
 
 
 def index_shards(paths: list[str]) -> list[RawSample]:

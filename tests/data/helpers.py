@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import tarfile
 
 import numpy as np
@@ -41,3 +42,41 @@ def unpadded_rows(batches, pad_id: int) -> list[list[int]]:
 
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def members(samples: dict[str, dict[str, bytes]]) -> dict[str, bytes]:
+    """``{key: {ext: bytes}}`` -> tar members ``{"key.ext": bytes}``, in that order."""
+    return {f"{key}.{ext}": data for key, parts in samples.items() for ext, data in parts.items()}
+
+
+def bad_samples(clip: bytes) -> dict[str, tuple[str, dict[str, bytes]]]:
+    """One sample per kind of bad input: ``{key: (reason it must be skipped for, {ext: bytes})}``.
+    ``clip`` is a good 16-bit WAV file; ``data.seq_length`` must be under 600 tokens."""
+    image = png(28, 28)
+    seen = conversation(("user", "<image>\nWhat is shown?"), ("assistant", "red square"))
+    heard = conversation(("user", "<audio>\nWhat is heard?"), ("assistant", "low"))
+    data_at = clip.index(b"data")
+    return {
+        "corrupt_png": ("bad_image", {"json": seen, "png": image[:16] + bytes(range(256)) * 2}),
+        "cut_png": ("bad_image", {"json": seen, "png": image[:len(image) // 2]}),
+        "garbage_wav": ("bad_audio", {"json": heard, "wav": b"RIFF\x10\x00\x00\x00WAVEjunk" * 4}),
+        "cut_wav": ("bad_audio", {"json": heard, "wav": clip[:len(clip) // 2]}),
+        "zero_rate_wav": ("bad_audio", {"json": heard, "wav": clip[:24] + struct.pack("<I", 0) + clip[28:]}),
+        # A chunk that claims 1 GiB: the wave module raises a bare RuntimeError.
+        "overrun_wav": ("bad_audio", {"json": heard, "wav": clip[:data_at] + b"junk" + struct.pack("<I", 1 << 30)
+                                      + clip[data_at + 8:]}),
+        "mp3": ("unsupported_media", {"json": heard, "mp3": b"ID3\x03\x00\x00\x00\x00\x00\x00not decoded"}),
+        "gap": ("missing_media", {"json": conversation(("user", "<image> <image>?"), ("assistant", "red")),
+                                  "0.png": image, "2.png": image}),
+        "two_for_one": ("duplicate_member", {"json": seen, "png": image, "jpg": image}),
+        "no_file": ("placeholder_mismatch", {"json": seen}),
+        "extra_file": ("placeholder_mismatch", {"json": conversation(("user", "What?"), ("assistant", "red")),
+                                                "png": image}),
+        "no_json": ("missing_json", {"png": image}),
+        "bad_json": ("bad_json", {"json": b'[{"role": "user", "content": '}),
+        "not_a_conversation": ("bad_conversation", {"json": b'{"conversations": [{"from": "human"}]}'}),
+        "no_answer": ("no_answer", {"json": conversation(("user", "What is shown?"))}),
+        "empty_answer": ("no_answer", {"json": conversation(("user", "What is shown?"), ("assistant", ""))}),
+        # Too long even under data.truncate: a cut leaves no answer token.
+        "too_long": ("too_long", {"json": conversation(("user", "What is shown? " * 200), ("assistant", "red"))}),
+    }

@@ -77,10 +77,17 @@ def test_too_long(cfg, tokenizer):
 
 @pytest.mark.parametrize("data,reason", [
     (b'[{"role": "user", "content": "hi"', "bad_json"),
-    (None, "bad_json"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, "bad_json", id="nested-too-deep"),  # RecursionError
+    pytest.param(b"[" + b"1" * 5000 + b"]", "bad_json", id="5000-digit-int"),  # ValueError, not a JSONDecodeError
+    (b'[{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "y"}]', "bad_json"),
+    (b"\xff\xfe[]", "bad_json"),
+    (None, "missing_json"),
     (b'{"role": "user"}', "bad_conversation"),
+    (b'{"conversations": [{"from": "human", "value": "hi"}]}', "bad_conversation"),
     (b'[{"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}]', "bad_conversation"),
-    (b'[{"role": "user", "content": "hi"}]', "bad_conversation"),
+    (b'[{"role": "user", "content": ["hi"]}, {"role": "assistant", "content": "y"}]', "bad_conversation"),
+    (b'[{"role": "user", "content": "hi"}]', "no_answer"),
+    (b'[{"role": "user", "content": "hi"}, {"role": "assistant", "content": " \\n"}]', "no_answer"),
     (b'[{"role": "user", "content": "hi<|end|>"}, {"role": "assistant", "content": "y"}]', "reserved_token"),
 ])
 def test_bad_conversations(cfg, tokenizer, data, reason):

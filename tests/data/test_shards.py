@@ -31,8 +31,9 @@ def test_no_shards_names_the_path(tmp_path):
         list_shards(str(tmp_path))
 
 
-def test_unreadable_shard_names_it(tmp_path):
+def test_unreadable_shard_becomes_a_stand_in(tmp_path):
     bad = tmp_path / "bad.tar"
     bad.write_bytes(b"not a tar file at all" * 30)
-    with pytest.raises(ValueError, match="bad.tar"):
-        list(iter_shard(str(bad)))
+    (stand_in,) = iter_shard(str(bad))
+    assert stand_in.error.reason == "corrupt_shard" and stand_in.where == "bad.tar"
+    assert "from its start" in stand_in.error.detail

@@ -1,0 +1,44 @@
+"""End to end: a run over toy data plus a shard of bad samples and a cut-off shard trains, and
+metrics.jsonl counts every skip by reason, and the truncated sample."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import tarfile
+
+import pytest
+
+from megaomni.data.shards import iter_shard, list_shards
+from tests.conftest import read_metrics, run_pretrain
+from tests.data.helpers import bad_samples, conversation, members, write_shard
+
+
+@pytest.mark.slow
+def test_bad_samples_are_counted_in_metrics(toy_data, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    shards = list_shards(toy_data)
+    for path in [*shards, os.path.join(toy_data, "tokenizer.model")]:
+        shutil.copy(path, data)
+    bad = bad_samples(next(raw.audios[0][1] for raw in iter_shard(shards[0]) if raw.audios))
+    long_answer = {"json": conversation(("user", "What is shown?"), ("assistant", "red square " * 100))}
+    write_shard(str(data / "zz-bad.tar"), members({**{key: parts for key, (_, parts) in bad.items()},
+                                                   "long_answer": long_answer}))
+    with tarfile.open(shards[0]) as tar:  # cut before the third sample: two good ones, then nothing
+        third = [m for m in tar if m.name.endswith(".json")][2]
+    with open(shards[0], "rb") as f:
+        (data / "zz-cut.tar").write_bytes(f.read(third.offset))
+
+    proc = run_pretrain(f"data.path={data}", f"train.output_dir={out}", "train.iters=2", "train.warmup_iters=1",
+                        "data.truncate=true")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    records = read_metrics(str(out))
+    expected = collections.Counter([reason for reason, _ in bad.values()] + ["corrupt_shard"])
+    assert [r["skipped"] for r in records] == [dict(expected)] * 2
+    assert [r["skipped_samples"] for r in records] == [sum(expected.values())] * 2
+    assert [r["truncated_samples"] for r in records] == [1, 1]
+    log = proc.stdout + proc.stderr
+    assert "truncated 1; skipped" in log and "bad_image 2 (first zz-bad.tar:corrupt_png: " in log
+    assert "corrupt_shard 1 (first zz-cut.tar:" in log
