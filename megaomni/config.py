@@ -122,13 +122,28 @@ class PipelineConfig:
 class DataConfig:
     path: str = ""
     tokenizer: str = ""  # "": <path>/tokenizer.model
-    seq_length: int = 256
+    seq_length: int = 256  # the longest sample, in LLM tokens
+    # Packing: each micro-batch is one row of samples back to back (attention inside each), up to
+    # max_tokens LLM tokens (0: seq_length), max_patches image patches and max_audio_frames
+    # log-mel frames (0: no limit); micro_batch_size is then unused. false: micro_batch_size
+    # samples per micro-batch, right-padded.
+    packing: bool = True
+    max_tokens: int = 0
+    max_patches: int = 0
+    max_audio_frames: int = 0
     micro_batch_size: int = 8
-    global_batch_size: int = 16
+    global_batch_size: int = 16  # samples per step
+    # Dynamic batches (packing only): a step takes samples until this many LLM tokens, so the
+    # number of samples and micro-batches per step varies. 0: global_batch_size samples.
+    global_batch_tokens: int = 0
     min_pixels: int = 28 * 28
     max_pixels: int = 112 * 112
     max_audio_seconds: float = 4.0
     zero_media: bool = False  # feed all-zero pixels/features: the "text only" control
+    # A sample over seq_length tokens is cut to seq_length (counted as truncated) instead of
+    # skipped (too_long); still skipped where the cut would split a media placeholder run (half
+    # an image is a wrong sample) or leave no answer token to learn from.
+    truncate: bool = False
     seed: int = 1234
 
     def tokenizer_path(self) -> str:

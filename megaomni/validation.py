@@ -11,7 +11,7 @@ import os
 
 from megaomni.config import DataConfig, OmniConfig
 from megaomni.parallel.rules import check_parallel_layout
-from megaomni.parallel.rules import divisors, require
+from megaomni.parallel.rules import divisors, require, sequence_multiple
 
 
 def _check_positive(cfg: OmniConfig) -> None:
@@ -68,15 +68,44 @@ def check_model(cfg: OmniConfig) -> None:
 def check_parallel(cfg: OmniConfig, world_size: int) -> None:
     check_parallel_layout(cfg, world_size)
     par = cfg.parallel
-    check_batch_sizes(cfg.data, world_size // (par.tp * par.pp * par.cp))
+    check_batch_sizes(cfg.data, world_size // (par.tp * par.pp * par.cp), min_micro_batches(cfg))
+    if cfg.data.packing:
+        check_packing(cfg)
 
 
-def check_batch_sizes(data: DataConfig, dp: int) -> None:
-    """A global batch splits evenly into micro-batches on every data-parallel rank."""
+def min_micro_batches(cfg: OmniConfig) -> int:
+    """Micro-batches each data-parallel rank needs a step: the interleaved schedule needs pp."""
+    return cfg.parallel.pp if cfg.parallel.vpp > 1 else 1
+
+
+def check_batch_sizes(data: DataConfig, dp: int, min_micro: int = 1) -> None:
+    """Packed: a step has samples enough for every rank's micro-batches. Padded: a global batch
+    splits evenly into micro-batches on every data-parallel rank."""
+    if data.packing:
+        needed = dp * min_micro
+        require(data.global_batch_tokens > 0 or data.global_batch_size >= needed,
+                f"data.global_batch_size={data.global_batch_size}: must be >= {needed} (data-parallel ranks "
+                f"{dp} x {min_micro} micro-batches each)")
+        require(data.global_batch_tokens >= 0, f"data.global_batch_tokens={data.global_batch_tokens}: must be >= 0")
+        return
+    require(data.global_batch_tokens == 0, f"data.global_batch_tokens={data.global_batch_tokens}: dynamic "
+            "batches need data.packing=true")
     per_step = data.micro_batch_size * dp
     require(data.micro_batch_size > 0 and data.global_batch_size > 0 and data.global_batch_size % per_step == 0,
              f"data.global_batch_size={data.global_batch_size}: must be a positive multiple of "
              f"data.micro_batch_size*data_parallel={data.micro_batch_size}*{dp}={per_step}")
+
+
+def check_packing(cfg: OmniConfig) -> None:
+    data = cfg.data
+    for name in ("max_tokens", "max_patches", "max_audio_frames"):
+        require(getattr(data, name) >= 0, f"data.{name}={getattr(data, name)}: must be >= 0 (0: no limit)")
+    if data.max_tokens:
+        require(data.max_tokens >= data.seq_length, f"data.max_tokens={data.max_tokens}: must be >= "
+                f"data.seq_length={data.seq_length} (the longest sample fits one micro-batch)")
+        multiple = sequence_multiple(cfg)
+        require(data.max_tokens % multiple == 0, f"data.max_tokens={data.max_tokens}: must be a multiple "
+                f"of {multiple} (2*parallel.cp when cp > 1, times parallel.tp with parallel.sp)")
 
 
 def check_train(cfg: OmniConfig) -> None:

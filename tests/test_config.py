@@ -46,7 +46,7 @@ def _valid_cfg(tmp_path, *overrides):
     (["parallel.tp=2"], 3, "parallel.tp*pp*cp=2: must divide the world size 3"),
     (["model.llm.num_query_groups=3"], 1, "model.llm.num_query_groups=3: must divide"),
     (["model.llm.hidden_size=66"], 1, "model.llm.hidden_size=66: must be divisible"),
-    (["data.global_batch_size=12"], 1, "data.global_batch_size=12: must be a positive multiple"),
+    (["data.packing=false", "data.global_batch_size=12"], 1, "data.global_batch_size=12: must be a positive multiple"),
     (["data.seq_length=4096"], 1, "data.seq_length=4096: must not exceed"),
     (["train.warmup_iters=500"], 1, "train.warmup_iters=500"),
     (["data.path=/nonexistent/dir"], 1, "data.path=/nonexistent/dir: no such directory"),

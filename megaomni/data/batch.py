@@ -19,6 +19,9 @@ class Batch:
       :func:`megaomni.models.media_layout.patch_positions` order, ``image_grids`` ``[n_images, 2]``
       (patch rows, patch cols).
     - ``audio_features`` ``[total_frames, n_mels]`` log-mel, ``audio_lengths`` ``[n_clips]``.
+    - Packed (``cu_seqlens`` set): one row (``b == 1``) holding several samples, then a padding
+      segment; ``cu_seqlens`` int32 ``[segments + 1]`` are their boundaries (attention stays
+      inside each) and ``position_ids`` restart at 0 in each.
     """
 
     tokens: torch.Tensor
@@ -29,6 +32,7 @@ class Batch:
     image_grids: Optional[torch.Tensor] = None
     audio_features: Optional[torch.Tensor] = None
     audio_lengths: Optional[torch.Tensor] = None
+    cu_seqlens: Optional[torch.Tensor] = None
     num_samples: int = 0
 
     def to(self, device: torch.device | str) -> "Batch":

@@ -1,4 +1,5 @@
-"""Samples -> one right-padded :class:`Batch`, media packed in placeholder order."""
+"""Samples -> one :class:`Batch`: right-padded rows (:func:`collate`) or one packed row
+(:func:`collate_packed`); media packed in placeholder order either way."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Optional, Sequence
 import torch
 
 from megaomni.data.batch import Batch
+from megaomni.data.packing import cu_seqlens_and_positions
 from megaomni.data.sample import Sample
 
 PAD_MULTIPLE = 8  # fewer distinct shapes, friendlier kernel sizes
@@ -37,16 +39,36 @@ def collate(samples: Sequence[Sample], pad_id: int, max_length: Optional[int] = 
         n = s.tokens.numel()
         tokens[i, :n], labels[i, :n], loss_mask[i, :n] = s.tokens, s.labels, s.loss_mask
 
+    return Batch(tokens=tokens, labels=labels, loss_mask=loss_mask,
+                 position_ids=torch.arange(length).expand(b, length).clone(), num_samples=b, **_media(samples))
+
+
+def collate_packed(samples: Sequence[Sample], pad_id: int, length: int) -> Batch:
+    """One row of ``length`` tokens: the samples back to back, then padding as a segment of its
+    own (``cu_seqlens`` covers the whole row, so every layout sees the same segments)."""
+    if not samples:
+        raise ValueError("collate_packed needs at least one sample")
+    lengths = [s.tokens.numel() for s in samples]
+    used = sum(lengths)
+    if used > length:
+        raise ValueError(f"collate_packed: {used} tokens do not fit a row of {length}")
+    segments = lengths + ([length - used] if used < length else [])
+    cu_seqlens, positions = cu_seqlens_and_positions(segments)
+    pad = (length - used,)
+    tokens = torch.cat([s.tokens for s in samples] + [torch.full(pad, pad_id, dtype=torch.long)])
+    labels = torch.cat([s.labels for s in samples] + [torch.full(pad, pad_id, dtype=torch.long)])
+    loss_mask = torch.cat([s.loss_mask for s in samples] + [torch.zeros(pad)])
+    return Batch(tokens=tokens[None], labels=labels[None], loss_mask=loss_mask[None], position_ids=positions[None],
+                 cu_seqlens=cu_seqlens, num_samples=len(samples), **_media(samples))
+
+
+def _media(samples: Sequence[Sample]) -> dict:
+    """The samples' images and clips, concatenated in placeholder order."""
     images = [image for s in samples for image in s.images]
     audios = [features for s in samples for features in s.audios]
-    return Batch(
-        tokens=tokens,
-        labels=labels,
-        loss_mask=loss_mask,
-        position_ids=torch.arange(length).expand(b, length).clone(),
+    return dict(
         image_patches=torch.cat([p for p, _ in images]) if images else None,
         image_grids=torch.tensor([grid for _, grid in images], dtype=torch.long) if images else None,
         audio_features=torch.cat(audios) if audios else None,
         audio_lengths=torch.tensor([f.shape[0] for f in audios], dtype=torch.long) if audios else None,
-        num_samples=b,
     )

@@ -3,7 +3,6 @@ cut into global batches, each rank taking its contiguous share as micro-batches.
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import time
@@ -12,13 +11,15 @@ import torch
 
 from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
-from megaomni.data.collate import PAD_MULTIPLE, collate, padded_length
-from megaomni.data.errors import BadSample
+from megaomni.data.balance import CostModel
+from megaomni.data.collate import PAD_MULTIPLE, collate, collate_packed, padded_length
+from megaomni.data.errors import BadSample, SkipTally
 from megaomni.data.sample import Sample, build_sample
 from megaomni.data.shards import index_shards, list_shards
+from megaomni.data.step_plan import StepPlan, over_budget, plan_step
 from megaomni.data.tokenizer import OmniTokenizer
 from megaomni.parallel.rules import sequence_multiple
-from megaomni.validation import check_batch_sizes
+from megaomni.validation import check_batch_sizes, min_micro_batches
 
 log = logging.getLogger("megaomni.data")
 
@@ -36,14 +37,18 @@ class OmniDataLoader:
         data = cfg.data
         if dp_size < 1 or not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank={dp_rank}, dp_size={dp_size}: need 0 <= dp_rank < dp_size")
-        check_batch_sizes(data, dp_size)
+        check_batch_sizes(data, dp_size, min_micro_batches(cfg))
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.dp_rank, self.dp_size = dp_rank, dp_size
         # Context / sequence parallelism split sequences evenly: lengths are multiples of that.
         self.pad_multiple = math.lcm(PAD_MULTIPLE, sequence_multiple(cfg))
-        self.skipped: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}  # reason -> count
+        self.truncated = 0  # samples cut to seq_length (data.truncate)
         self.samples: list[Sample] = self._load()
+        self.costs = CostModel.from_config(cfg)
+        self.min_micro_batches = min_micro_batches(cfg)
+        self.last_plan: StepPlan | None = None
         self.epoch = 0
         self.offset = 0  # position of the next sample in this epoch's permutation
         self.consumed_samples = 0
@@ -55,17 +60,22 @@ class OmniDataLoader:
         started = time.perf_counter()
         path = self.cfg.data.path
         shards = list_shards(path)
-        samples, skipped = [], collections.Counter()
+        samples, skipped = [], SkipTally()
         for raw in index_shards(shards):
             try:
-                samples.append(build_sample(raw, self.tokenizer, self.cfg))
+                sample = build_sample(raw, self.tokenizer, self.cfg)
+                if self.cfg.data.packing and (why := over_budget(sample, self.cfg.data)):
+                    raise BadSample("over_budget", why)
+                samples.append(sample)
             except BadSample as e:
-                skipped[e.reason] += 1
-                log.debug("skipping %s in %s: %s", raw.key, raw.shard, e)
-        self.skipped = dict(sorted(skipped.items()))
-        reasons = ", ".join(f"{reason} {n}" for reason, n in self.skipped.items())
-        log.info("data: %d samples from %d shards in %s (%.1f s); skipped %d%s", len(samples), len(shards),
-                 path, time.perf_counter() - started, sum(skipped.values()), f" ({reasons})" if reasons else "")
+                skipped.add(raw.where, e)
+                log.debug("skipping %s: %s", raw.where, e)
+        self.skipped = dict(sorted(skipped.counts.items()))
+        self.truncated = sum(1 for s in samples if s.truncated_from)
+        reasons = skipped.summary()
+        log.info("data: %d samples from %d shards in %s (%.1f s)%s; skipped %d%s", len(samples), len(shards), path,
+                 time.perf_counter() - started, f"; truncated {self.truncated}" if self.cfg.data.truncate else "",
+                 sum(self.skipped.values()), f": {reasons}" if reasons else "")
         if not samples:
             raise ValueError(f"data.path={path}: no usable samples (skipped: {reasons or 'none'})")
         return samples
@@ -89,7 +99,36 @@ class OmniDataLoader:
         self.consumed_samples += count
         return indices
 
+    def _take_tokens(self, budget: int) -> list[int]:
+        """The next samples of the stream whose tokens fit ``budget`` (at least enough for every
+        rank's micro-batches)."""
+        needed = self.dp_size * self.min_micro_batches
+        count = tokens = 0
+        epoch, offset = self.epoch, self.offset
+        while True:
+            size = self.samples[self._permutation(epoch)[offset]].tokens.numel()
+            if count >= needed and tokens + size > budget:
+                break
+            count, tokens = count + 1, tokens + size
+            offset += 1
+            if offset == len(self.samples):
+                epoch, offset = epoch + 1, 0
+        return self._take(count)
+
     def next_step(self) -> list[Batch]:
+        """This rank's micro-batches of the next step (see :meth:`_next_padded` without packing)."""
+        data = self.cfg.data
+        if not data.packing:
+            return self._next_padded()
+        step = self._take_tokens(data.global_batch_tokens) if data.global_batch_tokens else \
+            self._take(data.global_batch_size)
+        samples = [self.samples[i] for i in step]
+        plan = plan_step(samples, data, self.costs, self.dp_size, self.min_micro_batches, self.pad_multiple)
+        self.last_plan = plan
+        return [collate_packed([samples[i] for i in plan.packs[p]], self.tokenizer.pad_id, plan.length)
+                for p in plan.ranks[self.dp_rank]]
+
+    def _next_padded(self) -> list[Batch]:
         """This rank's micro-batches, all padded to one length: the global batch's longest sample
         (rounded up), so pipeline stages exchange one activation shape and every layout pads
         alike (an MoE router sees the same pad tokens under any layout)."""

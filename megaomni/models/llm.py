@@ -22,7 +22,9 @@ def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int, pre_pr
         pre_process=pre_process,
         post_process=post_process,
         share_embeddings_and_output_weights=cfg.tie_embeddings,
-        position_embedding_type="rope",
+        # RoPE from explicit position ids (megatron-core's position-id rotary, "mrope", with one
+        # section: build.py), so the samples packed in one row each count positions from 0.
+        position_embedding_type="mrope",
         rotary_base=cfg.rotary_base,
         parallel_output=True,
         # The omni model merges encoder outputs into the full-length embeddings first; the

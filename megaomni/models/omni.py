@@ -18,6 +18,7 @@ from megaomni.config import ModelConfig
 from megaomni.data.batch import Batch
 from megaomni.models.audio import AudioEncoder
 from megaomni.models.vision import VisionEncoder
+from megaomni.ops.attention import packed_params
 
 ENCODERS: dict[str, type] = {"vision": VisionEncoder, "audio": AudioEncoder}
 
@@ -90,12 +91,15 @@ class OmniModel(MegatronModule):
         return embeddings
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        """``batch.labels`` are this rank's part of the sequence (see ``shard_sequence``)."""
+        """``batch.labels`` are this rank's part of the sequence (see ``shard_sequence``). A packed
+        batch (``batch.cu_seqlens``) keeps attention inside each of its samples."""
         decoder_input = self.shard_sequence(self.embed(batch)) if self.pre_process else None
         return self.llm(
             input_ids=batch.tokens,
-            position_ids=batch.position_ids,
+            # [3, b, s]: the LLM's position-id rotary takes three axes and uses the first.
+            position_ids=batch.position_ids.unsqueeze(0).expand(3, -1, -1),
             attention_mask=None,
             decoder_input=decoder_input,
             labels=batch.labels if self.post_process else None,
+            packed_seq_params=None if batch.cu_seqlens is None else packed_params(batch.cu_seqlens),
         )

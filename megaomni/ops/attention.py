@@ -28,25 +28,22 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 
-from megaomni.ops.context_parallel import causal_cp_mask, gather_keys_values
+from megaomni.ops.context_parallel import causal_cp_mask, gather_keys_values, sequence_ids
 
 
-def segment_params(lengths: torch.Tensor) -> PackedSeqParams:
-    """Boundaries of variable-length inputs (images, clips) packed along one ``sbhd`` sequence."""
-    cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
-    cu[1:] = torch.cumsum(lengths, 0)
-    longest = int(lengths.max())
-    return PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+def packed_params(cu_seqlens: torch.Tensor) -> PackedSeqParams:
+    """Boundaries of variable-length inputs (images, clips, the samples of a packed LLM row)
+    along one ``sbhd`` sequence, from cumulative lengths (int32, starting at 0)."""
+    longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    return PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
                            max_seqlen_q=longest, max_seqlen_kv=longest)
 
 
-def sequence_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """Index of the sequence each of ``total`` tokens belongs to, from cumulative lengths."""
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths)
-    if ids.numel() != total:
-        raise ValueError(f"cu_seqlens covers {ids.numel()} tokens but the input has {total}")
-    return ids
+def segment_params(lengths: torch.Tensor) -> PackedSeqParams:
+    """:func:`packed_params` from the inputs' lengths."""
+    cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
+    cu[1:] = torch.cumsum(lengths, 0)
+    return packed_params(cu)
 
 
 def block_mask(cu_seqlens: torch.Tensor, total: int, causal: bool) -> torch.Tensor:
@@ -83,6 +80,25 @@ def sdpa_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal, scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],
     )
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, longest: int,
+                     *, causal: bool, scale: Optional[float]) -> Optional[torch.Tensor]:
+    """``[t, h, d]`` packed sequences through torch's flash varlen kernel, or None where it does
+    not apply (CPU, fp32, or a torch without it): then :func:`sdpa_attention` with a block mask,
+    which is exact but materialises a ``[t, t]`` mask (shared/notes/gpu-anchors.md: 1.06 ms vs
+    1.9 ms for 8k packed tokens)."""
+    if not q.is_cuda or q.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    if k.shape[1] != q.shape[1]:  # GQA: the kernel's own grouping is newer than torch 2.11
+        k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+    return varlen_attn(q, k, v, cu, cu, longest, longest, scale=scale,
+                       window_size=(-1, 0) if causal else (-1, -1))
 
 
 class SDPAttention(MegatronModule):
@@ -128,15 +144,22 @@ class SDPAttention(MegatronModule):
         thd = packed_seq_params is not None and packed_seq_params.qkv_format == "thd"
         mask = None
         if self.cp_group is not None:
-            if thd or cu_seqlens is not None or not causal:
-                raise ValueError("context parallelism in SDPAttention covers causal, unpacked sequences")
-            mask = causal_cp_mask(query.shape[0], self.cp_group, query.device)
+            if thd or not causal:
+                raise ValueError("context parallelism in SDPAttention covers causal sbhd sequences")
+            # cu_seqlens describe the whole (packed) sequence, before the CP split.
+            mask = causal_cp_mask(query.shape[0], self.cp_group, query.device, cu_seqlens)
             key, value = gather_keys_values(key, value, self.cp_group)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if cu_seqlens is not None and mask is None and dropout_p == 0 and (thd or query.shape[1] == 1):
+            flat = [x if thd else x[:, 0] for x in (query, key, value)]  # [t, h, d]
+            out = varlen_attention(*flat, cu_seqlens, packed_seq_params.max_seqlen_q, causal=causal,
+                                   scale=self.softmax_scale)
+            if out is not None:
+                return out.reshape(out.shape[0], -1) if thd else out.reshape(out.shape[0], 1, -1)
         if thd:  # [t, h, d] -> [1, h, t, d]
             q, k, v = (x.unsqueeze(0).transpose(1, 2) for x in (query, key, value))
         else:  # [s, b, h, d] -> [b, h, s, d]
             q, k, v = (x.permute(1, 2, 0, 3) for x in (query, key, value))
-        dropout_p = self.dropout_p if self.training else 0.0
         if dropout_p > 0 and not self.config.sequence_parallel:
             # Same RNG discipline as megatron-core's core attention: heads differ per TP rank.
             with tensor_parallel.get_cuda_rng_tracker().fork():

@@ -14,6 +14,15 @@ import torch
 from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 
 
+def sequence_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """Index of the sequence each of ``total`` tokens belongs to, from cumulative lengths."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths)
+    if ids.numel() != total:
+        raise ValueError(f"cu_seqlens covers {ids.numel()} tokens but the input has {total}")
+    return ids
+
+
 def cp_positions(seq_len: int, cp_size: int, cp_rank: int, device=None) -> torch.Tensor:
     """Positions (in the whole sequence) of the tokens CP rank ``cp_rank`` holds, in order."""
     if seq_len % (2 * cp_size):
@@ -30,11 +39,16 @@ def gather_keys_values(key: torch.Tensor, value: torch.Tensor, group) -> tuple[t
                  for x in (key, value))
 
 
-def causal_cp_mask(local_len: int, group, device) -> torch.Tensor:
+def causal_cp_mask(local_len: int, group, device, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
     """``[s_local, cp * s_local]`` boolean mask, True where this rank's queries may attend to the
-    gathered keys (keys at or before the query in the whole sequence)."""
+    gathered keys: keys at or before the query in the whole sequence and, for a packed sequence
+    (``cu_seqlens`` over the whole sequence), in the same sample."""
     cp, rank = group.size(), group.rank()
     total = local_len * cp
     q_pos = cp_positions(total, cp, rank, device)
     k_pos = torch.cat([cp_positions(total, cp, r, device) for r in range(cp)])
-    return q_pos[:, None] >= k_pos[None, :]
+    allowed = q_pos[:, None] >= k_pos[None, :]
+    if cu_seqlens is not None:
+        sample = sequence_ids(cu_seqlens.to(device), total)
+        allowed &= sample[q_pos][:, None] == sample[k_pos][None, :]
+    return allowed

@@ -66,7 +66,8 @@ def _check_microbatches(cfg: OmniConfig, world_size: int) -> None:
     par, data = cfg.parallel, cfg.data
     dp = world_size // (par.tp * par.pp * par.cp)
     microbatches = data.global_batch_size // max(data.micro_batch_size * dp, 1)
-    require(par.vpp == 1 or microbatches >= par.pp,
+    # Packed steps are checked with the batch sizes (validation.check_batch_sizes).
+    require(par.vpp == 1 or data.packing or microbatches >= par.pp,
             f"data.global_batch_size={data.global_batch_size}: the interleaved pipeline schedule needs "
             f">= parallel.pp={par.pp} micro-batches per step, got global_batch_size/(micro_batch_size*dp)="
             f"{data.global_batch_size}/({data.micro_batch_size}*{dp})={microbatches}")

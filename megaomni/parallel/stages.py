@@ -27,15 +27,17 @@ def llm_layer_costs(llm: LLMConfig) -> list[int]:
             for i in range(llm.num_layers)]
 
 
+def encoder_params(part, llm_hidden: int) -> int:
+    """Matmul parameters an encoder (``VisionConfig`` / ``AudioConfig``) and its projector touch
+    per encoder token."""
+    h = part.hidden_size
+    return part.num_layers * (4 * h * h + 3 * h * part.ffn_hidden_size) + h * llm_hidden + llm_hidden * llm_hidden
+
+
 def encoder_cost(cfg: OmniConfig) -> int:
     """Matmul parameters of the enabled encoders and projectors (per encoder token)."""
-    total, llm_h = 0, cfg.model.llm.hidden_size
-    for name in ("vision", "audio"):
-        part = getattr(cfg.model, name)
-        if part.enabled:
-            h = part.hidden_size
-            total += part.num_layers * (4 * h * h + 3 * h * part.ffn_hidden_size) + h * llm_h + llm_h * llm_h
-    return total
+    return sum(encoder_params(getattr(cfg.model, name), cfg.model.llm.hidden_size)
+               for name in ("vision", "audio") if getattr(cfg.model, name).enabled)
 
 
 def balanced_split(costs: list[int], stages: int, first_extra: int = 0, last_extra: int = 0) -> list[int]:

@@ -46,6 +46,22 @@ def reduce_step_stats(reports: list[dict], tokens: int, samples: int, device) ->
     }
 
 
+def interleave_group(num_microbatches: int, pp: int) -> int:
+    """Micro-batches the interleaved schedule runs per virtual stage in a row: the smallest in
+    [pp, M] whose last group is empty or >= pp (megatron-core refuses others), so a packed step
+    may have any number M >= pp of micro-batches."""
+    return next(g for g in range(pp, num_microbatches + 1)
+                if num_microbatches % g == 0 or num_microbatches % g >= pp)
+
+
+def step_plan_metrics(plan) -> dict:
+    """The packed step's shape: micro-batches, padding, and rank balance before/after."""
+    if plan is None:
+        return {}
+    return {"micro_batches": len(plan.packs), "padding": plan.padding,
+            "dp_imbalance_before": plan.imbalance_before, "dp_imbalance_after": plan.imbalance_after}
+
+
 def _is_metrics_rank() -> bool:
     return (ps.is_pipeline_last_stage(ignore_virtual=True)
             and ps.get_data_parallel_rank(with_context_parallel=True) == 0
@@ -96,13 +112,16 @@ def train(cfg: OmniConfig) -> dict:
         optimizer.zero_grad()
         # Every model chunk (virtual stage) walks the same micro-batches.
         iterators = [iter(batches) for _ in state.chunks]
+        if len(state.chunks) > 1:
+            state.chunks[0].config.microbatch_group_size_per_vp_stage = interleave_group(
+                len(batches), cfg.parallel.pp)
         reports = forward_backward(
             forward_step_func=forward_step,
             data_iterator=iterators if len(iterators) > 1 else iterators[0],
             model=state.ddp,
             num_microbatches=len(batches),
             seq_length=max(b.tokens.shape[1] for b in batches),
-            micro_batch_size=cfg.data.micro_batch_size,
+            micro_batch_size=batches[0].tokens.shape[0],
             forward_only=False,
         )
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
@@ -122,6 +141,9 @@ def train(cfg: OmniConfig) -> dict:
             "answer_nll": stats["answer_nll"],
             "loss_tokens": stats["loss_tokens"],
             "skipped_samples": sum(loader.skipped.values()),
+            "skipped": loader.skipped,  # reason -> count (megaomni/data/errors.py lists the reasons)
+            **({"truncated_samples": loader.truncated} if cfg.data.truncate else {}),
+            **step_plan_metrics(loader.last_plan),
         }
         check_finite(iteration, record["loss"], record["grad_norm"])
         writer.write(record)

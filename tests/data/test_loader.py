@@ -22,8 +22,11 @@ def batches_equal(a, b) -> bool:
         for x, y in zip(a, b))
 
 
-def make_loader(cfg, tokenizer, rank=0, size=1, gbs=8, mbs=2, seed=7):
+def make_loader(cfg, tokenizer, rank=0, size=1, gbs=8, mbs=2, seed=7, packing=False):
+    """The padded loader by default (these tests pin its order); tests/data/test_packed_loader.py
+    covers packing."""
     cfg.data.global_batch_size, cfg.data.micro_batch_size, cfg.data.seed = gbs, mbs, seed
+    cfg.data.packing = packing
     return OmniDataLoader(cfg, tokenizer, dp_rank=rank, dp_size=size)
 
 

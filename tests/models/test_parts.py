@@ -133,9 +133,13 @@ def test_llm_rotary_table_and_rotate_half_match_reference(built):
     from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
 
     cfg, model = built
-    s, d = 12, cfg.model.llm.hidden_size // cfg.model.llm.num_attention_heads
-    table = model.llm.rotary_pos_emb(s)  # [s, 1, 1, d]
-    want = ref.rope_angles_1d(range(s), d, cfg.model.llm.rotary_base)
+    d = cfg.model.llm.hidden_size // cfg.model.llm.num_attention_heads
+    # Positions as a packed row has them: each sample counts from 0.
+    positions = [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]
+    s = len(positions)
+    ids = torch.tensor(positions).view(1, 1, s).expand(3, 1, s)
+    table = model.llm.rotary_pos_emb(ids, model.llm.mrope_section)  # [s, 1, 1, d]
+    want = ref.rope_angles_1d(positions, d, cfg.model.llm.rotary_base)
     torch.testing.assert_close(table[:, 0, 0].double(), want, rtol=1e-6, atol=1e-6)
     # megatron's application (non-interleaved rotate-half) vs the reference's, on the same angles
     x = torch.randn(s, 1, 3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))

@@ -20,10 +20,12 @@ class Model:
     overrides: tuple[str, ...]
 
 
-# 8 LLM layers so PP4 x VPP2 has a layer per virtual stage; 4 micro-batches of 4 per step so
-# the interleaved schedule has >= pp micro-batches.
-COMMON = ("train.iters=3", "train.warmup_iters=0", "checkpoint.save_interval=0",
-          "model.llm.num_layers=8", "data.micro_batch_size=4", "data.global_batch_size=16")
+# 8 LLM layers so PP4 x VPP2 has a layer per virtual stage; 16 samples (~31 tokens each) packed
+# into rows of 128 tokens make >= 4 micro-batches a step, enough for the interleaved schedule.
+COMMON = ("train.iters=3", "train.warmup_iters=0", "checkpoint.save_interval=0", "model.llm.num_layers=8",
+          "data.global_batch_size=16", "data.seq_length=64", "data.max_tokens=128")
+# The same steps unpacked: 4 right-padded micro-batches of 4 samples.
+PADDED = ("data.packing=false", "data.micro_batch_size=4")
 DENSE = Model("dense", ())
 # Every other layer MoE, with a shared expert and the aux loss: dense and expert layers mixed.
 MOE = Model("moe", ("model.llm.moe.num_experts=4", "model.llm.moe.top_k=2", "model.llm.moe.layer_freq=2",

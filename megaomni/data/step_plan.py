@@ -1,0 +1,97 @@
+"""One training step's samples -> packed micro-batches -> data-parallel ranks.
+
+The plan depends only on the step's samples and the budgets, never on the layout, so every
+layout trains on the same micro-batches (an MoE router sees the same rows under any layout); the
+layout decides only which rank runs which micro-batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megaomni.config import DataConfig
+from megaomni.data.balance import CostModel, assign_to_ranks, contiguous_split, imbalance
+from megaomni.data.packing import ffd_pack
+from megaomni.data.sample import Sample
+
+_SCALE = 1 << 20  # fixed-point unit of a budget when several budgets bind at once
+
+
+def sample_sizes(sample: Sample) -> tuple[int, int, int]:
+    """(LLM tokens, image patches, audio frames)."""
+    return (sample.tokens.numel(), sum(len(p) for p, _ in sample.images), sum(len(f) for f in sample.audios))
+
+
+def budgets(data: DataConfig) -> tuple[int, int, int]:
+    """Per-micro-batch budgets in :func:`sample_sizes` order; 0: no limit."""
+    return (data.max_tokens or data.seq_length, data.max_patches, data.max_audio_frames)
+
+
+def over_budget(sample: Sample, data: DataConfig) -> str | None:
+    """Why ``sample`` fits no micro-batch, or None."""
+    for name, size, budget in zip(("tokens", "patches", "audio frames"), sample_sizes(sample), budgets(data)):
+        if budget and size > budget:
+            return f"{size} {name} > budget {budget}"
+    return None
+
+
+def pack(samples: list[Sample], data: DataConfig) -> list[list[int]]:
+    """First-fit-decreasing over the whole step: positions (into ``samples``) of each micro-batch.
+
+    With one budget the lengths pack exactly; with encoder budgets too, each sample's fill is its
+    largest share of any budget (rounded up), which keeps every budget (sum of shares <= 1)."""
+    limits = budgets(data)
+    sizes = [sample_sizes(s) for s in samples]
+    if not any(limits[1:]):
+        fill, capacity = [size[0] for size in sizes], limits[0]
+    else:
+        fill = [max(-(-v * _SCALE // b) for v, b in zip(size, limits) if b) for size in sizes]
+        capacity = _SCALE
+    owner = ffd_pack(fill, capacity, window=max(len(samples), 1)).tolist()
+    if min(owner, default=0) < 0:
+        raise ValueError("a sample exceeds the micro-batch budget (the loader skips those)")
+    packs: list[list[int]] = [[] for _ in range(max(owner, default=-1) + 1)]
+    for position, bin_id in enumerate(owner):
+        packs[bin_id].append(position)
+    return packs
+
+
+def split_to(packs: list[list[int]], count: int) -> list[list[int]]:
+    """Halve the fullest micro-batches until there are ``count`` (each rank needs its share)."""
+    packs = [list(p) for p in packs]
+    while len(packs) < count:
+        fullest = max(range(len(packs)), key=lambda i: (len(packs[i]), -i))
+        if len(packs[fullest]) < 2:
+            raise ValueError(f"{sum(map(len, packs))} samples cannot make {count} micro-batches")
+        half = len(packs[fullest]) // 2
+        packs[fullest:fullest + 1] = [packs[fullest][:half], packs[fullest][half:]]
+    return packs
+
+
+@dataclass
+class StepPlan:
+    packs: list[list[int]]  # sample positions of each micro-batch, in step order
+    length: int  # tokens of every packed row (one shape per step: pipeline stages exchange it)
+    ranks: list[list[int]]  # micro-batches (indices into packs) of each data-parallel rank
+    padding: float  # padding tokens / all tokens of the step's rows
+    imbalance_before: float  # max/mean estimated cost over ranks, contiguous split
+    imbalance_after: float  # the same, after balancing
+
+
+def plan_step(samples: list[Sample], data: DataConfig, costs: CostModel, ranks: int, minimum: int,
+              pad_multiple: int) -> StepPlan:
+    """``minimum``: micro-batches each rank needs (the interleaved schedule needs >= pp)."""
+    packs = split_to(pack(samples, data), ranks * minimum)
+    longest = max(sum(samples[i].tokens.numel() for i in p) for p in packs)
+    length = min(-(-longest // pad_multiple) * pad_multiple, budgets(data)[0])
+    sample_costs = [costs.sample(s) for s in samples]
+    pack_costs = [sum(sample_costs[i] for i in p) for p in packs]
+    assigned = assign_to_ranks(pack_costs, ranks, minimum)
+
+    def rank_costs(split):
+        return [sum(pack_costs[i] for i in mine) for mine in split]
+
+    used = sum(s.tokens.numel() for s in samples)
+    return StepPlan(packs=packs, length=length, ranks=assigned, padding=1 - used / (length * len(packs)),
+                    imbalance_before=imbalance(rank_costs(contiguous_split(len(packs), ranks))),
+                    imbalance_after=imbalance(rank_costs(assigned)))
