@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from report import write_result  # noqa: E402  (benchmarks/report.py; this folder is on sys.path)
-from tests.parallel.layouts import LAYOUTS, ParitySetup, max_relative_difference  # noqa: E402
+from tests.parallel.layouts import COMMON, LAYOUTS, ParitySetup, max_relative_difference  # noqa: E402
 
 
 def _device_name() -> str:
@@ -71,7 +71,8 @@ def main() -> int:
         "device": device, "device_count": torch.cuda.device_count(),
         "versions": {"torch": torch.__version__, "megatron_core": megatron.core.__version__,
                      "python": platform.python_version()},
-        "precision": precision, "tolerance": args.tolerance, "iterations": 3, "results": rows,
+        "precision": precision, "tolerance": args.tolerance, "iterations": 3, "common_overrides": list(COMMON),
+        "results": rows,
     }
     write_result(result, args.out, f"layout_parity_{precision}", device)
     return 0 if all(r["passed"] for r in rows) else 1
