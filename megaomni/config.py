@@ -120,8 +120,11 @@ class PipelineConfig:
 
 @dataclass
 class DataConfig:
+    # A directory of *.tar shards, or several blended by weight: comma-separated DIR:WEIGHT
+    # entries ("/d/a:0.7,/d/b:0.3"; a missing weight is 1). The weight follows an entry's last
+    # colon; weights are relative (they need not sum to 1).
     path: str = ""
-    tokenizer: str = ""  # "": <path>/tokenizer.model
+    tokenizer: str = ""  # "": tokenizer.model of the (first) data.path directory
     seq_length: int = 256  # the longest sample, in LLM tokens
     # Packing: each micro-batch is one row of samples back to back (attention inside each), up to
     # max_tokens LLM tokens (0: seq_length), max_patches image patches and max_audio_frames
@@ -136,18 +139,48 @@ class DataConfig:
     # Dynamic batches (packing only): a step takes samples until this many LLM tokens, so the
     # number of samples and micro-batches per step varies. 0: global_batch_size samples.
     global_batch_tokens: int = 0
+    decoder: str = "auto"  # images: pillow | dali (NVIDIA DALI, same pixels) | auto (DALI when importable)
     min_pixels: int = 28 * 28
     max_pixels: int = 112 * 112
     max_audio_seconds: float = 4.0
+    # Frames kept of a video (0: all): more are subsampled uniformly, the same frames every time.
+    max_video_frames: int = 0
     zero_media: bool = False  # feed all-zero pixels/features: the "text only" control
     # A sample over seq_length tokens is cut to seq_length (counted as truncated) instead of
     # skipped (too_long); still skipped where the cut would split a media placeholder run (half
     # an image is a wrong sample) or leave no answer token to learn from.
     truncate: bool = False
     seed: int = 1234
+    # Processes that decode shards when the loader starts (forked, like PyTorch's DataLoader
+    # workers); 0: decode in the training process. Same samples and order either way.
+    workers: int = 0
+    # Make the next step's micro-batches in a background thread while this one trains (in
+    # pinned memory on CUDA). Same steps and checkpointed position either way.
+    prefetch: bool = True
+
+    def datasets(self) -> list[tuple[str, float]]:
+        """``path`` as (directory, weight) entries; [] when it is empty."""
+        if not self.path:
+            return []
+        entries = []
+        for entry in self.path.split(","):
+            directory, value = entry.strip(), 1.0
+            head, colon, weight = directory.rpartition(":")
+            if colon:
+                try:
+                    directory, value = head, float(weight)
+                except ValueError:  # not a weight: a colon of the directory name itself
+                    pass
+            if not directory:
+                raise ConfigError(f"data.path={self.path}: an entry without a directory ({entry!r})")
+            if not 0 < value < float("inf"):
+                raise ConfigError(f"data.path={self.path}: weight {weight} of {directory} must be a positive number")
+            entries.append((directory, value))
+        return entries
 
     def tokenizer_path(self) -> str:
-        return self.tokenizer or os.path.join(self.path, "tokenizer.model")
+        first = self.datasets()[0][0] if self.path else ""
+        return self.tokenizer or os.path.join(first, "tokenizer.model")
 
 
 @dataclass

@@ -10,6 +10,7 @@ import glob
 import os
 
 from megaomni.config import DataConfig, OmniConfig
+from megaomni.data import dali_decode
 from megaomni.parallel.rules import check_parallel_layout
 from megaomni.parallel.rules import divisors, require, sequence_multiple
 
@@ -108,6 +109,21 @@ def check_packing(cfg: OmniConfig) -> None:
                 f"of {multiple} (2*parallel.cp when cp > 1, times parallel.tp with parallel.sp)")
 
 
+def check_decoder(data: DataConfig) -> None:
+    require(data.decoder in ("auto", "pillow", "dali"), f"data.decoder={data.decoder!r}: valid: auto, pillow, dali")
+    if data.decoder == "dali":
+        problem = dali_decode.import_error()
+        require(problem is None, f"data.decoder='dali': NVIDIA DALI is not importable ({problem}); install it "
+                "(pip install -e .[dali]) or set data.decoder=auto (DALI when importable) or pillow")
+
+
+def check_data(cfg: OmniConfig) -> None:
+    data = cfg.data
+    for name in ("workers", "max_video_frames"):
+        require(getattr(data, name) >= 0, f"data.{name}={getattr(data, name)}: must be >= 0 (0: "
+                f"{'decode in the training process' if name == 'workers' else 'no cap'})")
+
+
 def check_train(cfg: OmniConfig) -> None:
     train = cfg.train
     require(train.lr > 0, f"train.lr={train.lr}: must be > 0")
@@ -126,9 +142,11 @@ def check_paths(cfg: OmniConfig) -> None:
     data = cfg.data
     require(bool(data.path), "data.path is empty: set it to a directory of *.tar shards "
              "(make one with `python tools/make_toy_data.py --out DIR`)")
-    require(os.path.isdir(data.path), f"data.path={data.path}: no such directory")
-    require(bool(glob.glob(os.path.join(data.path, "*.tar"))),
-             f"data.path={data.path}: holds no *.tar shards")
+    for directory, _ in data.datasets():
+        # Name the entry, and the whole value only when it lists several.
+        where = f"data.path={directory}" if directory == data.path else f"data.path={data.path}: {directory}"
+        require(os.path.isdir(directory), f"{where}: no such directory")
+        require(bool(glob.glob(os.path.join(directory, "*.tar"))), f"{where}: holds no *.tar shards")
     tokenizer = data.tokenizer_path()
     require(os.path.isfile(tokenizer), f"data.tokenizer={tokenizer}: no such file "
              "(train one with tools/make_toy_data.py or point data.tokenizer at a .model file)")
@@ -140,5 +158,7 @@ def validate(cfg: OmniConfig, world_size: int) -> None:
     _check_positive(cfg)
     check_model(cfg)
     check_parallel(cfg, world_size)
+    check_decoder(cfg.data)
+    check_data(cfg)
     check_train(cfg)
     check_paths(cfg)

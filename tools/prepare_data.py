@@ -18,9 +18,9 @@ LLaVA records (a JSON list, or JSONL: an object a line) look like ``{"id": ..., 
   (``"<image>\\n" + text``, the LLaVA convention; ``<audio>`` alike; a new first user turn where
   there is no human turn); otherwise placeholder and file counts must match, and no placeholder
   may stand in an answer.
-- Video: a list of frame images only, written as that many images (``KEY.0.png``, ...), its
-  ``<video>`` placeholder replaced by one ``<image>`` per frame. A video file is skipped
-  (``unsupported_media``): nothing here decodes video.
+- Video: a list of frame images only (one video a record), its frames written as
+  ``KEY.video.0.png``, ``KEY.video.1.png``, ... in list order; its ``<video>`` placeholder stays.
+  A video file is skipped (``unsupported_media``): nothing here decodes video.
 - PNG, JPEG, 16-bit WAV and FLAC are copied byte for byte (the loader reads them); other images
   Pillow opens are re-encoded to PNG, 8/24/32-bit WAV to 16-bit; other audio is skipped. Image
   pixels are not decoded: a truncated image passes here and the loader skips it.
@@ -61,10 +61,9 @@ from PIL import Image
 
 from megaomni.data.errors import BadSample
 from megaomni.data.sample import parse_conversation
-from megaomni.data.shards import AUDIO_EXTS
-from megaomni.data.tokenizer import AUDIO, IMAGE, OmniTokenizer, train_tokenizer
+from megaomni.data.shards import AUDIO_EXTS, VIDEO_FIELD
+from megaomni.data.tokenizer import AUDIO, IMAGE, VIDEO, OmniTokenizer, train_tokenizer
 
-VIDEO = "<video>"  # LLaVA-Video's placeholder; not the model's: it becomes one <image> per frame
 ROLES = {"human": "user", "user": "user", "system": "user", "gpt": "assistant", "assistant": "assistant"}
 IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg"}  # Pillow format -> a member extension the reader takes
 TOKENIZER_MAX_TEXTS = 1_000_000  # turn texts the tokenizer trains on: the first ones written
@@ -76,6 +75,7 @@ class Converted:
     turns: list[dict]
     images: list[tuple[str, bytes]]  # (extension, bytes), in placeholder order
     audios: list[tuple[str, bytes]]
+    frames: list[tuple[str, bytes]]  # the video's, in time order
 
 
 # ----------------------------------------------------------------------------- media
@@ -183,9 +183,8 @@ def check_placeholders(turns: list[dict], counts: dict[str, int]) -> None:
 
 
 def place_media(turns: list[dict], first_human: Optional[int], images: list[str], frames: list[str],
-                audios: list[str]) -> list[str]:
-    """Adds missing placeholders, checks the counts and expands ``<video>`` in ``turns``; returns
-    the image paths in placeholder order (the frames where ``<video>`` stood)."""
+                audios: list[str]) -> None:
+    """Adds missing placeholders to ``turns`` and checks the counts."""
     counts = {IMAGE: len(images), VIDEO: 1 if frames else 0, AUDIO: len(audios)}
     missing = "".join(tag * n for tag, n in counts.items() if n and not any(tag in t["content"] for t in turns))
     if missing and first_human is None:
@@ -193,14 +192,6 @@ def place_media(turns: list[dict], first_human: Optional[int], images: list[str]
     elif missing:
         turns[first_human]["content"] = f"{missing}\n{turns[first_human]['content']}"
     check_placeholders(turns, counts)
-    if not frames:
-        return images
-    ordered, pending = [], iter(images)
-    for turn in turns:
-        for tag in re.findall(f"{re.escape(IMAGE)}|{re.escape(VIDEO)}", turn["content"]):
-            ordered += [next(pending)] if tag == IMAGE else frames
-        turn["content"] = turn["content"].replace(VIDEO, IMAGE * len(frames))
-    return ordered
 
 
 def llava_sample(record: dict, root: str) -> Converted:
@@ -208,11 +199,12 @@ def llava_sample(record: dict, root: str) -> Converted:
     video = record.get("video")
     if isinstance(video, str):
         raise BadSample("unsupported_media", f"video file {video}: only a list of frame images can be written")
-    audios = _paths(record, "audio")
-    images = place_media(turns, first_human, _paths(record, "image"), _paths(record, "video"), audios)
+    images, frames, audios = (_paths(record, name) for name in ("image", "video", "audio"))
+    place_media(turns, first_human, images, frames, audios)
     return Converted(id=_record_id(record), turns=turns,
                      images=[image_member(read_media(root, p), p) for p in images],
-                     audios=[audio_member(read_media(root, p), p) for p in audios])
+                     audios=[audio_member(read_media(root, p), p) for p in audios],
+                     frames=[image_member(read_media(root, p), p) for p in frames])
 
 
 def text_sample(record: dict, text_key: str) -> Converted:
@@ -220,8 +212,8 @@ def text_sample(record: dict, text_key: str) -> Converted:
     if not isinstance(text, str) or not text.strip():
         raise BadSample("no_text", f"no non-empty string under \"{text_key}\"")
     turns = [{"role": "assistant", "content": text}]
-    check_placeholders(turns, {IMAGE: 0, AUDIO: 0})
-    return Converted(id=_record_id(record), turns=turns, images=[], audios=[])
+    check_placeholders(turns, {IMAGE: 0, VIDEO: 0, AUDIO: 0})
+    return Converted(id=_record_id(record), turns=turns, images=[], audios=[], frames=[])
 
 
 def read_records(path: str) -> tuple[int, Iterator[tuple[str, object]]]:
@@ -361,11 +353,13 @@ def _key(number: int, record_id: str) -> str:
     return f"{number:08d}_{safe}" if safe else f"{number:08d}"
 
 
-def _media_members(media: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    """``.png`` for a lone file, ``.0.png``, ``.1.jpg``, ... for several (placeholder order)."""
-    if len(media) == 1:
+def _media_members(media: list[tuple[str, bytes]], field: str = "") -> list[tuple[str, bytes]]:
+    """``.png`` for a lone file, ``.0.png``, ``.1.jpg``, ... for several (placeholder order);
+    a ``field``'s members always numbered: ``.video.0.png``, ..."""
+    if len(media) == 1 and not field:
         return [(f".{media[0][0]}", media[0][1])]
-    return [(f".{i}.{ext}", data) for i, (ext, data) in enumerate(media)]
+    prefix = f".{field}" if field else ""
+    return [(f"{prefix}.{i}.{ext}", data) for i, (ext, data) in enumerate(media)]
 
 
 def prepare(out: str, *, llava: Sequence[str] = (), text: Sequence[str] = (), media_root: Optional[str] = None,
@@ -373,7 +367,7 @@ def prepare(out: str, *, llava: Sequence[str] = (), text: Sequence[str] = (), me
             tokenizer_vocab: int = 0, byte_fallback: bool = False, overwrite: bool = False,
             progress: bool = True) -> dict:
     """Write the shards (and the tokenizer when ``tokenizer_vocab`` > 0); returns a summary:
-    ``samples``, ``images``, ``audios``, ``shards`` (paths), ``records``, ``skipped`` (reason ->
+    ``samples``, ``images``, ``videos``, ``audios``, ``shards`` (paths), ``records``, ``skipped`` (reason ->
     count), ``first_skipped`` (reason -> where and why), ``tokenizer`` (path or None)."""
     if samples_per_shard < 1 or max_shard_bytes < 0 or tokenizer_vocab < 0:
         raise ValueError(f"samples_per_shard={samples_per_shard}, max_shard_bytes={max_shard_bytes}, "
@@ -394,7 +388,7 @@ def prepare(out: str, *, llava: Sequence[str] = (), text: Sequence[str] = (), me
     bar = Progress(total) if progress else None
     skipped, first_skipped = collections.Counter(), {}
     texts: list[str] = []
-    images = audios = done = 0
+    images = videos = audios = done = 0
     with ShardWriter(out, prefix, samples_per_shard, max_shard_bytes) as writer:
         for kind, path, _, records in sources:
             root = media_root or os.path.dirname(os.path.abspath(path))
@@ -409,8 +403,10 @@ def prepare(out: str, *, llava: Sequence[str] = (), text: Sequence[str] = (), me
                 else:
                     writer.write(_key(writer.samples, sample.id), [(".json", conversation),
                                                                    *_media_members(sample.images),
+                                                                   *_media_members(sample.frames, VIDEO_FIELD),
                                                                    *_media_members(sample.audios)])
                     images, audios = images + len(sample.images), audios + len(sample.audios)
+                    videos += bool(sample.frames)
                     texts += [t["content"] for t in sample.turns][:TOKENIZER_MAX_TEXTS - len(texts)]
                 done += 1
                 if bar:
@@ -418,7 +414,8 @@ def prepare(out: str, *, llava: Sequence[str] = (), text: Sequence[str] = (), me
     tokenizer = None
     if tokenizer_vocab and writer.samples:
         tokenizer = train_tokenizer(texts, os.path.join(out, "tokenizer"), tokenizer_vocab, byte_fallback=byte_fallback)
-    return {"samples": writer.samples, "images": images, "audios": audios, "shards": writer.paths, "records": total,
+    return {"samples": writer.samples, "images": images, "videos": videos, "audios": audios, "shards": writer.paths,
+            "records": total,
             "skipped": dict(sorted(skipped.items())), "first_skipped": dict(sorted(first_skipped.items())),
             "tokenizer": tokenizer}
 
@@ -459,8 +456,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"prepare_data: error: {e}", file=sys.stderr)
         return 2
-    print(f"prepare_data: {summary['samples']} samples ({summary['images']} images, {summary['audios']} audio clips) "
-          f"in {len(summary['shards'])} shards -> {args.out} ({time.perf_counter() - started:.1f} s)")
+    print(f"prepare_data: {summary['samples']} samples ({summary['images']} images, {summary['videos']} videos, "
+          f"{summary['audios']} audio clips) in {len(summary['shards'])} shards -> {args.out} "
+          f"({time.perf_counter() - started:.1f} s)")
     if summary["skipped"]:
         print(f"prepare_data: skipped {sum(summary['skipped'].values())} of {summary['records']} records")
         for reason, count in summary["skipped"].items():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Optional
 
 import torch
@@ -17,7 +17,8 @@ class Batch:
       prediction is trained (assistant answers), 0 on prompts and padding.
     - ``image_patches`` ``[total_patches, channels*patch*patch]`` in
       :func:`megaomni.models.media_layout.patch_positions` order, ``image_grids`` ``[n_images, 2]``
-      (patch rows, patch cols).
+      (patch rows, patch cols), ``image_times`` ``[n_images]`` each image's frame index in its
+      video (0 for a still image; None: all 0).
     - ``audio_features`` ``[total_frames, n_mels]`` log-mel, ``audio_lengths`` ``[n_clips]``.
     - Packed (``cu_seqlens`` set): one row (``b == 1``) holding several samples, then a padding
       segment; ``cu_seqlens`` int32 ``[segments + 1]`` are their boundaries (attention stays
@@ -30,6 +31,7 @@ class Batch:
     position_ids: torch.Tensor
     image_patches: Optional[torch.Tensor] = None
     image_grids: Optional[torch.Tensor] = None
+    image_times: Optional[torch.Tensor] = None
     audio_features: Optional[torch.Tensor] = None
     audio_lengths: Optional[torch.Tensor] = None
     cu_seqlens: Optional[torch.Tensor] = None
@@ -41,3 +43,8 @@ class Batch:
             value = getattr(self, f.name)
             moved[f.name] = value.to(device, non_blocking=True) if torch.is_tensor(value) else value
         return Batch(**moved)
+
+    def pin_memory(self) -> "Batch":
+        """A copy in page-locked host memory, so that ``to(cuda)`` copies asynchronously."""
+        return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self)
+                                if torch.is_tensor(getattr(self, f.name))})

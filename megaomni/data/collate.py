@@ -65,10 +65,12 @@ def collate_packed(samples: Sequence[Sample], pad_id: int, length: int) -> Batch
 def _media(samples: Sequence[Sample]) -> dict:
     """The samples' images and clips, concatenated in placeholder order."""
     images = [image for s in samples for image in s.images]
+    times = [t for s in samples for t in (s.image_times or [0] * len(s.images))]
     audios = [features for s in samples for features in s.audios]
     return dict(
         image_patches=torch.cat([p for p, _ in images]) if images else None,
         image_grids=torch.tensor([grid for _, grid in images], dtype=torch.long) if images else None,
+        image_times=torch.tensor(times, dtype=torch.long) if images else None,
         audio_features=torch.cat(audios) if audios else None,
         audio_lengths=torch.tensor([f.shape[0] for f in audios], dtype=torch.long) if audios else None,
     )

@@ -12,7 +12,8 @@ class BadSample(Exception):
       ``duplicate_member``, ``unsupported_media``;
     - text: ``bad_json``, ``bad_conversation``, ``no_answer`` (no or an empty assistant turn),
       ``reserved_token``, ``placeholder_mismatch``, ``modality_disabled``;
-    - media: ``bad_image``, ``bad_audio``, ``audio_too_long``; length: ``too_long``,
+    - media: ``bad_image``, ``bad_audio``, ``audio_too_long``, ``bad_video`` (frames of
+      different sizes); length: ``too_long``,
       ``over_budget`` (packing: larger than one micro-batch's ``data.max_*``);
     - shards (counted once a shard): ``corrupt_shard`` (its unreadable rest is skipped),
       ``empty_shard``.

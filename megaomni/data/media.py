@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from megaomni.data import dali_decode
 from megaomni.data.errors import BadSample
 from megaomni.models.media_layout import patch_positions
 
@@ -40,22 +41,40 @@ def fit_size(height: int, width: int, *, factor: int, min_pixels: int, max_pixel
     return h, w
 
 
-def load_image(data: bytes, *, patch_size: int, merge_size: int, min_pixels: int, max_pixels: int,
-               in_channels: int = 3) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Image bytes -> (patches ``[gh*gw, C*p*p]`` in :func:`patch_positions` order, (gh, gw)).
+def use_dali(decoder: str) -> bool:
+    """``data.decoder``: "dali", "pillow", or "auto" (DALI where it is importable)."""
+    return decoder == "dali" or (decoder == "auto" and dali_decode.available())
 
-    Pixels are scaled to [-1, 1]; each patch vector is channel-major (C, p, p) flattened.
-    """
-    modes = {3: "RGB", 1: "L"}
-    if in_channels not in modes:
-        raise ValueError(f"in_channels={in_channels}: images can be decoded to 1 or 3 channels")
+
+def decode_image(data: bytes, mode: str, decoder: str = "auto") -> Image.Image:
+    """Image bytes -> the fully decoded image in ``mode`` ("RGB" or "L"), the same pixels
+    whichever of DALI and Pillow decodes (see :mod:`megaomni.data.dali_decode`)."""
     try:
-        image = Image.open(io.BytesIO(data))
-        image = image.convert(modes[in_channels])  # forces the full decode: truncation shows here
+        image = Image.open(io.BytesIO(data))  # reads the header only: both paths share its checks
+        if use_dali(decoder) and dali_decode.handles(image.format, data):
+            # None: DALI cannot decode it. It is stricter in places (a PNG without IEND), so Pillow
+            # decides below and bad images fail with Pillow's reason and message on both paths.
+            if (pixels := dali_decode.decode_rgb(data)) is not None:
+                rgb = Image.fromarray(pixels, "RGB")
+                return rgb if mode == "RGB" else rgb.convert(mode)  # Pillow's RGB -> L weights
+        return image.convert(mode)  # forces the full decode: truncation shows here
     except UnidentifiedImageError as e:  # its message names a BytesIO object, of no use in a log
         raise BadSample("bad_image", "undecodable image (not a format Pillow knows)") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadSample("bad_image", f"undecodable image ({e})") from e
+
+
+def load_image(data: bytes, *, patch_size: int, merge_size: int, min_pixels: int, max_pixels: int,
+               in_channels: int = 3, decoder: str = "auto") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Image bytes -> (patches ``[gh*gw, C*p*p]`` in :func:`patch_positions` order, (gh, gw)).
+
+    Pixels are scaled to [-1, 1]; each patch vector is channel-major (C, p, p) flattened.
+    ``decoder`` is ``data.decoder`` (:func:`use_dali`).
+    """
+    modes = {3: "RGB", 1: "L"}
+    if in_channels not in modes:
+        raise ValueError(f"in_channels={in_channels}: images can be decoded to 1 or 3 channels")
+    image = decode_image(data, modes[in_channels], decoder)
     factor = patch_size * merge_size
     h, w = fit_size(image.height, image.width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     if (h, w) != (image.height, image.width):

@@ -1,5 +1,9 @@
 """One raw sample -> model inputs: chat-formatted token ids with media placeholders expanded,
-next-token labels, the answer loss mask, and decoded media."""
+next-token labels, the answer loss mask, and decoded media.
+
+A video is a sequence of images: its frames (at most ``data.max_video_frames``, picked evenly)
+become images with temporal indices ``t = 0..T-1`` (a still image has ``t = 0``), and its
+``<video>`` placeholder expands to the image pads of all its frames, frame after frame."""
 
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ import torch
 from megaomni.config import OmniConfig
 from megaomni.data.errors import BadSample
 from megaomni.data.media import load_audio, load_image, log_mel, resample
-from megaomni.data.shards import RawSample
-from megaomni.data.tokenizer import ASSISTANT, AUDIO, AUDIO_PAD, END, IMAGE, IMAGE_PAD, USER, OmniTokenizer
+from megaomni.data.shards import VIDEO_FIELD, RawSample
+from megaomni.data.tokenizer import ASSISTANT, AUDIO, AUDIO_PAD, END, IMAGE, IMAGE_PAD, USER, VIDEO, OmniTokenizer
 from megaomni.models.media_layout import audio_tokens, vision_tokens
 
 ROLES = ("user", "assistant")
 RESERVED = (IMAGE_PAD, AUDIO_PAD, USER, ASSISTANT, END)  # the format's own tokens, never in content
+Run = tuple[int, int, int, list]  # one placeholder's pads: (pad id, start, end, what the encoder gets for them)
 
 
 @dataclass
@@ -29,6 +34,8 @@ class Sample:
     labels: torch.Tensor  # long [L]
     loss_mask: torch.Tensor  # float [L]
     images: list[tuple[torch.Tensor, tuple[int, int]]] = field(default_factory=list)  # (patches, (gh, gw))
+    # Per image: its frame's temporal index in its video, 0 for a still image; [] = all 0.
+    image_times: list[int] = field(default_factory=list)
     audios: list[torch.Tensor] = field(default_factory=list)  # log-mel [frames, n_mels]
     truncated_from: int = 0  # the length before data.truncate cut it to data.seq_length; 0: not cut
 
@@ -60,19 +67,52 @@ def parse_conversation(data: bytes | None) -> list[dict]:
     return turns
 
 
-def _check_placeholders(turns: list[dict], raw: RawSample, cfg: OmniConfig) -> None:
-    for placeholder, count, enabled, section in ((IMAGE, len(raw.images), cfg.model.vision.enabled, "vision"),
-                                                 (AUDIO, len(raw.audios), cfg.model.audio.enabled, "audio")):
+def _check_placeholders(turns: list[dict], raw: RawSample, cfg: OmniConfig, tokenizer: OmniTokenizer) -> None:
+    vision, audio = cfg.model.vision.enabled, cfg.model.audio.enabled
+    for placeholder, count, enabled, section in ((IMAGE, len(raw.images), vision, "vision"),
+                                                 (VIDEO, len(raw.videos), vision, "vision"),
+                                                 (AUDIO, len(raw.audios), audio, "audio")):
         if any(placeholder in t["content"] for t in turns if t["role"] == "assistant"):
             raise BadSample("placeholder_mismatch", f"{placeholder} in an assistant turn")
         found = sum(t["content"].count(placeholder) for t in turns)
+        if found and placeholder == VIDEO and tokenizer.video_id is None:
+            raise BadSample("unsupported_media", f"tokenizer {tokenizer.path} has no {VIDEO} token (trained "
+                            "before video support; a tokenizer trained now has it)")
         if found != count and raw.unread:
             raise BadSample("unsupported_media", f"{found} {placeholder} placeholders for {count} readable files; "
-                            f"not read: {', '.join(raw.unread)} (images: png, jpg; audio: wav, flac)")
+                            f"not read: {', '.join(raw.unread)} (images and video frames: png, jpg; audio: wav, flac)")
         if found != count:
-            raise BadSample("placeholder_mismatch", f"{found} {placeholder} placeholders for {count} files")
+            what = f"videos (a sample holds one: KEY.{VIDEO_FIELD}.0.png, ...)" if placeholder == VIDEO else "files"
+            raise BadSample("placeholder_mismatch", f"{found} {placeholder} placeholders for {count} {what}")
         if count and not enabled:
             raise BadSample("modality_disabled", f"sample has {placeholder} but model.{section}.enabled=false")
+
+
+def video_frame_indices(count: int, cap: int) -> list[int]:
+    """The frames of a ``count``-frame video that are kept under ``data.max_video_frames=cap``:
+    all of them, or the middle frame of each of ``cap`` equal stretches of the video."""
+    if not 0 < cap < count:
+        return list(range(count))
+    return [(2 * i + 1) * count // (2 * cap) for i in range(cap)]
+
+
+def _image(data: bytes, cfg: OmniConfig) -> tuple[torch.Tensor, tuple[int, int]]:
+    vision = cfg.model.vision
+    return load_image(data, patch_size=vision.patch_size, merge_size=vision.merge_size,
+                      min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels, in_channels=vision.in_channels,
+                      decoder=cfg.data.decoder)
+
+
+def _video(frames: list[bytes], cfg: OmniConfig) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """The kept frames as images, in time order. They must fit one patch grid: frames of one size
+    always do; a frame list of mixed sizes is not one video."""
+    kept = video_frame_indices(len(frames), cfg.data.max_video_frames)
+    images = [_image(frames[i], cfg) for i in kept]
+    for i, (_, grid) in zip(kept, images):
+        if grid != images[0][1]:
+            raise BadSample("bad_video", f"frame {i} fits {grid[0]}x{grid[1]} patches, frame {kept[0]} "
+                            f"{images[0][1][0]}x{images[0][1][1]}: a video's frames must share one size")
+    return images
 
 
 def _audio_features(ext: str, data: bytes, cfg: OmniConfig) -> torch.Tensor:
@@ -86,7 +126,7 @@ def _audio_features(ext: str, data: bytes, cfg: OmniConfig) -> torch.Tensor:
                    hop_length=audio.hop_length, n_mels=audio.n_mels)
 
 
-def _kept_length(length: int, runs: list[tuple[int, int, int]], answer: list[bool], cfg: OmniConfig) -> int:
+def _kept_length(length: int, runs: list[Run], answer: list[bool], cfg: OmniConfig) -> int:
     """All ``length`` tokens, or ``data.seq_length`` of them under ``data.truncate`` where that cut
     leaves every media run whole (half an image is a wrong sample) and an answer token to learn."""
     limit = cfg.data.seq_length
@@ -95,11 +135,33 @@ def _kept_length(length: int, runs: list[tuple[int, int, int]], answer: list[boo
     why = f"{length} tokens > data.seq_length={limit}"
     if not cfg.data.truncate:
         raise BadSample("too_long", why)
-    if any(start < limit < end for _, start, end in runs):
+    if any(start < limit < end for _, start, end, _ in runs):
         raise BadSample("too_long", f"{why}; data.truncate would cut a media placeholder run in two")
     if not any(answer[1:limit + 1]):  # answer[t + 1]: the label at t is an answer token
         raise BadSample("too_long", f"{why}; data.truncate would leave no answer token to learn")
     return limit
+
+
+def _chat_tokens(turns: list[dict], tokenizer: OmniTokenizer, expand: dict) -> tuple[list[int], list[bool], list[Run]]:
+    """Chat-formatted token ids, whether each is trained on (assistant content and its
+    ``<|end|>``), and the placeholders' runs in text order. ``expand`` maps a placeholder id to
+    an iterator over its media: (pad id, pad count, encoder inputs)."""
+    tokens: list[int] = []
+    answer: list[bool] = []
+    runs: list[Run] = []
+    for turn in turns:
+        is_answer = turn["role"] == "assistant"
+        tokens.append(tokenizer.assistant_id if is_answer else tokenizer.user_id)
+        for token in tokenizer.encode(turn["content"]):
+            if token in expand:
+                pad, count, media = next(expand[token])
+                runs.append((pad, len(tokens), len(tokens) + count, media))
+                tokens += [pad] * count
+            else:
+                tokens.append(token)
+        tokens.append(tokenizer.end_id)
+        answer += [False] + [is_answer] * (len(tokens) - len(answer) - 1)
+    return tokens, answer, runs
 
 
 def build_sample(raw: RawSample, tokenizer: OmniTokenizer, cfg: OmniConfig) -> Sample:
@@ -107,38 +169,28 @@ def build_sample(raw: RawSample, tokenizer: OmniTokenizer, cfg: OmniConfig) -> S
     if raw.error is not None:  # its members were already found wanting (shards.py)
         raise raw.error
     turns = parse_conversation(raw.conversation)
-    _check_placeholders(turns, raw, cfg)  # before decoding: cheap checks first
-    vision = cfg.model.vision
-    images = [load_image(data, patch_size=vision.patch_size, merge_size=vision.merge_size,
-                         min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
-                         in_channels=vision.in_channels) for data in raw.images]
-    audios = [_audio_features(ext, data, cfg) for ext, data in raw.audios]
+    _check_placeholders(turns, raw, cfg, tokenizer)  # before decoding: cheap checks first
+    merge, downsample = cfg.model.vision.merge_size, cfg.model.audio.downsample
+    image_pad, audio_pad = tokenizer.image_pad_id, tokenizer.audio_pad_id
 
-    # Placeholder i of each kind expands to as many pad tokens as medium i yields encoder outputs.
-    image_pads = iter([tokenizer.image_pad_id] * vision_tokens(gh, gw, vision.merge_size) for _, (gh, gw) in images)
-    audio_pads = iter([tokenizer.audio_pad_id] * audio_tokens(f.shape[0], cfg.model.audio.downsample) for f in audios)
-    expand = {tokenizer.image_id: image_pads, tokenizer.audio_id: audio_pads}
-    tokens: list[int] = []
-    answer: list[bool] = []  # token is trained on (assistant content and its <|end|>)
-    runs: list[tuple[int, int, int]] = []  # (placeholder id, start, end) of each medium's pads, in text order
-    for turn in turns:
-        is_answer = turn["role"] == "assistant"
-        tokens.append(tokenizer.assistant_id if is_answer else tokenizer.user_id)
-        for token in tokenizer.encode(turn["content"]):
-            if token in expand:
-                pads = next(expand[token])
-                runs.append((token, len(tokens), len(tokens) + len(pads)))
-                tokens += pads
-            else:
-                tokens.append(token)
-        tokens.append(tokenizer.end_id)
-        answer += [False] + [is_answer] * (len(tokens) - len(answer) - 1)
+    def seen(pictures: list) -> tuple[int, int, list]:
+        """A still image (one picture) or a video's frames: each picture with its time t."""
+        pads = sum(vision_tokens(gh, gw, merge) for _, (gh, gw) in pictures)
+        return image_pad, pads, [(picture, t) for t, picture in enumerate(pictures)]
+
+    # Placeholder i of each kind takes medium i of that kind: as many pads as it yields encoder outputs.
+    expand = {tokenizer.image_id: iter([seen([_image(data, cfg)]) for data in raw.images]),
+              tokenizer.video_id: iter([seen(_video(frames, cfg)) for frames in raw.videos]),
+              tokenizer.audio_id: iter([(audio_pad, audio_tokens(f.shape[0], downsample), [f])
+                                        for f in (_audio_features(ext, data, cfg) for ext, data in raw.audios)])}
+    tokens, answer, runs = _chat_tokens(turns, tokenizer, expand)
     keep = _kept_length(len(tokens), runs, answer, cfg)
     # A cut keeps the labels of the whole sample: the last kept token still predicts the next one.
     labels, loss = tokens[1:] + [tokenizer.pad_id], answer[1:] + [False]
-    kept_runs = [placeholder for placeholder, _, end in runs if end <= keep]
-    images = images[:kept_runs.count(tokenizer.image_id)]
-    audios = audios[:kept_runs.count(tokenizer.audio_id)]
+    kept = [(pad, media) for pad, _, end, media in runs if end <= keep]
+    framed = [item for pad, media in kept if pad == image_pad for item in media]
+    images = [image for image, _ in framed]
+    audios = [f for pad, media in kept if pad == audio_pad for f in media]
 
     if cfg.data.zero_media:  # the text-only control: same shapes and token counts, no content
         images = [(torch.zeros_like(p), grid) for p, grid in images]
@@ -149,6 +201,7 @@ def build_sample(raw: RawSample, tokenizer: OmniTokenizer, cfg: OmniConfig) -> S
         labels=torch.tensor(labels[:keep], dtype=torch.long),
         loss_mask=torch.tensor(loss[:keep], dtype=torch.float32),
         images=images,
+        image_times=[t for _, t in framed],
         audios=audios,
         truncated_from=len(tokens) if keep < len(tokens) else 0,
     )

@@ -2,8 +2,9 @@
 
 Per key: ``KEY.json`` (the conversation), images ``KEY.png``/``KEY.jpg`` or ``KEY.0.png``,
 ``KEY.1.png``, ... and audio ``KEY.wav``/``KEY.flac`` or ``KEY.0.wav``, ... in placeholder
-order. Bytes are not decoded here, so that a bad member fails its sample, not the shard; a
-shard unreadable from some point on keeps the samples before that point.
+order; at most one video, its frames ``KEY.video.0.png``, ``KEY.video.1.png``, ... in time
+order (always numbered). Bytes are not decoded here, so that a bad member fails its sample, not
+the shard; a shard unreadable from some point on keeps the samples before that point.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from megaomni.data.errors import BadSample
 
 IMAGE_EXTS = ("png", "jpg", "jpeg")
 AUDIO_EXTS = ("wav", "flac")
+VIDEO_FIELD = "video"  # frame N of the video: KEY.video.N.png, read with the extension "video.png"
+VIDEO_EXTS = tuple(f"{VIDEO_FIELD}.{ext}" for ext in IMAGE_EXTS)
 # Media this reader does not decode. They are not read, but named when their sample's
 # placeholders lack files, so the skip says why (unsupported_media, not placeholder_mismatch).
 UNREAD_MEDIA_EXTS = ("gif", "webp", "bmp", "tif", "tiff", "heic", "avif",
@@ -34,6 +37,7 @@ class RawSample:
     conversation: Optional[bytes] = None  # the KEY.json bytes, parsed when the sample is built
     images: list[bytes] = field(default_factory=list)
     audios: list[tuple[str, bytes]] = field(default_factory=list)  # (extension, bytes)
+    videos: list[list[bytes]] = field(default_factory=list)  # each video's frames in time order (a shard: <= 1)
     unread: list[str] = field(default_factory=list)  # names of members of UNREAD_MEDIA_EXTS
     error: Optional[BadSample] = None  # a problem of the members themselves: the sample fails with it
 
@@ -55,15 +59,18 @@ def list_shards(path: str) -> list[str]:
 
 
 def _split_name(name: str) -> tuple[str, Optional[int], str]:
-    """``dir/KEY.3.png`` -> (``dir/KEY``, 3, ``png``); ``KEY.png`` -> (``KEY``, None, ``png``).
-    The key ends at the first dot of the base name, as in WebDataset."""
+    """``dir/KEY.3.png`` -> (``dir/KEY``, 3, ``png``); ``KEY.png`` -> (``KEY``, None, ``png``);
+    a video frame ``KEY.video.3.png`` -> (``KEY``, 3, ``video.png``). The key ends at the first
+    dot of the base name, as in WebDataset."""
     head, base = os.path.split(name)
     stem, _, ext = base.partition(".")
     index: Optional[int] = None
     if "." in ext:
         number, _, ext = ext.rpartition(".")
-        # -1: not a media index (``KEY.meta.json``: another field), ignored by the caller
-        index = int(number) if number.isascii() and number.isdigit() else -1
+        kind, _, number = number.rpartition(".")  # "video.3": frame 3 of the video
+        # -1: not a media index (``KEY.meta.json``, ``KEY.video.png``: another field), ignored by the caller
+        index = int(number) if kind in ("", VIDEO_FIELD) and number.isascii() and number.isdigit() else -1
+        ext = f"{kind}.{ext}" if kind else ext
     return os.path.join(head, stem), index, ext.lower()
 
 
@@ -80,17 +87,22 @@ def _check_end(tar: tarfile.TarFile) -> None:
         rest = tar.fileobj.read(tarfile.RECORDSIZE)
 
 
-def _media_order(key: str, kind: str, found: list[tuple[Optional[int], str]]) -> Optional[BadSample]:
-    """``found`` (index, member name) of one kind must be one unnumbered file or ``0..n-1``:
-    anything else leaves a placeholder's file missing or ambiguous."""
+def _media_order(stem: str, kind: str, found: list[tuple[Optional[int], str]]) -> Optional[BadSample]:
+    """``found`` (index, member name) of one kind, members ``STEM.N.*``, must be one unnumbered
+    file or ``0..n-1``: anything else leaves a placeholder's (or a frame's) file missing or ambiguous."""
     indices = sorted(-1 if index is None else index for index, _ in found)
     names = ", ".join(sorted(name for _, name in found))
     if len(set(indices)) < len(indices) or (-1 in indices and len(indices) > 1):
-        return BadSample("duplicate_member", f"{kind} members that claim the same placeholder ({names})")
+        return BadSample("duplicate_member", f"{kind} members that claim the same place ({names})")
     if -1 not in indices and indices != list(range(len(indices))):
         missing = min(set(range(len(indices) + 1)) - set(indices))
-        return BadSample("missing_media", f"no {key}.{missing}.* {kind} member (have {names})")
+        return BadSample("missing_media", f"no {stem}.{missing}.* {kind} member (have {names})")
     return None
+
+
+def _unread(ext: str) -> bool:
+    """A medium this reader does not decode: an image or audio ``ext``, or a video frame's."""
+    return ext.removeprefix(f"{VIDEO_FIELD}.") in UNREAD_MEDIA_EXTS
 
 
 def _sample(key: str, path: str, members: list[tuple[str, Optional[int], str, bytes]]) -> RawSample:
@@ -100,11 +112,18 @@ def _sample(key: str, path: str, members: list[tuple[str, Optional[int], str, by
     sample = RawSample(key=key, shard=path, conversation=conversations[0] if conversations else None,
                        images=[data for _, _, ext, data in media if ext in IMAGE_EXTS],
                        audios=[(ext, data) for _, _, ext, data in media if ext in AUDIO_EXTS],
-                       unread=[name for name, _, ext, _ in members if ext in UNREAD_MEDIA_EXTS])
+                       unread=[name for name, _, ext, _ in members if _unread(ext)])
+    frames = [data for _, _, ext, data in media if ext in VIDEO_EXTS]
+    sample.videos = [frames] if frames else []
     if len(conversations) > 1:
         sample.error = BadSample("duplicate_member", f"{len(conversations)} {key}.json members")
-    for kind, exts in (("image", IMAGE_EXTS), ("audio", AUDIO_EXTS)):
-        sample.error = sample.error or _media_order(key, kind, [(i, n) for n, i, ext, _ in members if ext in exts])
+    # Not an unread image: the other frames would make a shorter video that still matches its placeholder.
+    if unread_frames := [name for name, _, ext, _ in members if _unread(ext) and ext.startswith(f"{VIDEO_FIELD}.")]:
+        sample.error = sample.error or BadSample(
+            "unsupported_media", f"video frames not read: {', '.join(unread_frames)} (frames: png, jpg)")
+    for kind, stem, exts in (("image", key, IMAGE_EXTS), ("audio", key, AUDIO_EXTS),
+                             ("video frame", f"{key}.{VIDEO_FIELD}", VIDEO_EXTS)):
+        sample.error = sample.error or _media_order(stem, kind, [(i, n) for n, i, ext, _ in members if ext in exts])
     return sample
 
 
@@ -130,9 +149,9 @@ def iter_shard(path: str) -> Iterator[RawSample]:
                 name = member.name
                 if not member.isfile() or index == -1:
                     continue
-                if ext in ("json", *IMAGE_EXTS, *AUDIO_EXTS):
+                if ext in ("json", *IMAGE_EXTS, *AUDIO_EXTS, *VIDEO_EXTS):
                     members.setdefault(key, []).append((name, index, ext, tar.extractfile(member).read()))
-                elif ext in UNREAD_MEDIA_EXTS:
+                elif _unread(ext):
                     members.setdefault(key, []).append((name, index, ext, b""))
             _check_end(tar)
     except SHARD_ERRORS as e:

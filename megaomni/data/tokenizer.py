@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Iterable, Optional
 
 import sentencepiece as spm
 
 IMAGE = "<image>"  # placeholders as written in conversation text
 AUDIO = "<audio>"
+VIDEO = "<video>"  # a list of frames: each frame's image pads, in time order
 IMAGE_PAD = "<|image_pad|>"  # repeated once per encoder output; the encoder replaces them
 AUDIO_PAD = "<|audio_pad|>"
 USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
 END = "<|end|>"
-SPECIAL_TOKENS = (IMAGE, AUDIO, IMAGE_PAD, AUDIO_PAD, USER, ASSISTANT, END)
+# VIDEO last: a newly trained tokenizer gives the others the ids they had before it came.
+SPECIAL_TOKENS = (IMAGE, AUDIO, IMAGE_PAD, AUDIO_PAD, USER, ASSISTANT, END, VIDEO)
+# Tokenizers trained before video support lack these; they still load, and samples that need
+# one are skipped (megaomni/data/sample.py).
+OPTIONAL_TOKENS = (VIDEO,)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -70,11 +75,13 @@ class OmniTokenizer:
             token_id = self.sp.piece_to_id(token)
             # A missing piece maps to unk; a piece that is not a user-defined symbol would not be
             # kept whole when it appears inside text.
-            if token_id == self.sp.unk_id() or self.sp.encode(token) != [token_id]:
+            if token_id != self.sp.unk_id() and self.sp.encode(token) == [token_id]:
+                self._special[token] = token_id
+            elif token not in OPTIONAL_TOKENS:
+                required = [t for t in SPECIAL_TOKENS if t not in OPTIONAL_TOKENS]
                 raise ValueError(f"tokenizer {model_path}: lacks the special token {token} as a single "
-                                 f"user-defined symbol (needs all of {', '.join(SPECIAL_TOKENS)}; "
+                                 f"user-defined symbol (needs all of {', '.join(required)}; "
                                  "train it with megaomni.data.tokenizer.train_tokenizer)")
-            self._special[token] = token_id
 
     @property
     def vocab_size(self) -> int:
@@ -95,6 +102,11 @@ class OmniTokenizer:
     @property
     def audio_id(self) -> int:
         return self._special[AUDIO]
+
+    @property
+    def video_id(self) -> Optional[int]:
+        """None for a tokenizer trained before video support."""
+        return self._special.get(VIDEO)
 
     @property
     def image_pad_id(self) -> int:

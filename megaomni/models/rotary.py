@@ -1,5 +1,6 @@
 """Rotary-embedding angle tables in megatron-core's layout (``[s, 1, 1, dim]``, the two halves
-repeated for rotate-half), for positions we compute ourselves (per image / per clip)."""
+repeated for rotate-half), for positions we compute ourselves (per image / per clip), and the
+fixed sinusoidal table of the same frequencies (video frames' temporal positions)."""
 
 from __future__ import annotations
 
@@ -24,3 +25,13 @@ def rope_2d(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor
     inv = _inv_freq(head_dim // 2, base, positions.device)
     angles = torch.cat([positions[:, :1].float() * inv, positions[:, 1:].float() * inv], dim=-1)
     return torch.cat([angles, angles], dim=-1)[:, None, None, :]
+
+
+def sinusoid_from_zero(positions: torch.Tensor, dim: int, base: float) -> torch.Tensor:
+    """The Transformer's sinusoidal encoding ``[sin(p w), cos(p w)]`` of integer ``positions [s]``
+    minus that of position 0 -> ``[s, dim]``: exactly 0 at position 0. ``cos - 1`` is computed as
+    ``-2 sin^2(p w / 2)``, which keeps its precision at small angles."""
+    if dim % 2:
+        raise ValueError(f"a sinusoidal table needs an even width, got {dim}")
+    angles = positions.float()[:, None] * _inv_freq(dim, base, positions.device)[None, :]
+    return torch.cat([torch.sin(angles), -2.0 * torch.sin(angles / 2) ** 2], dim=-1)

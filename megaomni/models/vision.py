@@ -2,9 +2,22 @@
 
 Images of different sizes are packed into one sequence; attention stays within each image
 (bidirectional). Knows nothing of parallelism: the transformer stack is megatron-core's.
+
+A video's frames are images with a temporal index ``t``. It enters as a fixed sinusoidal
+embedding of ``t`` added to every patch embedding of the frame, not as a third rotary axis:
+attention stays inside one frame, where every patch has the same ``t``, and rotary embeddings
+carry only differences of position, so a temporal rotary axis would change nothing. The
+embedding is the Transformer's sinusoid of ``t`` minus that of ``t = 0``, divided by
+``sqrt(hidden)``: no parameters (checkpoints load unchanged), exactly zero for a still image
+(``t = 0`` gives the outputs of an image encoder without it), and a norm of at most ``sqrt(2)``
+whatever the width: next to a patch embedding it is an offset the encoder can read, not one
+that buries what the frame shows.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Optional
 
 import torch
 from megatron.core.transformer.module import MegatronModule
@@ -15,16 +28,24 @@ from torch import nn
 from megaomni.config import VisionConfig
 from megaomni.models.media_layout import patch_positions
 from megaomni.models.projector import MLPProjector
-from megaomni.models.rotary import rope_2d
+from megaomni.models.rotary import rope_2d, sinusoid_from_zero
 from megaomni.models.specs import encoder_layer_spec
 from megaomni.ops.attention import segment_params
 
+TEMPORAL_BASE = 10000.0  # the Transformer's: frame indices stay far below its longest period
+
+
+def temporal_embedding(times: torch.Tensor, hidden: int) -> torch.Tensor:
+    """Frame indices ``[n]`` -> ``[n, hidden]``, zero at ``t = 0`` (see the module docstring)."""
+    return sinusoid_from_zero(times, hidden, TEMPORAL_BASE) / math.sqrt(hidden)
+
 
 class VisionEncoder(MegatronModule):
-    """``patches [N, C*p*p]`` + ``grids [n_images, 2]`` -> ``[N / merge^2, llm_hidden]``."""
+    """``patches [N, C*p*p]`` + ``grids [n_images, 2]`` (+ ``times [n_images]``, each image's frame
+    index in its video; None: all 0) -> ``[N / merge^2, llm_hidden]``."""
 
     placeholder = "image"
-    batch_fields = ("image_patches", "image_grids")
+    batch_fields = ("image_patches", "image_grids", "image_times")
 
     def __init__(self, cfg: VisionConfig, config: TransformerConfig, llm_hidden: int, pg_collection=None):
         super().__init__(config=config)
@@ -35,16 +56,20 @@ class VisionEncoder(MegatronModule):
                                        pg_collection=pg_collection)
         self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=cfg.merge_size**2)
 
-    def forward(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, grids: torch.Tensor, times: Optional[torch.Tensor] = None) -> torch.Tensor:
         grid_list = grids.tolist()
         positions = torch.cat([patch_positions(h, w, self.cfg.merge_size) for h, w in grid_list])
         positions = positions.to(patches.device)
         rotary = rope_2d(positions, self.head_dim, self.cfg.rotary_base)
-        hidden = self.patch_embed(patches.to(self.patch_embed.weight.dtype))[:, None, :]
+        lengths = grids.prod(-1).to(patches.device)  # patches per image
+        hidden = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
+        if times is not None:
+            per_image = temporal_embedding(times.to(patches.device), self.cfg.hidden_size).to(hidden.dtype)
+            hidden = hidden + per_image.repeat_interleave(lengths, dim=0, output_size=hidden.shape[0])
         hidden = self.blocks(
-            hidden_states=hidden,
+            hidden_states=hidden[:, None, :],
             attention_mask=None,
             rotary_pos_emb=rotary,
-            packed_seq_params=segment_params(grids.prod(-1).to(patches.device)),
+            packed_seq_params=segment_params(lengths),
         )
         return self.projector(hidden[:, 0, :])

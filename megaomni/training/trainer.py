@@ -151,5 +151,6 @@ def train(cfg: OmniConfig) -> dict:
         if iteration == cfg.train.iters or (interval and iteration % interval == 0):
             save_checkpoint(save_root, iteration, state.chunks, optimizer, state.scheduler,
                             common={"data": loader.state_dict(), "config": cfg.to_dict()})
+    loader.close()
     writer.close()
     return record

@@ -10,6 +10,7 @@ import pytest
 
 from megaomni.config import OmniConfig
 from megaomni.data.tokenizer import OmniTokenizer
+from tests.data.helpers import rng
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL_SAMPLES = 32
@@ -41,3 +42,9 @@ def cfg(small_toy) -> OmniConfig:
     config = OmniConfig()
     config.data.path = small_toy
     return config
+
+
+@pytest.fixture
+def clip(toy) -> bytes:
+    """A good 16-bit WAV tone."""
+    return toy.tone(rng(), "low")

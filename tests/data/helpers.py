@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import struct
 import tarfile
 
 import numpy as np
+import torch
 from PIL import Image
 
+from megaomni.data.loader import OmniDataLoader
 from megaomni.data.shards import RawSample
 
 
@@ -80,3 +83,42 @@ def bad_samples(clip: bytes) -> dict[str, tuple[str, dict[str, bytes]]]:
         # Too long even under data.truncate: a cut leaves no answer token.
         "too_long": ("too_long", {"json": conversation(("user", "What is shown? " * 200), ("assistant", "red"))}),
     }
+
+
+def good_samples(clip: bytes) -> dict[str, dict[str, bytes]]:
+    """Good samples g0 (image), g1 (audio), g2 (both), g3 (text); ``clip`` is a good WAV file."""
+    image = png(56, 28)
+    return {
+        "g0": {"json": conversation(("user", "<image>\nWhat is shown?"), ("assistant", "red square")), "png": image},
+        "g1": {"json": conversation(("user", "<audio>\nWhat is heard?"), ("assistant", "low")), "wav": clip},
+        "g2": {"json": conversation(("user", "<image><audio>\nWhat is shown and heard?"),
+                                    ("assistant", "red square low")), "0.png": image, "wav": clip},
+        "g3": {"json": conversation(("user", "What is shown?"), ("assistant", "red"))},
+    }
+
+
+def shard_of_images(path, count: int) -> dict[str, tarfile.TarInfo]:
+    """Samples s0..s{count-1} (each KEY.json + KEY.png) written to ``path``; their members by name."""
+    write_shard(str(path), members({f"s{i}": {"json": conversation(("user", "<image>"), ("assistant", "red")),
+                                              "png": png(28 * (1 + i % 3), 28)} for i in range(count)}))
+    with tarfile.open(path) as tar:
+        return {m.name: m for m in tar}
+
+
+def load(cfg, tokenizer, path, caplog) -> tuple[OmniDataLoader, str]:
+    """The loader of ``path`` and its one load log line."""
+    cfg.data.path = str(path)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="megaomni.data"):
+        loader = OmniDataLoader(cfg, tokenizer, dp_rank=0, dp_size=1)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "megaomni.data"]
+    return loader, line
+
+
+def assert_same_samples(got, expected) -> None:
+    assert [s.key for s in got] == [s.key for s in expected]
+    for a, b in zip(got, expected):
+        assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("tokens", "labels", "loss_mask"))
+        assert [grid for _, grid in a.images] == [grid for _, grid in b.images]
+        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a.images, b.images))
+        assert all(torch.equal(x, y) for x, y in zip(a.audios, b.audios))

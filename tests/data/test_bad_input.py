@@ -5,51 +5,14 @@ cuts an over-long sample to a prefix of itself, never through a media run."""
 from __future__ import annotations
 
 import collections
-import logging
-import tarfile
 
 import pytest
 import torch
 
 from megaomni.data.errors import BadSample
-from megaomni.data.loader import OmniDataLoader
 from megaomni.data.sample import build_sample
-from tests.data.helpers import bad_samples, conversation, members, png, raw, rng, write_shard
-
-
-def good_samples(clip: bytes) -> dict[str, dict[str, bytes]]:
-    image = png(56, 28)
-    return {
-        "g0": {"json": conversation(("user", "<image>\nWhat is shown?"), ("assistant", "red square")), "png": image},
-        "g1": {"json": conversation(("user", "<audio>\nWhat is heard?"), ("assistant", "low")), "wav": clip},
-        "g2": {"json": conversation(("user", "<image><audio>\nWhat is shown and heard?"),
-                                    ("assistant", "red square low")), "0.png": image, "wav": clip},
-        "g3": {"json": conversation(("user", "What is shown?"), ("assistant", "red"))},
-    }
-
-
-def load(cfg, tokenizer, path, caplog) -> tuple[OmniDataLoader, str]:
-    """The loader of ``path`` and its one load log line."""
-    cfg.data.path = str(path)
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="megaomni.data"):
-        loader = OmniDataLoader(cfg, tokenizer, dp_rank=0, dp_size=1)
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "megaomni.data"]
-    return loader, line
-
-
-def assert_same_samples(got, expected) -> None:
-    assert [s.key for s in got] == [s.key for s in expected]
-    for a, b in zip(got, expected):
-        assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("tokens", "labels", "loss_mask"))
-        assert [grid for _, grid in a.images] == [grid for _, grid in b.images]
-        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a.images, b.images))
-        assert all(torch.equal(x, y) for x, y in zip(a.audios, b.audios))
-
-
-@pytest.fixture
-def clip(toy) -> bytes:
-    return toy.tone(rng(), "low")
+from tests.data.helpers import (assert_same_samples, bad_samples, conversation, good_samples, load, members, png,
+                                raw, shard_of_images, write_shard)
 
 
 def test_each_bad_sample_is_skipped_under_its_reason(cfg, tokenizer, clip, tmp_path, caplog):
@@ -70,14 +33,6 @@ def test_each_bad_sample_is_skipped_under_its_reason(cfg, tokenizer, clip, tmp_p
     for reason, count in expected.items():  # each reason: its count and where its first case is
         first = next(key for key in keys if key in bad and bad[key][0] == reason)
         assert f"{reason} {count} (first mixed.tar:{first}: " in line, (reason, line)
-
-
-def shard_of_images(path, count: int) -> dict[str, tarfile.TarInfo]:
-    """Samples s0..s{count-1} (each KEY.json + KEY.png) written to ``path``; their members by name."""
-    write_shard(str(path), members({f"s{i}": {"json": conversation(("user", "<image>"), ("assistant", "red")),
-                                              "png": png(28 * (1 + i % 3), 28)} for i in range(count)}))
-    with tarfile.open(path) as tar:
-        return {m.name: m for m in tar}
 
 
 @pytest.mark.parametrize("damage,kept,skipped", [

@@ -12,7 +12,7 @@ def test_special_tokens_are_single_distinct_ids(tokenizer):
     assert len({v[0] for v in ids.values()}) == len(SPECIAL_TOKENS)
     assert [ids[t][0] for t in SPECIAL_TOKENS] == [
         tokenizer.image_id, tokenizer.audio_id, tokenizer.image_pad_id, tokenizer.audio_pad_id,
-        tokenizer.user_id, tokenizer.assistant_id, tokenizer.end_id]
+        tokenizer.user_id, tokenizer.assistant_id, tokenizer.end_id, tokenizer.video_id]
     assert len({tokenizer.pad_id, tokenizer.eos_id, *(v[0] for v in ids.values())}) == len(SPECIAL_TOKENS) + 2
     assert tokenizer.media_pad_id("image") == tokenizer.image_pad_id
     assert tokenizer.media_pad_id("audio") == tokenizer.audio_pad_id

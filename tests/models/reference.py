@@ -185,15 +185,27 @@ def image_patch_positions(grid_h: int, grid_w: int, merge: int) -> list[tuple[in
     return out
 
 
+def temporal_embedding(t: int, dim: int, base: float = 10000.0) -> Tensor:
+    """``[dim]`` float64: ``(PE(t) - PE(0)) / sqrt(dim)``, PE the Transformer's sinusoid:
+    ``sin(t w_i)`` for ``i < dim/2``, then ``cos(t w_i)``, with ``w_i = base^(-2i/dim)``."""
+    w = inv_freq(dim, base)
+    return torch.cat([torch.sin(t * w), torch.cos(t * w) - 1.0]) / math.sqrt(dim)
+
+
 def vision_encoder(sd: StateDict, prefix: str, patches: Tensor, grids: Sequence[Sequence[int]], *,
-                   num_layers: int, heads: int, eps: float, merge: int, base: float) -> Tensor:
-    """Each image on its own (full bidirectional attention inside it), outputs concatenated."""
+                   num_layers: int, heads: int, eps: float, merge: int, base: float,
+                   times: Sequence[int] | None = None) -> Tensor:
+    """Each image on its own (full bidirectional attention inside it), outputs concatenated.
+    ``times``: each image's frame index in its video, its :func:`temporal_embedding` added to
+    every patch embedding of the image (None: no embedding added)."""
     hidden = sd[prefix + "patch_embed.weight"].shape[0]
     head_dim = hidden // heads
     outs, start = [], 0
-    for gh, gw in grids:
+    for i, (gh, gw) in enumerate(grids):
         n = gh * gw
         x = patches[start:start + n] @ sd[prefix + "patch_embed.weight"].T
+        if times is not None:
+            x = x + temporal_embedding(int(times[i]), hidden).to(x.dtype)[None, :]
         start += n
         pos = image_patch_positions(gh, gw, merge)
         angles = rope_angles_2d([p[0] for p in pos], [p[1] for p in pos], head_dim, base)

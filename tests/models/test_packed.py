@@ -1,6 +1,6 @@
 """A packed row (several samples back to back, then padding) gives every sample the same
 per-token losses and gradients as running that sample alone: attention, positions and media
-stay inside each sample. Text-only, image, audio and mixed samples, float64."""
+stay inside each sample. Text-only, image, video, audio and mixed samples, float64."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from tests.models.test_parts import AUDIO_PAD, IMAGE_PAD, VOCAB, assert_close_re
 from tests.models.test_parts import random_frames, random_patches
 
 
-def _sample(cfg, seed: int, text: int, grids=(), clips=()) -> Sample:
-    """``text`` random tokens, then each image's and clip's placeholder run, then 3 more tokens."""
+def _sample(cfg, seed: int, text: int, grids=(), clips=(), times=()) -> Sample:
+    """``text`` random tokens, then each image's and clip's placeholder run, then 3 more tokens.
+    ``times``: the images' frame indices (a video's frames are images with t = 0..T-1)."""
     gen = torch.Generator().manual_seed(seed)
     merge, down = cfg.model.vision.merge_size, cfg.model.audio.downsample
     parts = [torch.randint(10, VOCAB, (text,), generator=gen)]
@@ -26,7 +27,7 @@ def _sample(cfg, seed: int, text: int, grids=(), clips=()) -> Sample:
     audios = [random_frames(cfg, [n], seed=seed + 20 + i) for i, n in enumerate(clips)]
     return Sample(key=f"s{seed}", tokens=tokens, labels=torch.randint(0, VOCAB, tokens.shape, generator=gen),
                   loss_mask=torch.rand(tokens.shape, generator=gen, dtype=torch.float64).round().float(),
-                  images=images, audios=audios)
+                  images=images, image_times=list(times), audios=audios)
 
 
 def test_packed_row_equals_samples_alone(built):  # noqa: F811
@@ -36,9 +37,11 @@ def test_packed_row_equals_samples_alone(built):  # noqa: F811
         _sample(cfg, 2, text=4, grids=[(2, 4)]),  # image
         _sample(cfg, 3, text=2, clips=[9]),  # audio
         _sample(cfg, 4, text=5, grids=[(4, 4), (2, 2)], clips=[6]),  # mixed
+        _sample(cfg, 7, text=3, grids=[(2, 2)] * 3 + [(2, 4)], times=[0, 1, 2, 0]),  # a video, then an image
     ]
     lengths = [s.tokens.numel() for s in samples]
     packed = collate_packed(samples, pad_id=0, length=sum(lengths) + 5)
+    assert packed.image_times.tolist() == [0, 0, 0, 0, 1, 2, 0]  # still images 0; the video's frames 0..2
     weights = torch.rand(packed.labels.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     weights[:, sum(lengths):] = 0  # the padding segment's losses are never trained
     params = dict(model.named_parameters())

@@ -5,13 +5,14 @@ weights perturbed away from 1 so they matter), cast to float64, and its outputs 
 are compared with the reference fed the same ``state_dict()`` tensors.
 
 Tolerances: the model runs in float64, but megatron (and megaomni.models.rotary) compute the rotary
-angles in float32 before taking cos/sin, so a rotated q/k entry carries a relative error of up to
-~1e-6 (angle ``pos * inv_freq`` rounded to float32 precision). Everything downstream of rotary is
-therefore compared at ``RTOL = 1e-5`` with ``ATOL = 1e-5 * max|reference|``; so are the per-token
-loss and its gradients, since megatron's cross entropy casts the logits to float32. Measured
-errors are <= 3e-7 of max|reference| (encoders ~4e-8, loss ~5e-8, gradients <= 2.4e-7), a margin
-of >= 40x. Parts with no rotary and no cross entropy (projector, attention core, merge, the audio
-stem, the isolation checks) are compared at 1e-10 or exactly.
+angles (and the video frames' temporal embedding) in float32 before taking cos/sin, so a rotated
+q/k entry carries a relative error of up to ~1e-6 (angle ``pos * inv_freq`` rounded to float32
+precision). Everything downstream of rotary is therefore compared at ``RTOL = 1e-5`` with
+``ATOL = 1e-5 * max|reference|``; so are the per-token loss and its gradients, since megatron's
+cross entropy casts the logits to float32. Measured errors are <= 3e-7 of max|reference|
+(encoders ~4e-8, the vision encoder with frame times 1.2e-8, loss ~5e-8, gradients <= 2.4e-7), a
+margin of >= 40x. Parts with no rotary and no cross entropy (projector, attention core, merge, the
+audio stem, the isolation checks) are compared at 1e-10 or exactly.
 """
 
 from __future__ import annotations
@@ -79,11 +80,11 @@ def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if torch.is_tensor(v)}
 
 
-def vision_ref(cfg: OmniConfig, sd, patches, grids):
+def vision_ref(cfg: OmniConfig, sd, patches, grids, times=None):
     v = cfg.model.vision
     return ref.vision_encoder(sd, "vision_encoder.", patches, grids, num_layers=v.num_layers,
                               heads=v.num_attention_heads, eps=v.norm_eps, merge=v.merge_size,
-                              base=v.rotary_base)
+                              base=v.rotary_base, times=times)
 
 
 def audio_ref(cfg: OmniConfig, sd, features, lengths):
@@ -279,6 +280,53 @@ def test_vision_images_are_isolated(built):
     torch.testing.assert_close(alone, a[:2], rtol=TIGHT, atol=TIGHT)
     torch.testing.assert_close(second_alone, a[2:], rtol=TIGHT, atol=TIGHT)
     assert not torch.allclose(b[2:6], a[2:6])  # image 2 did change
+
+
+# A 4-frame video of 2x4 patches (t = 0..3, frame 3 at a larger t to reach the faster-turning
+# frequencies' later periods), then a still 6x4 image (t = 0).
+VIDEO_GRIDS, VIDEO_TIMES = [[2, 4]] * 4 + [[6, 4]], [0, 1, 2, 11, 0]
+
+
+def test_temporal_embedding_matches_reference():
+    from megaomni.models.vision import temporal_embedding
+
+    times = torch.tensor([0, 1, 2, 11, 40])
+    got = temporal_embedding(times, 16)
+    assert got.shape == (5, 16) and torch.equal(got[0], torch.zeros(16))  # exactly 0 at t = 0
+    want = torch.stack([ref.temporal_embedding(t, 16) for t in times.tolist()])
+    # float32 angles up to 40 rad (abs error ~ 40 * 6e-8), over sqrt(16)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    assert (want.norm(dim=-1) <= 2**0.5).all() and want[1:].norm(dim=-1).min() > 0.1
+
+
+def test_vision_encoder_with_frame_times_matches_reference(built):
+    cfg, model = built
+    patches = random_patches(cfg, VIDEO_GRIDS, seed=11)
+    with torch.no_grad():
+        out = model.vision_encoder(patches, torch.tensor(VIDEO_GRIDS), torch.tensor(VIDEO_TIMES))
+    assert out.shape == (4 * 2 + 6, cfg.model.llm.hidden_size)
+    want = vision_ref(cfg, state(model), patches, VIDEO_GRIDS, VIDEO_TIMES)
+    assert_close_ref(out, want, what="vision with frame times")
+    # The control: the reference without the temporal embedding is far from it.
+    assert not torch.allclose(want, vision_ref(cfg, state(model), patches, VIDEO_GRIDS), rtol=1e-3, atol=1e-3)
+
+
+def test_still_images_are_unchanged_by_frame_times(built):
+    """t = 0 everywhere gives bit for bit the output without times (the encoder before video
+    support); another t changes that frame's tokens and no other image's."""
+    cfg, model = built
+    enc = model.vision_encoder
+    patches, grids = random_patches(cfg, VIDEO_GRIDS, seed=12), torch.tensor(VIDEO_GRIDS)
+    with torch.no_grad():
+        without = enc(patches, grids)
+        still = enc(patches, grids, torch.zeros(len(VIDEO_GRIDS), dtype=torch.long))
+        moved = enc(patches, grids, torch.tensor([0, 0, 3, 0, 0]))
+    assert torch.equal(still, without)
+    frame = slice(2 * 2, 3 * 2)  # frame 2's two tokens
+    assert not torch.allclose(moved[frame], without[frame], rtol=1e-3, atol=1e-3)
+    others = torch.ones(len(without), dtype=torch.bool)
+    others[frame] = False
+    torch.testing.assert_close(moved[others], without[others], rtol=TIGHT, atol=TIGHT)
 
 
 # Stem lengths ceil(n/2), then padded to a multiple of merge=2: covers odd frame counts, a stem

@@ -117,9 +117,8 @@ def inputs(tmp_path_factory) -> dict:
                         {**assistant, "content": "yes"}], [media["img/blue.jpg"]], []),
         ("00000002_c", [{**user, "content": "<image> and <image>, then <audio>?"}, {**assistant, "content": "two"}],
          [media["img/red.png"], gif_as_png.getvalue()], [("wav", media["audio/tone.wav"])]),
-        ("00000003_v", [{**user, "content": "<image><image><image>\nAfter it, <image>?"},
-                        {**assistant, "content": "it moves"}],
-         [media[f"frames/{i}.png"] for i in range(3)] + [media["img/blue.jpg"]], []),
+        ("00000003_v", [{**user, "content": "<video>\nAfter it, <image>?"}, {**assistant, "content": "it moves"}],
+         [media["img/blue.jpg"]], []),  # the frames: KEY.video.0.png, ...
         ("00000004_d", [{**user, "content": "<audio>\nWhat is heard?"}, {**assistant, "content": "a tone"}], [], None),
         ("00000005_cap", [{**user, "content": "<image>"}, {**assistant, "content": "a red square"}],
          [media["img/red.png"]], []),  # no human turn: one is made for the placeholder
@@ -128,7 +127,8 @@ def inputs(tmp_path_factory) -> dict:
         ("00000008_doc_2", [{**assistant, "content": TEXTS[1]}], [], []),
     ]
     return {"llava": [str(root / "media" / "llava.json"), str(root / "media" / "more.jsonl")],
-            "text": [str(root / "text.jsonl")], "expected": expected, "tone8": media["audio/tone8.wav"]}
+            "text": [str(root / "text.jsonl")], "expected": expected, "tone8": media["audio/tone8.wav"],
+            "frames": [media[f"frames/{i}.png"] for i in range(3)]}
 
 
 def test_round_trip_through_the_data_layer(tool, inputs, tmp_path):
@@ -137,7 +137,7 @@ def test_round_trip_through_the_data_layer(tool, inputs, tmp_path):
     assert summary["skipped"] == SKIPPED and summary["records"] == 20
     assert "img/nope.png" in summary["first_skipped"]["missing_media"]
     assert summary["first_skipped"]["bad_json"].startswith("more.jsonl:4: ")
-    assert (summary["samples"], summary["images"], summary["audios"]) == (9, 9, 2)
+    assert (summary["samples"], summary["images"], summary["videos"], summary["audios"]) == (9, 6, 1, 2)
     shards = list_shards(str(tmp_path))
     assert shards == summary["shards"] == [str(tmp_path / f"data-00000{i}.tar") for i in range(3)]
     raws = index_shards(shards)
@@ -148,10 +148,14 @@ def test_round_trip_through_the_data_layer(tool, inputs, tmp_path):
         assert raw.images == images
         if audios is not None:
             assert raw.audios == audios
+        assert raw.videos == ([inputs["frames"]] if key.endswith("_v") else [])
     with tarfile.open(shards[0]) as tar:  # one medium: KEY.ext; several: KEY.N.ext, placeholder order
         names = tar.getnames()
     assert names == ["00000000_img_1_a.json", "00000000_img_1_a.png", "00000001_b.json", "00000001_b.jpg",
                      "00000002_c.json", "00000002_c.0.png", "00000002_c.1.png", "00000002_c.wav"]
+    with tarfile.open(shards[1]) as tar:  # a video's frames: KEY.video.N.ext, always numbered
+        assert tar.getnames()[:5] == ["00000003_v.json", "00000003_v.jpg", "00000003_v.video.0.png",
+                                      "00000003_v.video.1.png", "00000003_v.video.2.png"]
 
     # 8-bit WAV became 16-bit with the same samples, scaled (as the GIF became PNG above).
     ((ext, converted),) = raws[4].audios
@@ -166,7 +170,7 @@ def test_round_trip_through_the_data_layer(tool, inputs, tmp_path):
     cfg = OmniConfig()
     cfg.data.path = str(tmp_path)
     samples = [build_sample(raw, tokenizer, cfg) for raw in raws]
-    assert len(samples[3].images) == 4
+    assert len(samples[3].images) == 4 and samples[3].image_times == [0, 1, 2, 0]  # the frames, then the image
     for sample, text in zip(samples[7:], TEXTS):
         trained = sample.labels[sample.loss_mask.bool()].tolist()
         assert trained == [*tokenizer.encode(text), tokenizer.end_id]
@@ -232,7 +236,7 @@ def test_command_line(inputs, tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith(f"prepare_data: 9 samples (9 images, 2 audio clips) in 2 shards -> {tmp_path}")
+    assert lines[0].startswith(f"prepare_data: 9 samples (6 images, 1 videos, 2 audio clips) in 2 shards -> {tmp_path}")
     assert lines[1] == "prepare_data: skipped 11 of 20 records"
     assert [line.split()[:2] for line in lines[2:10]] == [[r, str(n)] for r, n in SKIPPED.items()]
     assert lines[10].startswith("prepare_data: tokenizer (vocab ")
