@@ -139,6 +139,11 @@ class DataConfig:
     # Dynamic batches (packing only): a step takes samples until this many LLM tokens, so the
     # number of samples and micro-batches per step varies. 0: global_batch_size samples.
     global_batch_tokens: int = 0
+    # Packed steps have a multiple of this many micro-batches (the fullest are halved to get
+    # there). Expert parallelism over data-parallel ranks needs a multiple of the data-parallel
+    # size: its all-to-alls make every rank run the same number of micro-batches. Keep it fixed
+    # across layouts to train on the same micro-batches under each.
+    micro_batch_multiple: int = 1
     decoder: str = "auto"  # images: pillow | dali (NVIDIA DALI, same pixels) | auto (DALI when importable)
     min_pixels: int = 28 * 28
     max_pixels: int = 112 * 112

@@ -71,7 +71,7 @@ def check_parallel(cfg: OmniConfig, world_size: int) -> None:
     par = cfg.parallel
     check_batch_sizes(cfg.data, world_size // (par.tp * par.pp * par.cp), min_micro_batches(cfg))
     if cfg.data.packing:
-        check_packing(cfg)
+        check_packing(cfg, world_size // (par.tp * par.pp * par.cp))
 
 
 def min_micro_batches(cfg: OmniConfig) -> int:
@@ -97,8 +97,19 @@ def check_batch_sizes(data: DataConfig, dp: int, min_micro: int = 1) -> None:
              f"data.micro_batch_size*data_parallel={data.micro_batch_size}*{dp}={per_step}")
 
 
-def check_packing(cfg: OmniConfig) -> None:
+def equal_micro_batches(cfg: OmniConfig, dp: int) -> bool:
+    """Every data-parallel rank must run the same number of micro-batches: expert all-to-alls
+    inside the forward span the data-parallel ranks."""
+    return cfg.model.llm.moe.enabled and cfg.parallel.ep > 1 and dp > 1
+
+
+def check_packing(cfg: OmniConfig, dp: int) -> None:
     data = cfg.data
+    require(data.micro_batch_multiple >= 1, f"data.micro_batch_multiple={data.micro_batch_multiple}: must be >= 1")
+    require(not equal_micro_batches(cfg, dp) or data.micro_batch_multiple % dp == 0,
+            f"data.micro_batch_multiple={data.micro_batch_multiple}: must be a multiple of the data-parallel "
+            f"size {dp} with parallel.ep={cfg.parallel.ep} (expert all-to-alls span data-parallel ranks, so every "
+            "rank runs the same number of micro-batches)")
     for name in ("max_tokens", "max_patches", "max_audio_frames"):
         require(getattr(data, name) >= 0, f"data.{name}={getattr(data, name)}: must be >= 0 (0: no limit)")
     if data.max_tokens:

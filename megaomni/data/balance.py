@@ -57,13 +57,18 @@ def imbalance(rank_costs: list[float]) -> float:
     return max(rank_costs) / mean if mean > 0 else 1.0
 
 
-def assign_to_ranks(costs: list[float], ranks: int, minimum: int) -> list[list[int]]:
+def assign_to_ranks(costs: list[float], ranks: int, minimum: int, equal: bool = False) -> list[list[int]]:
     """Indices of the micro-batches each rank runs (in step order), balancing summed cost, every
-    rank getting at least ``minimum``. Falls back to dealing cost-sorted micro-batches in turn
-    when the balanced split would leave a rank short."""
+    rank getting at least ``minimum`` (``equal``: exactly as many as the others). Falls back to
+    dealing cost-sorted micro-batches in turn when the balanced split would leave a rank short."""
     if len(costs) < ranks * minimum:
         raise ValueError(f"{len(costs)} micro-batches cannot give {ranks} ranks {minimum} each")
-    owner = balanced_assign(costs, ranks).tolist()
+    if equal:
+        if len(costs) % ranks:
+            raise ValueError(f"{len(costs)} micro-batches do not split equally over {ranks} ranks")
+        owner = balanced_assign(costs, ranks, lengths=[1] * len(costs), capacity=len(costs) // ranks).tolist()
+    else:
+        owner = balanced_assign(costs, ranks).tolist()
     per_rank = [[i for i, r in enumerate(owner) if r == rank] for rank in range(ranks)]
     if min(len(p) for p in per_rank) < minimum:
         by_cost = sorted(range(len(costs)), key=lambda i: (-costs[i], i))

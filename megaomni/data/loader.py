@@ -27,7 +27,7 @@ from megaomni.data.step_plan import StepPlan, plan_step
 from megaomni.data.tokenizer import OmniTokenizer
 from megaomni.data.workers import Decoder, shard_decoder
 from megaomni.parallel.rules import sequence_multiple
-from megaomni.validation import check_batch_sizes, min_micro_batches
+from megaomni.validation import check_batch_sizes, equal_micro_batches, min_micro_batches
 
 log = logging.getLogger("megaomni.data")
 
@@ -145,7 +145,8 @@ class OmniDataLoader:
         step = self._take_tokens(data.global_batch_tokens) if data.global_batch_tokens else \
             self.stream.take(data.global_batch_size)
         samples = [self.samples[i] for i in step]
-        plan = plan_step(samples, data, self.costs, self.dp_size, self.min_micro_batches, self.pad_multiple)
+        plan = plan_step(samples, data, self.costs, self.dp_size, self.min_micro_batches, self.pad_multiple,
+                         equal=equal_micro_batches(self.cfg, self.dp_size))
         return [collate_packed([samples[i] for i in plan.packs[p]], self.tokenizer.pad_id, plan.length)
                 for p in plan.ranks[self.dp_rank]], plan
 

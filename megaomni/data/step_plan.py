@@ -79,14 +79,18 @@ class StepPlan:
 
 
 def plan_step(samples: list[Sample], data: DataConfig, costs: CostModel, ranks: int, minimum: int,
-              pad_multiple: int) -> StepPlan:
-    """``minimum``: micro-batches each rank needs (the interleaved schedule needs >= pp)."""
-    packs = split_to(pack(samples, data), ranks * minimum)
+              pad_multiple: int, equal: bool = False) -> StepPlan:
+    """``minimum``: micro-batches each rank needs (the interleaved schedule needs >= pp);
+    ``equal``: every rank runs the same number (``data.micro_batch_multiple`` makes the count
+    divisible)."""
+    packs = pack(samples, data)
+    multiple = data.micro_batch_multiple
+    packs = split_to(packs, -(-max(len(packs), ranks * minimum) // multiple) * multiple)
     longest = max(sum(samples[i].tokens.numel() for i in p) for p in packs)
     length = min(-(-longest // pad_multiple) * pad_multiple, budgets(data)[0])
     sample_costs = [costs.sample(s) for s in samples]
     pack_costs = [sum(sample_costs[i] for i in p) for p in packs]
-    assigned = assign_to_ranks(pack_costs, ranks, minimum)
+    assigned = assign_to_ranks(pack_costs, ranks, minimum, equal)
 
     def rank_costs(split):
         return [sum(pack_costs[i] for i in mine) for mine in split]

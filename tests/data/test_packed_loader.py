@@ -116,6 +116,10 @@ def test_balancing_beats_the_contiguous_split(cfg):
     assert plan.imbalance_after < plan.imbalance_before
     assert plan.imbalance_after < 1.1
     assert sorted(p for mine in plan.ranks for p in mine) == list(range(len(plan.packs)))
+    cfg.data.micro_batch_multiple = 8
+    even = plan_step(samples, cfg.data, CostModel.from_config(cfg), ranks=4, minimum=1, pad_multiple=8, equal=True)
+    assert len(even.packs) % 8 == 0 and len(even.packs) >= len(plan.packs)
+    assert {len(mine) for mine in even.ranks} == {len(even.packs) // 4}
 
 
 def test_assignment_guarantees_each_rank_its_micro_batches():
@@ -123,6 +127,11 @@ def test_assignment_guarantees_each_rank_its_micro_batches():
     per_rank = assign_to_ranks(costs, ranks=2, minimum=2)
     assert all(len(mine) >= 2 for mine in per_rank)
     assert sorted(i for mine in per_rank for i in mine) == list(range(6))
+    even = assign_to_ranks(costs, ranks=2, minimum=1, equal=True)  # expert parallelism: same count
+    assert [len(mine) for mine in even] == [3, 3]
+    assert sorted(i for mine in even for i in mine) == list(range(6))
+    with pytest.raises(ValueError, match="equally"):
+        assign_to_ranks(costs[:5], ranks=2, minimum=1, equal=True)
     assert contiguous_split(5, 2) == [[0, 1], [2, 3, 4]]
     assert imbalance([1.0, 3.0]) == 1.5
 

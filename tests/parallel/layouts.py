@@ -29,7 +29,10 @@ PADDED = ("data.packing=false", "data.micro_batch_size=4")
 DENSE = Model("dense", ())
 # Every other layer MoE, with a shared expert and the aux loss: dense and expert layers mixed.
 MOE = Model("moe", ("model.llm.moe.num_experts=4", "model.llm.moe.top_k=2", "model.llm.moe.layer_freq=2",
-                    "model.llm.moe.shared_expert_ffn_hidden_size=64"))
+                    "model.llm.moe.shared_expert_ffn_hidden_size=64",
+                    # EP over 2 data-parallel ranks needs an even micro-batch count; every MoE run
+                    # keeps it, so all layouts train on the same micro-batches.
+                    "data.micro_batch_multiple=2"))
 
 # (name, ranks, overrides, models it applies to). An MoE LLM under TP needs sequence parallelism.
 LAYOUTS = [

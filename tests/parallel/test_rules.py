@@ -29,6 +29,7 @@ MOE = ("model.llm.moe.num_experts=4",)
     (["parallel.cp=2", "data.max_tokens=258"], 2, "data.max_tokens=258: must be a multiple of 4"),
     (["data.packing=false", "data.global_batch_tokens=1000"], 1, "data.global_batch_tokens=1000: dynamic batches"),
     (["data.max_patches=-1"], 1, "data.max_patches=-1: must be >= 0"),
+    (["parallel.ep=2", *MOE], 2, "data.micro_batch_multiple=1: must be a multiple of the data-parallel size 2"),
     (["parallel.cp=2", "data.seq_length=254"], 2, "data.seq_length=254: must be a multiple of 4"),
     (["parallel.cp=2", "parallel.tp=2", "parallel.sp=true", "data.seq_length=252"], 4,
      "data.seq_length=252: must be a multiple of 8"),
