@@ -30,7 +30,7 @@ from megaomni.data.loader import OmniDataLoader
 from megaomni.data.sample import Sample
 from megaomni.data.step_plan import plan_step
 from megaomni.data.tokenizer import OmniTokenizer
-from report import write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
+from report import cpu_model, write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,15 +124,11 @@ def main() -> None:
         print(f"{name:6} {r['padded_padding']:>15.1%} {r['packed_padding']:>7.1%} {r['padded_imbalance']:>17.2f} "
               f"{r['packed_unbalanced_imbalance']:>7.2f} {r['packed_balanced_imbalance']:>16.2f} "
               f"{1000 * r['plan_s']:>8.1f}")
-    device = platform.processor() or "cpu"
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            device = line.split(":", 1)[1].strip()
-            break
+    device = cpu_model()
     write_result({"device": device, "cores": os.cpu_count(), "threads": 1,
                   "versions": {"torch": torch.__version__, "python": platform.python_version()},
                   "config": {"toy_steps": args.steps, "synthetic_steps": args.synthetic_steps},
-                  "toy": toy, "synthetic": synthetic}, args.out, "loader", device.split()[0] + "-" + device.split()[1])
+                  "toy": toy, "synthetic": synthetic}, args.out, "loader", device)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 
 from megaomni.data import packing
-from report import write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
+from report import cpu_model, write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,14 +86,6 @@ def same(a, b) -> bool:
     if isinstance(a, (tuple, list)):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     return a == b
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown cpu"
 
 
 def main() -> None:

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 
 
 def slug(text: str) -> str:
     """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia-h100-80gb-hbm3"``: safe in a file name."""
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for CPU benchmarks' ``device``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown cpu"
 
 
 def write_result(result: dict, out_dir: str, stem: str, device: str) -> str:
