@@ -116,6 +116,16 @@ class PipelineConfig:
     # LLM layers of each pipeline stage, in stage order (pp * vpp entries; virtual stage v of
     # rank r is entry v * pp + r). Empty: split automatically, encoders counted on stage 0.
     layers_per_stage: list[int] = field(default_factory=list)
+    # megatron: encoders on the first stage, megatron-core's 1F1B / interleaved schedule (the
+    # baseline). joint: every pipeline rank encodes a share of each micro-batch in the LLM
+    # schedule's bubbles (megaomni/pipeline/joint_plan.py).
+    schedule: str = "megatron"
+    # auto: megatron-core's schedules for `megatron`, megaomni's plan executor for `joint`.
+    # plan: megaomni's executor for both (the baseline's timeline can then be recorded).
+    executor: str = "auto"
+    # Every N-th iteration, write timelines/iter_N.json (the step's micro-batch sizes, and under
+    # the plan executor what each rank ran when) and a PNG of it. 0: never.
+    timeline_interval: int = 0
 
 
 @dataclass

@@ -25,8 +25,10 @@ def _stack_config(part, cfg: OmniConfig, **extra):
 def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], int], *,
                 llm_parallel: Optional[dict] = None, encoder_parallel: Optional[dict] = None,
                 encoder_pg_collection=None, pre_process: bool = True, post_process: bool = True,
-                vp_stage: Optional[int] = None, shard_sequence: Callable = whole_sequence) -> OmniModel:
-    """One stage of the omni model; encoders only where ``pre_process`` (the first stage).
+                vp_stage: Optional[int] = None, shard_sequence: Callable = whole_sequence,
+                with_encoders: Optional[bool] = None) -> OmniModel:
+    """One stage of the omni model; encoders where ``with_encoders`` (default: ``pre_process``,
+    the first stage).
 
     ``media_pad_id(placeholder)`` gives the token id an encoder's outputs replace, for each
     encoder's ``placeholder`` name (``"image"``, ``"audio"``). ``llm_parallel`` /
@@ -44,7 +46,7 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     encoders, encoder_pads = {}, {}
     for name, cls in ENCODERS.items():
         part = getattr(cfg.model, name)
-        if not part.enabled or not pre_process:
+        if not part.enabled or not (pre_process if with_encoders is None else with_encoders):
             continue
         config = _stack_config(part, cfg, init_std=llm_cfg.init_std, **(encoder_parallel or {}))
         encoders[name] = cls(part, config, llm_cfg.hidden_size, encoder_pg_collection)

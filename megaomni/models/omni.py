@@ -8,7 +8,7 @@ its outputs replace). Adding a modality is a new encoder class, a config field a
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from megatron.core.transformer.module import MegatronModule
@@ -79,21 +79,27 @@ class OmniModel(MegatronModule):
         """Pipeline hook of megatron-core's schedules: the activation entering this stage."""
         self.llm.set_input_tensor(input_tensor)
 
-    def embed(self, batch: Batch) -> torch.Tensor:
-        """Text embeddings with encoder outputs merged in: ``[s, b, h]``, the whole sequence."""
+    def embed(self, batch: Batch, media: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """Text embeddings with encoder outputs merged in: ``[s, b, h]``, the whole sequence.
+        ``media``: the encoder outputs, already computed (encoder name -> rows in batch order);
+        absent, this model's encoders compute them."""
         embeddings = self.llm.embedding(input_ids=batch.tokens, position_ids=batch.position_ids)
-        for name in self.encoder_names:
-            encoder = getattr(self, f"{name}_encoder")
-            inputs = [getattr(batch, f) for f in encoder.batch_fields]
-            if inputs[0] is None:
-                continue
-            embeddings = merge_media(embeddings, batch.tokens, self.pad_ids[name], encoder(*inputs))
+        for name, pad_id in self.pad_ids.items():
+            if media is not None:
+                features = media.get(name)
+            else:
+                encoder = getattr(self, f"{name}_encoder")
+                inputs = [getattr(batch, f) for f in encoder.batch_fields]
+                features = None if inputs[0] is None else encoder(*inputs)
+            if features is not None:
+                embeddings = merge_media(embeddings, batch.tokens, pad_id, features)
         return embeddings
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch, media: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """``batch.labels`` are this rank's part of the sequence (see ``shard_sequence``). A packed
-        batch (``batch.cu_seqlens``) keeps attention inside each of its samples."""
-        decoder_input = self.shard_sequence(self.embed(batch)) if self.pre_process else None
+        batch (``batch.cu_seqlens``) keeps attention inside each of its samples. ``media``: see
+        :meth:`embed`."""
+        decoder_input = self.shard_sequence(self.embed(batch, media)) if self.pre_process else None
         return self.llm(
             input_ids=batch.tokens,
             # [3, b, s]: the LLM's position-id rotary takes three axes and uses the first.

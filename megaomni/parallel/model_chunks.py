@@ -1,5 +1,6 @@
 """This rank's part of the omni model under the parallel layout: one model chunk per virtual
-pipeline stage, encoders on the first stage, each part given its process groups."""
+pipeline stage, encoders on the first stage (or every pipeline rank), each part given its
+process groups."""
 
 from __future__ import annotations
 
@@ -29,12 +30,17 @@ def _encoder_process_groups(cfg: OmniConfig):
     return groups
 
 
-def _replicate_over_llm_tp(encoder) -> None:
-    """An encoder whole on every LLM TP rank holds duplicates: count its gradients once in the
-    grad norm (TP rank 0), and save it once (a replica id per TP rank)."""
+def _mark_replicas(encoder, llm_tp: bool, pipeline: bool) -> None:
+    """An encoder whole on every LLM TP rank (``llm_tp``) or on every pipeline rank
+    (``pipeline``, the joint schedule) holds duplicates: count its gradients once in the grad
+    norm, and save it once (a replica id per copy)."""
+    extra = ((ps.get_tensor_model_parallel_rank(),) if llm_tp else ()) + \
+        ((ps.get_pipeline_model_parallel_rank(),) if pipeline else ())
     for param in encoder.parameters():
-        param.tensor_model_parallel = False
-    tp_rank = ps.get_tensor_model_parallel_rank()
+        if llm_tp:
+            param.tensor_model_parallel = False
+        if pipeline and ps.get_pipeline_model_parallel_rank() > 0:
+            param.shared = True  # megatron-core's grad norm skips parameters marked shared
     inner = encoder.sharded_state_dict
 
     def sharded_state_dict(*args, **kwargs):
@@ -42,18 +48,21 @@ def _replicate_over_llm_tp(encoder) -> None:
         for item in nested_values(state):
             if isinstance(item, ShardedBase):
                 ids = item.replica_id if isinstance(item.replica_id, tuple) else (item.replica_id,)
-                item.replica_id = (tp_rank, *ids)
+                item.replica_id = (*extra, *ids)
         return state
 
     encoder.sharded_state_dict = sharded_state_dict
 
 
 def build_model_chunks(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], int]) -> list[OmniModel]:
-    """One :class:`OmniModel` per virtual pipeline stage of this rank (one without VPP)."""
+    """One :class:`OmniModel` per virtual pipeline stage of this rank (one without VPP). The
+    encoders are on the first stage, or under ``pipeline.schedule=joint`` on every rank's first
+    chunk."""
     llm_fields = llm_parallel_fields(cfg, vocab_size)
     encoder_groups = _encoder_process_groups(cfg)
     shard = embedding_sharder(cfg.parallel.sp)
     vpp = cfg.parallel.vpp
+    joint = cfg.parallel.pp > 1 and cfg.pipeline.schedule == "joint"
     chunks = []
     for vp in range(vpp):
         vp_stage = vp if vpp > 1 else None
@@ -62,10 +71,10 @@ def build_model_chunks(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[
             encoder_parallel=encoder_parallel_fields(cfg), encoder_pg_collection=encoder_groups,
             pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
             post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
-            vp_stage=vp_stage, shard_sequence=shard,
+            vp_stage=vp_stage, shard_sequence=shard, with_encoders=(vp == 0) if joint else None,
         )
-        if encoder_groups is not None:
+        if encoder_groups is not None or joint:
             for name in model.encoder_names:
-                _replicate_over_llm_tp(getattr(model, f"{name}_encoder"))
+                _mark_replicas(getattr(model, f"{name}_encoder"), encoder_groups is not None, joint)
         chunks.append(model)
     return chunks

@@ -60,6 +60,18 @@ def _check_pipeline(cfg: OmniConfig) -> None:
     else:
         require(layers >= stages, f"model.llm.num_layers={layers}: fewer than the parallel.pp*vpp={stages} "
                 "pipeline stages (each stage needs >= 1 layer)")
+    pipe = cfg.pipeline
+    require(pipe.schedule in ("megatron", "joint"),
+            f"pipeline.schedule={pipe.schedule!r}: use megatron (encoders on stage 0) or joint")
+    require(pipe.executor in ("auto", "plan"), f"pipeline.executor={pipe.executor!r}: use auto or plan")
+    require(pipe.timeline_interval >= 0, f"pipeline.timeline_interval={pipe.timeline_interval}: use 0 (off) or N > 0")
+    if pipe.schedule == "joint":
+        # The executor keeps each rank's LLM order, but expert all-to-alls and context-parallel
+        # exchanges across pipeline groups are not yet proven under it.
+        require(par.cp == 1, f"parallel.cp={par.cp}: pipeline.schedule=joint does not support context "
+                "parallelism yet; use parallel.cp=1 or pipeline.schedule=megatron")
+        require(par.ep == 1, f"parallel.ep={par.ep}: pipeline.schedule=joint does not support expert "
+                "parallelism yet; use parallel.ep=1 or pipeline.schedule=megatron")
 
 
 def _check_microbatches(cfg: OmniConfig, world_size: int) -> None:

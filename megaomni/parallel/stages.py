@@ -1,6 +1,7 @@
 """Splitting the omni model into pipeline stages, encoders and LLM layers seen together.
 
-Encoders live on the first stage (megatron-core's LLaVA arrangement), with the LLM's embedding;
+Encoders live on the first stage (megatron-core's LLaVA arrangement; ``pipeline.schedule=joint``
+puts them on every pipeline rank instead, and they weigh on no stage), with the LLM's embedding;
 the output layer lives on the last. The automatic split gives each (virtual) stage a contiguous
 run of LLM layers so that the largest stage cost is as small as possible, where a stage's cost
 counts the matmul parameters it runs per token (a parameter costs 2 FLOPs per token it touches):
@@ -82,7 +83,10 @@ def layers_per_stage(cfg: OmniConfig, vocab_size: int) -> list[int]:
     if cfg.pipeline.layers_per_stage:
         return list(cfg.pipeline.layers_per_stage)
     llm = cfg.model.llm
-    return balanced_split(llm_layer_costs(llm), par.pp * par.vpp, first_extra=encoder_cost(cfg),
+    # The joint schedule spreads encoder work over every pipeline rank: only the baseline loads
+    # the first stage with it.
+    first = encoder_cost(cfg) if cfg.pipeline.schedule == "megatron" else 0
+    return balanced_split(llm_layer_costs(llm), par.pp * par.vpp, first_extra=first,
                           last_extra=llm.hidden_size * vocab_size)
 
 

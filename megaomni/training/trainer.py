@@ -10,7 +10,6 @@ import torch
 import torch.distributed as dist
 import yaml
 from megatron.core import parallel_state as ps
-from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megaomni.checkpoint.dist_ckpt import load_checkpoint, save_checkpoint
 from megaomni.config import OmniConfig
@@ -19,6 +18,7 @@ from megaomni.data.tokenizer import OmniTokenizer
 from megaomni.models.build import padded_vocab_size
 from megaomni.platform.distributed import init_distributed
 from megaomni.training.metrics import MetricsWriter, check_finite
+from megaomni.training.schedule import StepRunner
 from megaomni.training.setup import build_training_state
 from megaomni.training.step import STAT_KEYS, make_forward_step
 
@@ -44,14 +44,6 @@ def reduce_step_stats(reports: list[dict], tokens: int, samples: int, device) ->
         "tokens": int(values["tokens"]),
         "loss_tokens": int(values["loss_tokens"]),
     }
-
-
-def interleave_group(num_microbatches: int, pp: int) -> int:
-    """Micro-batches the interleaved schedule runs per virtual stage in a row: the smallest in
-    [pp, M] whose last group is empty or >= pp (megatron-core refuses others), so a packed step
-    may have any number M >= pp of micro-batches."""
-    return next(g for g in range(pp, num_microbatches + 1)
-                if num_microbatches % g == 0 or num_microbatches % g >= pp)
 
 
 def step_plan_metrics(plan) -> dict:
@@ -100,7 +92,7 @@ def train(cfg: OmniConfig) -> dict:
     writer = MetricsWriter(cfg.train.output_dir, cfg.train.iters, cfg.logging.log_interval,
                            enabled=_is_metrics_rank(), resume_from=start)
 
-    forward_backward = get_forward_backward_func()
+    runner = StepRunner(cfg, state, device, vocab)
     forward_step = make_forward_step(device)
     optimizer = state.optimizer
     record: dict = {}
@@ -110,20 +102,7 @@ def train(cfg: OmniConfig) -> dict:
         for ddp in state.ddp:
             ddp.zero_grad_buffer()
         optimizer.zero_grad()
-        # Every model chunk (virtual stage) walks the same micro-batches.
-        iterators = [iter(batches) for _ in state.chunks]
-        if len(state.chunks) > 1:
-            state.chunks[0].config.microbatch_group_size_per_vp_stage = interleave_group(
-                len(batches), cfg.parallel.pp)
-        reports = forward_backward(
-            forward_step_func=forward_step,
-            data_iterator=iterators if len(iterators) > 1 else iterators[0],
-            model=state.ddp,
-            num_microbatches=len(batches),
-            seq_length=max(b.tokens.shape[1] for b in batches),
-            micro_batch_size=batches[0].tokens.shape[0],
-            forward_only=False,
-        )
+        reports = runner.run(iteration, batches, forward_step)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
         _, grad_norm, _ = optimizer.step()
         state.scheduler.step(increment=1)

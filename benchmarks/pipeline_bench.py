@@ -1,0 +1,158 @@
+"""The joint encoder-LLM schedule against the baseline, side by side in one run, and the
+simulator's prediction of both.
+
+    python benchmarks/pipeline_bench.py --data DIR [--config examples/configs/omni_2b.yaml]
+        [--nproc 2] [--iters 14] [--warmup 4] [--profile 3] [--out benchmarks/results] [KEY=VALUE ...]
+
+Trains the same steps (same seed, same packed micro-batches) three times with ``pretrain_omni.py``:
+
+- ``megatron``: encoders on pipeline stage 0, megatron-core's own schedule (the baseline);
+- ``megatron_plan``: the same policy and order through megaomni's executor, recording its timeline
+  (shows the executor itself neither gains nor loses against megatron-core);
+- ``joint``: every pipeline rank encodes a share of each micro-batch in the bubbles.
+
+Throughput is tokens/s over the iterations after ``--warmup``. The simulator's rates are fitted
+on the first ``--profile`` measured joint steps (the profiling pass); every later step of every
+run is then predicted from its plan and micro-batches and compared with what was measured.
+Writes ``pipeline_bench_<device>.json`` and the recorded and simulated timelines as PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from report import slug, write_result  # noqa: E402
+
+from megaomni.pipeline.replay import fit, load_records, predict  # noqa: E402
+from megaomni.pipeline.timeline import Timeline  # noqa: E402
+
+RUNS = {
+    "megatron": ("pipeline.schedule=megatron",),
+    "megatron_plan": ("pipeline.schedule=megatron", "pipeline.executor=plan"),
+    "joint": ("pipeline.schedule=joint",),
+}
+
+
+def train(name: str, args, work: str) -> str:
+    out = os.path.join(work, name)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           os.path.join(ROOT, "pretrain_omni.py"), "--config", args.config, f"data.path={args.data}",
+           f"train.iters={args.iters}", "pipeline.timeline_interval=1", "checkpoint.save_interval=0",
+           f"checkpoint.save={os.path.join(work, 'ckpt_unused')}", f"train.output_dir={out}",
+           *RUNS[name], *args.overrides]
+    print("+", " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return out
+
+
+def metrics(out: str) -> list[dict]:
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def summarise(name: str, out: str, warmup: int, rates, calibration: set[int], overhead: float | None) -> dict:
+    """Throughput after warm-up, and the simulator's prediction of every step not used to fit."""
+    steps = {m["iteration"]: m for m in metrics(out) if m["iteration"] > warmup}
+    records = {r["iteration"]: r for r in load_records(os.path.join(out, "timelines"))}
+    spans = {i: records[i]["timeline"]["step_time_s"] for i in steps if records[i].get("timeline")}
+    if overhead is None:  # step time outside the pipeline schedule: optimizer, data, logging
+        overhead = sum(steps[i]["step_time_s"] - spans[i] for i in calibration) / len(calibration)
+    rows = []
+    for i, m in sorted(steps.items()):
+        if i in calibration:
+            continue
+        simulated = predict(records[i], rates)
+        rows.append({"iteration": i, "measured_step_s": m["step_time_s"],
+                     "predicted_step_s": simulated.step_time + overhead,
+                     "measured_schedule_s": spans.get(i), "predicted_schedule_s": simulated.step_time,
+                     "measured_bubble": records[i]["timeline"]["bubble"] if i in spans else None,
+                     "simulated_bubble": simulated.bubble})
+    measured = sum(r["measured_step_s"] for r in rows)
+    predicted = sum(r["predicted_step_s"] for r in rows)
+    bubbles = [r["measured_bubble"] for r in rows if r["measured_bubble"] is not None]
+    return {
+        "run": name, "overrides": list(RUNS[name]),
+        "tokens_per_s": sum(m["tokens"] for m in steps.values()) / sum(m["step_time_s"] for m in steps.values()),
+        "step_time_s": sum(m["step_time_s"] for m in steps.values()) / len(steps),
+        "measured_bubble": sum(bubbles) / len(bubbles) if bubbles else None,
+        "simulated_bubble": sum(r["simulated_bubble"] for r in rows) / len(rows),
+        "overhead_s": overhead,
+        "prediction_error": predicted / measured - 1.0,
+        "max_step_prediction_error": max(abs(r["predicted_step_s"] / r["measured_step_s"] - 1.0) for r in rows),
+        "steps": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--config", default=os.path.join(ROOT, "examples", "configs", "omni_2b.yaml"))
+    parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=14)
+    parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--profile", type=int, default=3, help="measured joint steps the rates are fitted on")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    parser.add_argument("--work", default="", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE for every run")
+    args = parser.parse_args()
+
+    import megatron.core
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    work = args.work or tempfile.mkdtemp(prefix="pipeline_bench_")
+    outs = {name: train(name, args, work) for name in RUNS}
+
+    calibration = set(range(args.warmup + 1, args.warmup + 1 + args.profile))
+    joint_records = [r for r in load_records(os.path.join(outs["joint"], "timelines")) if r["iteration"] in calibration]
+    rates = fit(joint_records)
+    joint = summarise("joint", outs["joint"], args.warmup, rates, calibration, None)
+    baseline_plan = summarise("megatron_plan", outs["megatron_plan"], args.warmup, rates, calibration, None)
+    # megatron-core's own schedule records no events: its steps take the executor run's overhead.
+    baseline = summarise("megatron", outs["megatron"], args.warmup, rates, calibration, baseline_plan["overhead_s"])
+    runs = [baseline, baseline_plan, joint]
+
+    stem = f"pipeline_bench_{slug(device)}"
+    last = args.iters
+    for name in ("megatron_plan", "joint"):
+        record = next(r for r in load_records(os.path.join(outs[name], "timelines")) if r["iteration"] == last)
+        label = "megatron (encoders on stage 0)" if name == "megatron_plan" else "joint"
+        Timeline.from_dict(record["timeline"]).draw(os.path.join(args.out, f"{stem}_{name}_measured.png"),
+                                                    f"{label}: measured, iteration {last}, {device} x{args.nproc}")
+        predict(record, rates).draw(os.path.join(args.out, f"{stem}_{name}_simulated.png"),
+                                    f"{label}: simulated, iteration {last}")
+
+    speedup = joint["tokens_per_s"] / baseline["tokens_per_s"]
+    print(f"\n{device} x{args.nproc}, {args.config}, iterations {args.warmup + 1}-{args.iters}")
+    print("| run | tokens/s | step s | bubble (measured) | bubble (simulated) | simulator error |")
+    print("|---|---|---|---|---|---|")
+    for r in runs:
+        bubble = "-" if r["measured_bubble"] is None else f"{r['measured_bubble']:.1%}"
+        print(f"| {r['run']} | {r['tokens_per_s']:,.0f} | {r['step_time_s']:.3f} | {bubble} | "
+              f"{r['simulated_bubble']:.1%} | {r['prediction_error']:+.1%} (worst step {r['max_step_prediction_error']:.1%}) |")
+    print(f"joint / megatron throughput: {speedup:.2f}x")
+    write_result({
+        "benchmark": "pipeline_bench", "device": device, "gpus": args.nproc,
+        "versions": {"torch": torch.__version__, "megatron_core": megatron.core.__version__,
+                     "cuda": torch.version.cuda},
+        "config": os.path.relpath(args.config, ROOT), "overrides": args.overrides, "data": args.data,
+        "iters": args.iters, "warmup": args.warmup, "profile_iterations": sorted(calibration),
+        "fitted_rates": {"per_flop": rates.per_flop, "fixed": rates.fixed,
+                         "bytes_per_s": rates.bytes_per_s, "latency": rates.latency},
+        "joint_over_megatron": speedup, "runs": runs,
+    }, args.out, "pipeline_bench", device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Replay recorded steps (``timelines/iter_N.json``, see ``pipeline.timeline_interval``) in the
+simulator: fit the rates that turn FLOPs into seconds from what the executor measured (the
+profiling pass), then predict a step's time from its plan and micro-batches."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+from megaomni.pipeline.costs import FlopModel, Rates, StepCosts, fit_rates, step_costs
+from megaomni.pipeline.plan import ENC_B, ENC_F, Plan
+from megaomni.pipeline.shares import Item
+from megaomni.pipeline.simulate import simulate
+from megaomni.pipeline.timeline import Timeline
+
+
+def load_records(folder: str) -> list[dict]:
+    records = []
+    for path in sorted(glob.glob(os.path.join(folder, "iter_*.json"))):
+        with open(path) as f:
+            records.append(json.load(f))
+    return records
+
+
+def flop_model(record: dict) -> FlopModel:
+    data = dict(record["flop_model"])
+    data["layer_params"], data["stage_layers"] = tuple(data["layer_params"]), tuple(data["stage_layers"])
+    return FlopModel(**data)
+
+
+def micro_batches(record: dict) -> list[dict]:
+    return [{**mb, "items": [Item(**i) for i in mb["items"]]} for mb in record["micro_batches"]]
+
+
+def record_costs(record: dict) -> StepCosts:
+    return step_costs(flop_model(record), micro_batches(record), record["bytes_per_value"])
+
+
+def measured(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """(FLOPs, seconds) of every recorded compute action, per kind."""
+    samples: dict[str, list] = {}
+    for record in records:
+        if not record.get("timeline"):
+            continue
+        plan, costs = Plan.from_dict(record["plan"]), record_costs(record)
+        for e in record["timeline"]["events"]:
+            share = plan.shares[e["micro"]][e["rank"]] if e["kind"] in (ENC_F, ENC_B) else ()
+            flops = costs.flops(e["kind"], e["micro"], e["stage"], share)
+            samples.setdefault(e["kind"], []).append((flops, e["end"] - e["start"]))
+    return samples
+
+
+def fit(records: list[dict], base: Rates = Rates()) -> Rates:
+    return fit_rates(measured(records), base)
+
+
+def predict(record: dict, rates: Rates) -> Timeline:
+    """The simulated timeline of a recorded step's plan."""
+    return simulate(Plan.from_dict(record["plan"]), record_costs(record), rates)

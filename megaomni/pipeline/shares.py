@@ -1,0 +1,95 @@
+"""A micro-batch's media items (images, audio clips), how they are split into per-rank shares,
+and how the shares' encoder outputs are put back together in the order the LLM embeds them.
+
+Encoders treat every item independently (attention stays inside an image or a clip), so an item
+encoded on any rank gives the same outputs: a share is a smaller batch of whole items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from megaomni.data.batch import Batch
+from megaomni.models.media_layout import audio_tokens, vision_tokens
+
+
+@dataclass(frozen=True)
+class Item:
+    modality: str  # an encoder name: "vision" | "audio"
+    index: int  # within its modality, in batch order
+    size: int  # encoder input length: patches or frames
+    outputs: int  # LLM tokens it becomes
+
+
+def media_items(batch: Batch, merge: int, downsample: int) -> list[Item]:
+    """Every media item of ``batch``: images in order, then clips."""
+    items = []
+    if batch.image_grids is not None:
+        for i, (h, w) in enumerate(batch.image_grids.tolist()):
+            items.append(Item("vision", i, h * w, vision_tokens(h, w, merge)))
+    if batch.audio_lengths is not None:
+        for i, n in enumerate(batch.audio_lengths.tolist()):
+            items.append(Item("audio", i, n, audio_tokens(n, downsample)))
+    return items
+
+
+def split_shares(costs: list[float], weights: list[float]) -> list[tuple[int, ...]]:
+    """Item indices for each rank, largest first to the rank with the most room left
+    (cost / weight), ties to the later rank (later pipeline ranks idle longest at the start and
+    end of a step); a rank of weight 0 gets nothing. Each share keeps batch order."""
+    ranks = [r for r, w in enumerate(weights) if w > 0]
+    load = {r: 0.0 for r in ranks}
+    shares: list[list[int]] = [[] for _ in weights]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(ranks, key=lambda r: ((load[r] + costs[i]) / weights[r], -r))
+        load[rank] += costs[i]
+        shares[rank].append(i)
+    return [tuple(sorted(s)) for s in shares]
+
+
+def _rows(lengths: list[int], chosen: list[int]) -> torch.Tensor:
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
+    return torch.cat([torch.arange(starts[i], starts[i + 1]) for i in chosen])
+
+
+def share_inputs(batch: Batch, items: list[Item], share: tuple[int, ...]) -> dict[str, list]:
+    """Encoder inputs (``encoder.batch_fields`` order) of the items in ``share``, per modality."""
+    inputs: dict[str, list] = {}
+    images = [items[i].index for i in share if items[i].modality == "vision"]
+    if images:
+        sizes = batch.image_grids.prod(-1).tolist()
+        rows = _rows(sizes, images).to(batch.image_patches.device)
+        times = None if batch.image_times is None else batch.image_times[images]
+        inputs["vision"] = [batch.image_patches[rows], batch.image_grids[images], times]
+    clips = [items[i].index for i in share if items[i].modality == "audio"]
+    if clips:
+        rows = _rows(batch.audio_lengths.tolist(), clips).to(batch.audio_features.device)
+        inputs["audio"] = [batch.audio_features[rows], batch.audio_lengths[clips]]
+    return inputs
+
+
+def share_outputs(items: list[Item], share: tuple[int, ...]) -> dict[str, int]:
+    """Rows of encoder output per modality that ``share`` yields."""
+    counts: dict[str, int] = {}
+    for i in share:
+        counts[items[i].modality] = counts.get(items[i].modality, 0) + items[i].outputs
+    return counts
+
+
+def assemble(items: list[Item], shares: list[tuple[int, ...]],
+             outputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Each modality's encoder outputs in batch order, from every rank's share outputs
+    (``outputs[r]``: modality -> rows of rank ``r``'s share). Differentiable."""
+    pieces: dict[str, list] = {}
+    for share, out in zip(shares, outputs):
+        offsets: dict[str, int] = {}
+        for i in share:
+            item = items[i]
+            start = offsets.get(item.modality, 0)
+            offsets[item.modality] = start + item.outputs
+            pieces.setdefault(item.modality, []).append((item.index, out[item.modality][start:start + item.outputs]))
+    return {name: torch.cat([t for _, t in sorted(parts, key=lambda p: p[0])]) for name, parts in pieces.items()}

@@ -1,0 +1,120 @@
+"""One step's forward and backward under the configured pipeline schedule: megatron-core's own
+schedules for the baseline, or a plan (``megaomni.pipeline``) run by megaomni's executor. Also
+writes the step's timeline when asked (``pipeline.timeline_interval``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megaomni.config import OmniConfig
+from megaomni.data.batch import Batch
+from megaomni.parallel.stages import layers_per_stage
+from megaomni.pipeline.costs import FlopModel, Rates, step_costs
+from megaomni.pipeline.executor import PlanExecutor
+from megaomni.pipeline.joint_plan import joint_plan
+from megaomni.pipeline.megatron_plan import megatron_plan
+from megaomni.pipeline.shares import media_items
+
+
+def interleave_group(num_microbatches: int, pp: int) -> int:
+    """Micro-batches the interleaved schedule runs per virtual stage in a row: the smallest in
+    [pp, M] whose last group is empty or >= pp (megatron-core refuses others), so a packed step
+    may have any number M >= pp of micro-batches."""
+    return next(g for g in range(pp, num_microbatches + 1)
+                if num_microbatches % g == 0 or num_microbatches % g >= pp)
+
+
+def describe(batches: list[Batch], items: list) -> list[dict]:
+    """What the cost model needs of each micro-batch: its samples' lengths (a packed row's
+    segments, or every padded row), its row length, its media items."""
+    out = []
+    for batch, its in zip(batches, items):
+        b, s = batch.tokens.shape
+        lengths = batch.cu_seqlens.diff().tolist() if batch.cu_seqlens is not None else [s] * b
+        out.append({"seq_lens": lengths, "tokens": b * s, "items": its})
+    return out
+
+
+class StepRunner:
+    def __init__(self, cfg: OmniConfig, state, device, vocab_size: int):
+        self.cfg, self.state = cfg, state
+        self.pp, self.vpp = cfg.parallel.pp, cfg.parallel.vpp
+        self.schedule = cfg.pipeline.schedule
+        self.flops = FlopModel.from_config(cfg, layers_per_stage(cfg, vocab_size), vocab_size)
+        self.bytes = 2 if cfg.train.bf16 else 4
+        self.rates = Rates()
+        if self.schedule == "joint" or cfg.pipeline.executor == "plan":
+            self.executor = PlanExecutor(state.ddp, device, joint=self.schedule == "joint" and self.pp > 1)
+        else:
+            self.executor = None
+            self.forward_backward = get_forward_backward_func()
+
+    def items(self, batch: Batch):
+        return media_items(batch, self.cfg.model.vision.merge_size, self.cfg.model.audio.downsample)
+
+    def plan(self, described: list[dict]):
+        group = interleave_group(len(described), self.pp) if self.vpp > 1 else 0
+        if self.schedule == "joint":
+            costs = step_costs(self.flops, described, self.bytes)
+            return joint_plan(self.pp, self.vpp, costs, self.rates, group)
+        return megatron_plan(self.pp, self.vpp, [len(d["items"]) for d in described], group)
+
+    def run(self, iteration: int, batches: list[Batch], forward_step) -> list:
+        """Forward and backward of the step's micro-batches; megatron-core's loss reports."""
+        interval = self.cfg.pipeline.timeline_interval
+        record = bool(interval) and iteration % interval == 0
+        items = [self.items(b) for b in batches]
+        described = describe(batches, items)
+        plan = self.plan(described) if self.executor is not None or record else None
+        if self.executor is None:
+            reports, timeline = self._megatron_core(batches, forward_step), None
+        else:
+            reports, timeline = self.executor.run(plan, batches, items, forward_step, record=record)
+        if record:
+            self._write(iteration, described, plan, timeline)
+        return reports
+
+    def _megatron_core(self, batches: list[Batch], forward_step) -> list:
+        chunks = self.state.chunks
+        # Every model chunk (virtual stage) walks the same micro-batches.
+        iterators = [iter(batches) for _ in chunks]
+        if len(chunks) > 1:
+            chunks[0].config.microbatch_group_size_per_vp_stage = interleave_group(len(batches), self.pp)
+        return self.forward_backward(
+            forward_step_func=forward_step,
+            data_iterator=iterators if len(iterators) > 1 else iterators[0],
+            model=self.state.ddp,
+            num_microbatches=len(batches),
+            seq_length=max(b.tokens.shape[1] for b in batches),
+            micro_batch_size=batches[0].tokens.shape[0],
+            forward_only=False,
+        )
+
+    def _write(self, iteration: int, described: list[dict], plan, timeline) -> None:
+        """timelines/iter_N.json (and .png with events): written by global rank 0. It holds all
+        the simulator needs to replay the step: FLOP model, micro-batches, plan (for the
+        megatron-core executor, the plan of the same order), and what each rank ran when."""
+        if dist.get_rank() != 0:
+            return
+        folder = os.path.join(self.cfg.train.output_dir, "timelines")
+        os.makedirs(folder, exist_ok=True)
+        record = {
+            "iteration": iteration, "schedule": self.schedule,
+            "executor": "megatron-core" if self.executor is None else "plan",
+            "pp": self.pp, "vpp": self.vpp, "data_parallel_rank": ps.get_data_parallel_rank(),
+            "flop_model": dataclasses.asdict(self.flops), "bytes_per_value": self.bytes,
+            "micro_batches": [{**d, "items": [vars(i) for i in d["items"]]} for d in described],
+            "plan": plan.to_dict(),
+            "timeline": timeline.to_dict() if timeline is not None else None,
+        }
+        path = os.path.join(folder, f"iter_{iteration:07d}")
+        with open(path + ".json", "w") as f:
+            json.dump(record, f)
+        if timeline is not None:
+            timeline.draw(path + ".png", f"{self.schedule} schedule, iteration {iteration}")
