@@ -44,15 +44,20 @@ RUNS = {
 
 def train(name: str, args, work: str) -> str:
     out = os.path.join(work, name)
+    if args.reuse and os.path.exists(os.path.join(out, "metrics.jsonl")):
+        return out
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
            os.path.join(ROOT, "pretrain_omni.py"), "--config", args.config, f"data.path={args.data}",
            f"train.iters={args.iters}", "pipeline.timeline_interval=1", "checkpoint.save_interval=0",
-           f"checkpoint.save={os.path.join(work, 'ckpt_unused')}", f"train.output_dir={out}",
+           "checkpoint.save_last=false", f"train.output_dir={out}",
            *RUNS[name], *args.overrides]
     print("+", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    last = metrics(out)[-1]
+    print(f"  {name}: {last['iteration']} iterations, last {last['step_time_s']:.3f} s/it, "
+          f"{last['tokens_per_s']:,.0f} tokens/s, loss {last['loss']:.4f}", flush=True)
     return out
 
 
@@ -104,6 +109,7 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=3, help="measured joint steps the rates are fitted on")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--work", default="", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="analyse the runs already in --work")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE for every run")
     args = parser.parse_args()
 
@@ -123,6 +129,7 @@ def main() -> None:
     baseline = summarise("megatron", outs["megatron"], args.warmup, rates, calibration, baseline_plan["overhead_s"])
     runs = [baseline, baseline_plan, joint]
 
+    os.makedirs(args.out, exist_ok=True)
     stem = f"pipeline_bench_{slug(device)}"
     last = args.iters
     for name in ("megatron_plan", "joint"):

@@ -218,6 +218,7 @@ class TrainConfig:
 class CheckpointConfig:
     save: str = ""  # "": <train.output_dir>/checkpoints
     save_interval: int = 0  # 0: save only at the end
+    save_last: bool = True  # false: no checkpoint at the last iteration (benchmarks)
     load: str = ""  # a checkpoint directory (or its parent holding `latest`)
 
 

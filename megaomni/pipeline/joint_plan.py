@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from megaomni.pipeline.costs import Rates, StepCosts
 from megaomni.pipeline.llm_order import FORWARD, llm_order
-from megaomni.pipeline.megatron_plan import llm_backward, llm_forward
+from megaomni.pipeline.megatron_plan import llm_backward, llm_forward, megatron_plan
 from megaomni.pipeline.plan import ENC_B, ENC_F, LLM_B, RECV, SEND, Action, Plan, PlanError
 from megaomni.pipeline.shares import split_shares
 from megaomni.pipeline.simulate import action_seconds, key_bytes, simulate
@@ -182,10 +182,15 @@ class _Scheduler:
 
 
 def joint_plan(pp: int, vpp: int, costs: StepCosts, rates: Rates, group: int = 0) -> Plan:
-    """The fastest (by simulation on ``costs``) of the joint plans tried for this step."""
+    """The fastest (by simulation on ``costs``) of the joint plans tried for this step, and the
+    baseline's."""
     num_micro = len(costs.llm)
-    shares = [split_shares(items, [1.0] * pp) for items in costs.items]
-    best, best_time = None, INF
+    loads = [0.0] * pp
+    shares = [split_shares(items, [1.0] * pp, loads) for items in costs.items]
+    # The baseline's placement is a candidate too: a step whose media cannot spread (one huge
+    # image) then costs no more than under megatron.
+    best = megatron_plan(pp, vpp, [len(items) for items in costs.items], group)
+    best_time = simulate(best, costs, rates).step_time
     for lookahead in (1, 2):
         for fit in (True, False):
             plan = Plan("joint", pp, vpp, num_micro, [[] for _ in range(pp)], shares)

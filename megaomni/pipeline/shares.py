@@ -35,12 +35,14 @@ def media_items(batch: Batch, merge: int, downsample: int) -> list[Item]:
     return items
 
 
-def split_shares(costs: list[float], weights: list[float]) -> list[tuple[int, ...]]:
-    """Item indices for each rank, largest first to the rank with the most room left
-    (cost / weight), ties to the later rank (later pipeline ranks idle longest at the start and
-    end of a step); a rank of weight 0 gets nothing. Each share keeps batch order."""
+def split_shares(costs: list[float], weights: list[float], loads: list[float] | None = None) -> list[tuple[int, ...]]:
+    """Item indices for each rank, largest first to the rank with the least load (cost /
+    weight), ties to the later rank (later pipeline ranks idle longest at the start and end of a
+    step); a rank of weight 0 gets nothing. Each share keeps batch order. ``loads`` (per rank,
+    updated in place) carries the balance over from earlier micro-batches, so that micro-batches
+    of fewer items than ranks still spread over all of them."""
     ranks = [r for r, w in enumerate(weights) if w > 0]
-    load = {r: 0.0 for r in ranks}
+    load = loads if loads is not None else [0.0] * len(weights)
     shares: list[list[int]] = [[] for _ in weights]
     for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
         rank = min(ranks, key=lambda r: ((load[r] + costs[i]) / weights[r], -r))

@@ -127,7 +127,7 @@ def train(cfg: OmniConfig) -> dict:
         check_finite(iteration, record["loss"], record["grad_norm"])
         writer.write(record)
         interval = cfg.checkpoint.save_interval
-        if iteration == cfg.train.iters or (interval and iteration % interval == 0):
+        if (iteration == cfg.train.iters and cfg.checkpoint.save_last) or (interval and iteration % interval == 0):
             save_checkpoint(save_root, iteration, state.chunks, optimizer, state.scheduler,
                             common={"data": loader.state_dict(), "config": cfg.to_dict()})
     loader.close()

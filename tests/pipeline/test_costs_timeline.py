@@ -1,0 +1,108 @@
+"""Cost model, rate fitting and the timeline record."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from megaomni.pipeline.costs import BACKWARD_RATIO, FlopModel, Rates, StepCosts, fit_rates
+from megaomni.pipeline.megatron_plan import megatron_plan
+from megaomni.pipeline.plan import ENC_B, ENC_F, LLM_B, LLM_F
+from megaomni.pipeline.shares import Item
+from megaomni.pipeline.simulate import simulate
+from megaomni.pipeline.timeline import COLOURS, Event, Timeline
+
+from .helpers import ideal_rates, uniform_costs
+
+
+def test_fit_rates_recovers_slope_and_intercept():
+    truth = {LLM_F: (2.5e-13, 3e-5), LLM_B: (2.4e-13, 4e-5), ENC_F: (3.1e-13, 1e-6)}
+    samples = {kind: [(x, a * x + b) for x in (1e9, 7e9, 3.3e10, 2e11, 9e11)] for kind, (a, b) in truth.items()}
+    base = Rates(bytes_per_s=12.5e9, latency=7e-6)
+    fitted = fit_rates(samples, base)
+    for kind, (a, b) in truth.items():
+        assert math.isclose(fitted.per_flop[kind], a, rel_tol=1e-9)
+        assert math.isclose(fitted.fixed[kind], b, rel_tol=1e-9)
+    # kinds without samples and the link keep the base's values
+    assert fitted.per_flop[ENC_B] == base.per_flop[ENC_B] and fitted.fixed[ENC_B] == base.fixed[ENC_B]
+    assert (fitted.bytes_per_s, fitted.latency) == (12.5e9, 7e-6)
+
+
+def test_fit_rates_degenerate_samples_keep_a_pure_ratio():
+    # one flop count only (no slope), and a fit whose intercept would be negative
+    fitted = fit_rates({LLM_F: [(2e9, 1e-3), (2e9, 3e-3)], LLM_B: [(1e9, 0.5e-3), (3e9, 3.5e-3)]})
+    assert math.isclose(fitted.per_flop[LLM_F], 2e-3 / 2e9, rel_tol=1e-12) and fitted.fixed[LLM_F] == 0.0
+    assert math.isclose(fitted.per_flop[LLM_B], 2e-3 / 2e9, rel_tol=1e-12) and fitted.fixed[LLM_B] == 0.0
+
+
+def test_flop_model():
+    model = FlopModel(layer_params=(10, 20, 30), stage_layers=(2, 1), hidden=4, vocab=50,
+                      encoder_params={"vision": 7.0, "audio": 3.0}, encoder_attention={"vision": 8.0, "audio": 2.0},
+                      rows_per_input={"vision": 1.0, "audio": 0.5})
+    seq = [3, 5]
+    tokens, pairs = 8, 3 * 4 / 2 + 5 * 6 / 2
+    first = 2 * (10 + 20) * tokens + 2 * 4 * 4 * pairs
+    last = 2 * 30 * tokens + 4 * 4 * pairs + 2 * 4 * 50 * tokens
+    assert model.llm_forward(seq) == pytest.approx([first, last], rel=1e-15)
+    assert model.item_forward(Item("vision", 0, 6, 1)) == 2 * 7.0 * 6 + 8.0 * 36
+    assert model.item_forward(Item("audio", 0, 6, 2)) == 2 * 3.0 * 3 + 2.0 * 9
+    costs = StepCosts([[1.0, 2.0]], [[5.0, 7.0, 11.0]], [1.0], [[1.0, 1.0, 1.0]])
+    assert costs.flops(LLM_B, 0, 1) == BACKWARD_RATIO * 2.0
+    assert costs.flops(ENC_B, 0, share=(0, 2)) == BACKWARD_RATIO * 16.0
+
+
+def sample_timeline() -> Timeline:
+    pp, num_micro = 4, 6
+    costs = uniform_costs(pp, 1, num_micro, 1.0, items=[[0.5, 0.7]] * num_micro)
+    return simulate(megatron_plan(pp, 1, [2] * num_micro), costs, ideal_rates(latency=0.05, bytes_per_s=1e300))
+
+
+def test_draw_writes_a_png(tmp_path):
+    from PIL import Image
+
+    timeline = sample_timeline()
+    path = tmp_path / "step.png"
+    timeline.draw(str(path), title="megatron", width=900, row=30)
+    image = Image.open(path)
+    assert image.format == "PNG"
+    top, legend = 30, 28
+    assert image.size == (900, top + timeline.pp * 30 + legend + 24)
+    colours = {c for _, c in image.convert("RGB").getcolors(maxcolors=1 << 20)}
+    assert len(colours) > 4  # not blank
+    for kind in (LLM_F, LLM_B, ENC_F, ENC_B):
+        assert COLOURS[kind] in colours
+    # each rank's row is coloured for the fraction of the step it computed (a strip above the
+    # micro-batch labels; the time axis spans x = 70 .. width - 20; +-2% for pixel rounding)
+    for rank, busy in enumerate(timeline.busy()):
+        y = top + rank * 30
+        strip = image.convert("RGB").crop((70, y + 4, 880, y + 8))
+        coloured = sum(n for n, c in strip.getcolors(maxcolors=1 << 20) if c in COLOURS.values())
+        assert coloured / (strip.size[0] * strip.size[1]) == pytest.approx(busy / timeline.step_time, abs=0.02)
+
+
+def test_draw_empty_timeline(tmp_path):
+    from PIL import Image
+
+    Timeline(2, [], 0.0).draw(str(tmp_path / "empty.png"))
+    assert Image.open(tmp_path / "empty.png").size[0] == 1400
+
+
+def test_round_trip():
+    timeline = sample_timeline()
+    data = json.loads(json.dumps(timeline.to_dict()))
+    again = Timeline.from_dict(data)
+    assert again == timeline
+    assert again.summary() == timeline.summary()
+    assert data["step_time_s"] == timeline.step_time and data["pp"] == timeline.pp
+    assert data["idle_s"] == [timeline.step_time - b for b in timeline.busy()]
+
+
+def test_busy_and_bubble():
+    events = [Event(0, LLM_F, 0, 0, 0.0, 1.0), Event(1, LLM_F, 0, 1, 1.0, 2.0), Event(1, LLM_B, 0, 1, 2.0, 4.0),
+              Event(0, LLM_B, 0, 0, 4.0, 6.0)]
+    timeline = Timeline(2, events, 6.0)
+    assert timeline.busy() == [3.0, 3.0]
+    assert timeline.bubble == pytest.approx(0.5)
+    assert Timeline(2, [], 0.0).bubble == 0.0
