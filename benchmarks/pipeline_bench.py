@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=3, help="measured joint steps the rates are fitted on")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--work", default="", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--runs", default=",".join(RUNS), help="which of " + ", ".join(RUNS))
     parser.add_argument("--reuse", action="store_true", help="analyse the runs already in --work")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE for every run")
     args = parser.parse_args()
@@ -118,21 +119,27 @@ def main() -> None:
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     work = args.work or tempfile.mkdtemp(prefix="pipeline_bench_")
-    outs = {name: train(name, args, work) for name in RUNS}
+    names = [n for n in RUNS if n in args.runs.split(",")]
+    outs = {name: train(name, args, work) for name in names}
 
     calibration = set(range(args.warmup + 1, args.warmup + 1 + args.profile))
     joint_records = [r for r in load_records(os.path.join(outs["joint"], "timelines")) if r["iteration"] in calibration]
     rates = fit(joint_records)
     joint = summarise("joint", outs["joint"], args.warmup, rates, calibration, None)
-    baseline_plan = summarise("megatron_plan", outs["megatron_plan"], args.warmup, rates, calibration, None)
-    # megatron-core's own schedule records no events: its steps take the executor run's overhead.
-    baseline = summarise("megatron", outs["megatron"], args.warmup, rates, calibration, baseline_plan["overhead_s"])
-    runs = [baseline, baseline_plan, joint]
+    runs = [joint]
+    overhead = joint["overhead_s"]
+    if "megatron_plan" in outs:
+        runs.insert(0, summarise("megatron_plan", outs["megatron_plan"], args.warmup, rates, calibration, None))
+        overhead = runs[0]["overhead_s"]
+    # megatron-core's own schedule records no events: its steps take an executor run's overhead
+    # (optimizer step, data, logging), the baseline's when it ran.
+    baseline = summarise("megatron", outs["megatron"], args.warmup, rates, calibration, overhead)
+    runs.insert(0, baseline)
 
     os.makedirs(args.out, exist_ok=True)
     stem = f"pipeline_bench_{slug(device)}"
     last = args.iters
-    for name in ("megatron_plan", "joint"):
+    for name in [n for n in ("megatron_plan", "joint") if n in outs]:
         record = next(r for r in load_records(os.path.join(outs[name], "timelines")) if r["iteration"] == last)
         label = "megatron (encoders on stage 0)" if name == "megatron_plan" else "joint"
         Timeline.from_dict(record["timeline"]).draw(os.path.join(args.out, f"{stem}_{name}_measured.png"),
