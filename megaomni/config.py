@@ -123,6 +123,9 @@ class PipelineConfig:
     # auto: megatron-core's schedules for `megatron`, megaomni's plan executor for `joint`.
     # plan: megaomni's executor for both (the baseline's timeline can then be recorded).
     executor: str = "auto"
+    # joint: keep the baseline's placement (encoders on stage 0) on a step where the simulator
+    # finds it faster, e.g. one huge image that cannot be shared. false: always share.
+    joint_fallback: bool = True
     # Every N-th iteration, write timelines/iter_N.json (the step's micro-batch sizes, and under
     # the plan executor what each rank ran when) and a PNG of it. 0: never.
     timeline_interval: int = 0

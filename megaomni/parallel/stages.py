@@ -55,17 +55,22 @@ def balanced_split(costs: list[int], stages: int, first_extra: int = 0, last_ext
         extra = (first_extra if stage == 0 else 0) + (last_extra if stage == stages - 1 else 0)
         return prefix[end] - prefix[start] + extra
 
-    # best[s][e]: smallest max cost of splitting layers [0, e) into s + 1 groups; ties keep
-    # the earliest cut, so results are deterministic.
-    inf = float("inf")
+    # best[s][e]: the (largest group cost, sum of squared group costs) of splitting layers
+    # [0, e) into s + 1 groups, smallest first: the largest stage is as small as possible, and
+    # among such splits the other stages are as even as the split can make them (without the
+    # second key, every stage but the largest may be left lopsided). Ties keep the earliest
+    # cut, so results are deterministic.
+    inf = (float("inf"), float("inf"))
     best = [[inf] * (n + 1) for _ in range(stages)]
     cut = [[0] * (n + 1) for _ in range(stages)]
     for e in range(1, n + 1):
-        best[0][e] = group(0, 0, e)
+        best[0][e] = (group(0, 0, e), group(0, 0, e) ** 2)
     for s in range(1, stages):
         for e in range(s + 1, n + 1):
             for start in range(s, e):
-                value = max(best[s - 1][start], group(s, start, e))
+                g = group(s, start, e)
+                prev = best[s - 1][start]
+                value = (max(prev[0], g), prev[1] + g * g)
                 if value < best[s][e]:
                     best[s][e], cut[s][e] = value, start
     counts, end = [], n

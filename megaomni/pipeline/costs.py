@@ -25,7 +25,7 @@ class FlopModel:
     stage_layers: tuple[int, ...]  # LLM layers of each stage, stage order
     hidden: int
     vocab: int
-    encoder_params: dict = field(default_factory=dict)  # modality -> matmul params per input row
+    encoder_params: dict = field(default_factory=dict)  # modality -> matmul params per transformer row
     encoder_attention: dict = field(default_factory=dict)  # modality -> 4 * layers * hidden
     rows_per_input: dict = field(default_factory=dict)  # modality -> transformer rows per input row
 
@@ -36,7 +36,7 @@ class FlopModel:
         for name, scale in (("vision", 1.0), ("audio", 0.5)):  # the audio stem halves the rate
             part = getattr(cfg.model, name)
             if part.enabled:
-                params[name] = encoder_params(part, llm.hidden_size) * scale
+                params[name] = encoder_params(part, llm.hidden_size)
                 attention[name] = 4 * part.num_layers * part.hidden_size
                 rows[name] = scale
         return cls(tuple(llm_layer_costs(llm)), tuple(stage_layers), llm.hidden_size, vocab,

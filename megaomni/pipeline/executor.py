@@ -68,7 +68,7 @@ class PlanExecutor:
         self.rank = ps.get_pipeline_model_parallel_rank()
         self.pp = ps.get_pipeline_model_parallel_world_size()
         self.group = ps.get_pipeline_model_parallel_group()
-        self.channels = Channels(self.pp, len(ddp_chunks))
+        self.channels = Channels(self.pp, len(ddp_chunks), device)
         self.encoders = {name: getattr(first, f"{name}_encoder") for name in first.encoder_names}
         self.dtype = next(first.parameters()).dtype
         tp = ps.get_tensor_model_parallel_world_size()

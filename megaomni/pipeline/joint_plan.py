@@ -181,16 +181,19 @@ class _Scheduler:
                 self.clock[rank] = wake
 
 
-def joint_plan(pp: int, vpp: int, costs: StepCosts, rates: Rates, group: int = 0) -> Plan:
-    """The fastest (by simulation on ``costs``) of the joint plans tried for this step, and the
-    baseline's."""
+def joint_plan(pp: int, vpp: int, costs: StepCosts, rates: Rates, group: int = 0,
+               fallback: bool = True) -> Plan:
+    """The fastest (by simulation on ``costs``) of the joint plans tried for this step, and of
+    the baseline's (with ``fallback``)."""
     num_micro = len(costs.llm)
     loads = [0.0] * pp
     shares = [split_shares(items, [1.0] * pp, loads) for items in costs.items]
     # The baseline's placement is a candidate too: a step whose media cannot spread (one huge
     # image) then costs no more than under megatron.
-    best = megatron_plan(pp, vpp, [len(items) for items in costs.items], group)
-    best_time = simulate(best, costs, rates).step_time
+    best, best_time = None, INF
+    if fallback:
+        best = megatron_plan(pp, vpp, [len(items) for items in costs.items], group)
+        best_time = simulate(best, costs, rates).step_time
     for lookahead in (1, 2):
         for fit in (True, False):
             plan = Plan("joint", pp, vpp, num_micro, [[] for _ in range(pp)], shares)

@@ -62,7 +62,7 @@ class StepRunner:
         group = interleave_group(len(described), self.pp) if self.vpp > 1 else 0
         if self.schedule == "joint":
             costs = step_costs(self.flops, described, self.bytes)
-            return joint_plan(self.pp, self.vpp, costs, self.rates, group)
+            return joint_plan(self.pp, self.vpp, costs, self.rates, group, self.cfg.pipeline.joint_fallback)
         return megatron_plan(self.pp, self.vpp, [len(d["items"]) for d in described], group)
 
     def run(self, iteration: int, batches: list[Batch], forward_step) -> list:

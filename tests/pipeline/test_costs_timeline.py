@@ -106,3 +106,18 @@ def test_busy_and_bubble():
     assert timeline.busy() == [3.0, 3.0]
     assert timeline.bubble == pytest.approx(0.5)
     assert Timeline(2, [], 0.0).bubble == 0.0
+
+
+def test_flop_model_from_config_counts_audio_rows_after_the_stem():
+    """An audio clip of n frames runs n/2 transformer rows (the stride-2 stem) through every
+    encoder matmul: 2 * params * n/2 FLOPs, plus attention over (n/2)^2 pairs."""
+    from megaomni.config import OmniConfig
+    from megaomni.parallel.stages import encoder_params
+
+    cfg = OmniConfig()
+    model = FlopModel.from_config(cfg, [cfg.model.llm.num_layers], 256)
+    audio = cfg.model.audio
+    rows = 500
+    expected = (2 * encoder_params(audio, cfg.model.llm.hidden_size) * rows
+                + 4 * audio.num_layers * audio.hidden_size * rows * rows)
+    assert model.item_forward(Item("audio", 0, 2 * rows, rows // 2)) == pytest.approx(expected, rel=1e-12)

@@ -90,12 +90,3 @@ def test_replica_max_at_least_single_replica(projection, cfg):
         assert many[policy]["tokens_per_s"] > single[policy]["tokens_per_s"]
     assert single["megatron"]["grad_allreduce_s"] == 0.0  # dp = 1: nothing to reduce for stage-0 encoders
     assert single["joint"]["grad_allreduce_s"] > 0.0  # joint: encoder replicas on both pipeline ranks
-
-
-def test_refined_split_keeps_stage_zero(projection, cfg):
-    for pp in (2, 4, 8):
-        run = projection.policy_config(cfg, "megatron", pp, 1)
-        auto = projection.flop_models(cfg, pp, 1, 192)["megatron"].stage_layers
-        refined = projection.flop_models(cfg, pp, 1, 192, "refined")["megatron"].stage_layers
-        assert refined[0] == auto[0] and sum(refined) == sum(auto) == run.model.llm.num_layers
-        assert len(refined) == pp and min(refined) >= 1
