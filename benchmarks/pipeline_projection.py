@@ -109,6 +109,8 @@ from megaomni.parallel.stages import (  # noqa: E402
 from megaomni.pipeline.costs import FlopModel, Rates, step_costs  # noqa: E402
 from megaomni.pipeline.joint_plan import joint_plan  # noqa: E402
 from megaomni.pipeline.megatron_plan import megatron_plan  # noqa: E402
+from megaomni.models.build import padded_vocab_size  # noqa: E402
+from megaomni.pipeline.llm_order import interleave_group  # noqa: E402
 from megaomni.pipeline.shares import Item  # noqa: E402
 from megaomni.pipeline.simulate import simulate  # noqa: E402
 
@@ -224,11 +226,6 @@ def with_tp(rates: Rates, tp: int) -> Rates:
     return Rates({k: v / tp for k, v in rates.per_flop.items()}, dict(rates.fixed), rates.bytes_per_s, rates.latency)
 
 
-def padded_vocab_size(tokenizer_vocab: int, configured: int, multiple: int = 64) -> int:
-    """megaomni.models.build.padded_vocab_size (not imported: that module loads megatron-core)."""
-    return -(-(configured or tokenizer_vocab) // multiple) * multiple
-
-
 def resolve_vocab(cfg: OmniConfig, given: int, records: list[dict]) -> tuple[int, str]:
     if given:
         return given, "--vocab"
@@ -318,13 +315,6 @@ def sample_replica(pool: list[dict], micro: int, seed: int, step: int, replica: 
     """Replica ``replica``'s micro-batches of step ``step``: independent of dp and of the policy."""
     rng = random.Random(f"pipeline-projection/{seed}/{step}/{replica}")
     return [pool[rng.randrange(len(pool))] for _ in range(micro)]
-
-
-def interleave_group(num_micro: int, pp: int) -> int:
-    """megaomni.training.schedule.interleave_group (imported lazily: that module loads megatron-core)."""
-    from megaomni.training.schedule import interleave_group as group
-
-    return group(num_micro, pp)
 
 
 def simulate_replica(policy: str, model: FlopModel, micro_batches: list[dict], pp: int, vpp: int,

@@ -7,6 +7,14 @@ from __future__ import annotations
 FORWARD, BACKWARD = "F", "B"
 
 
+def interleave_group(num_microbatches: int, pp: int) -> int:
+    """Micro-batches the interleaved schedule runs per virtual stage in a row: the smallest in
+    [pp, M] whose last group is empty or >= pp (megatron-core refuses others), so a packed step
+    may have any number M >= pp of micro-batches."""
+    return next(g for g in range(pp, num_microbatches + 1)
+                if num_microbatches % g == 0 or num_microbatches % g >= pp)
+
+
 def _schedule_table(num_micro: int, vpp: int, group: int) -> list[tuple[int, int]]:
     """(micro-batch, chunk) of every virtual micro-batch in forward order (megatron-core's
     ``get_schedule_table``): ``group`` micro-batches per chunk in a row."""

@@ -18,16 +18,9 @@ from megaomni.parallel.stages import layers_per_stage
 from megaomni.pipeline.costs import FlopModel, Rates, step_costs
 from megaomni.pipeline.executor import PlanExecutor
 from megaomni.pipeline.joint_plan import joint_plan
+from megaomni.pipeline.llm_order import interleave_group
 from megaomni.pipeline.megatron_plan import megatron_plan
 from megaomni.pipeline.shares import media_items
-
-
-def interleave_group(num_microbatches: int, pp: int) -> int:
-    """Micro-batches the interleaved schedule runs per virtual stage in a row: the smallest in
-    [pp, M] whose last group is empty or >= pp (megatron-core refuses others), so a packed step
-    may have any number M >= pp of micro-batches."""
-    return next(g for g in range(pp, num_microbatches + 1)
-                if num_microbatches % g == 0 or num_microbatches % g >= pp)
 
 
 def describe(batches: list[Batch], items: list) -> list[dict]:
