@@ -11,6 +11,7 @@ MASTER_PORT=${MASTER_PORT:-29500}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 TP=${TP:-8}; SP=${SP:-true}
 PP=${PP:-4}; VPP=${VPP:-2}
+SCHEDULE=${SCHEDULE:-megatron}  # megatron: encoders on stage 0; joint: every stage encodes a share, in its bubbles
 CP=${CP:-1}; EP=${EP:-1}
 DIST_OPT=${DIST_OPT:-true}
 CONFIG=${CONFIG:?set CONFIG, a recipe YAML (see examples/configs)}
@@ -20,4 +21,4 @@ exec "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node-rank "$NODE_RA
     --nproc-per-node "$GPUS_PER_NODE" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
     pretrain_omni.py --config "$CONFIG" \
     parallel.tp="$TP" parallel.sp="$SP" parallel.pp="$PP" parallel.vpp="$VPP" parallel.cp="$CP" \
-    parallel.ep="$EP" parallel.distributed_optimizer="$DIST_OPT" "$@"
+    parallel.ep="$EP" parallel.distributed_optimizer="$DIST_OPT" pipeline.schedule="$SCHEDULE" "$@"

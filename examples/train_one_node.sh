@@ -8,6 +8,7 @@ TP=${TP:-2}            # tensor parallel (heads, FFN split); SP=true adds sequen
 SP=${SP:-true}
 PP=${PP:-2}            # pipeline stages; VPP virtual stages per rank (interleaved schedule)
 VPP=${VPP:-1}
+SCHEDULE=${SCHEDULE:-megatron}  # megatron: encoders on stage 0; joint: every stage encodes a share, in its bubbles
 CP=${CP:-1}            # context parallel (sequence split in 2*CP balanced chunks)
 EP=${EP:-1}            # expert parallel (MoE LLMs only)
 DIST_OPT=${DIST_OPT:-true}  # shard optimizer state over data-parallel ranks
@@ -19,4 +20,4 @@ PYTHON=${PYTHON:-python3}
 exec "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$GPUS" pretrain_omni.py \
     --config "$CONFIG" data.path="$DATA" \
     parallel.tp="$TP" parallel.sp="$SP" parallel.pp="$PP" parallel.vpp="$VPP" parallel.cp="$CP" \
-    parallel.ep="$EP" parallel.distributed_optimizer="$DIST_OPT" "$@"
+    parallel.ep="$EP" parallel.distributed_optimizer="$DIST_OPT" pipeline.schedule="$SCHEDULE" "$@"

@@ -30,6 +30,13 @@ def test_one_node_script(toy_data, tmp_path):
     _run("train_one_node.sh", tmp_path / "run", {"GPUS": "2", "TP": "2", "PP": "1", "DATA": toy_data})
 
 
+def test_one_node_script_joint_schedule(toy_data, tmp_path):
+    _run("train_one_node.sh", tmp_path / "run", {"GPUS": "2", "TP": "1", "SP": "false", "PP": "2",
+                                                 "SCHEDULE": "joint", "DIST_OPT": "false", "DATA": toy_data})
+    with open(tmp_path / "run" / "config.yaml") as f:
+        assert "schedule: joint" in f.read()
+
+
 def _stand_in(directory, name: str, body: str) -> None:
     path = directory / name
     path.write_text("#!/usr/bin/env bash\n" + body + "\n")
