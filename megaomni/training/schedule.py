@@ -42,6 +42,7 @@ class StepRunner:
         self.flops = FlopModel.from_config(cfg, layers_per_stage(cfg, vocab_size), vocab_size)
         self.bytes = 2 if cfg.train.bf16 else 4
         self.rates = Rates()
+        self._pending = None
         if self.schedule == "joint" or cfg.pipeline.executor == "plan":
             self.executor = PlanExecutor(state.ddp, device, joint=self.schedule == "joint" and self.pp > 1)
         else:
@@ -69,9 +70,14 @@ class StepRunner:
             reports, timeline = self._megatron_core(batches, forward_step), None
         else:
             reports, timeline = self.executor.run(plan, batches, items, forward_step, record=record)
-        if record:
-            self._write(iteration, described, plan, timeline)
+        self._pending = (iteration, described, plan, timeline) if record else None
         return reports
+
+    def write_timeline(self) -> None:
+        """Write the last step's timeline, if it was recorded: outside the timed step."""
+        if self._pending is not None:
+            self._write(*self._pending)
+            self._pending = None
 
     def _megatron_core(self, batches: list[Batch], forward_step) -> list:
         chunks = self.state.chunks

@@ -109,6 +109,7 @@ def train(cfg: OmniConfig) -> dict:
         tokens = sum(int((b.tokens != tokenizer.pad_id).sum()) for b in batches)
         stats = reduce_step_stats(reports, tokens, sum(b.num_samples for b in batches), device)
         step_time = time.perf_counter() - started
+        runner.write_timeline()
         record = {
             "iteration": iteration,
             "loss": stats["loss"],
