@@ -21,6 +21,8 @@ the fastest by simulation is kept, so the plan adapts to each step's micro-batch
 
 from __future__ import annotations
 
+import bisect
+
 from megaomni.pipeline.costs import Rates, StepCosts
 from megaomni.pipeline.llm_order import FORWARD, llm_order
 from megaomni.pipeline.megatron_plan import llm_backward, llm_forward, megatron_plan
@@ -42,7 +44,9 @@ class _Scheduler:
         self.backward_done = [set() for _ in range(pp)]
         self.clock = [0.0] * pp
         self.arrivals: dict[tuple, float] = {}  # (key, receiving rank) -> arrival time
+        self.inbox: list[list[float]] = [[] for _ in range(pp)]  # each rank's arrival times, sorted
         self.channel_free: dict[tuple, float] = {}
+        self.backward_left = [sum(1 for m in range(plan.num_micro) if plan.shares[m][r]) for r in range(pp)]
 
     def _skip(self, rank: int, micro: int) -> int:
         while micro < self.plan.num_micro and not self.plan.shares[micro][rank]:
@@ -88,10 +92,13 @@ class _Scheduler:
                 arrival = start + self.rates.latency + key_bytes(self.plan, action.key, self.costs) / self.rates.bytes_per_s
                 self.channel_free[channel] = arrival
                 self.arrivals[(action.key, action.peer)] = arrival
+                bisect.insort(self.inbox[action.peer], arrival)
             else:
                 self.clock[rank] += self.seconds(rank, action)
                 if action.kind == ENC_F:
                     self.local[rank].add(("feat", action.micro, rank))
+                elif action.kind == ENC_B:
+                    self.backward_left[rank] -= 1
                 elif action.kind == LLM_B and action.stage == 0:
                     self.local[rank].add(("feat_grad", action.micro, rank))
 
@@ -149,8 +156,9 @@ class _Scheduler:
 
     def wake_time(self, rank: int) -> float:
         """The next time something may change for a rank with nothing to do now."""
-        times = [t for (key, r), t in self.arrivals.items() if r == rank and t > self.clock[rank]]
-        return min(times, default=INF)
+        inbox = self.inbox[rank]
+        i = bisect.bisect_right(inbox, self.clock[rank])
+        return inbox[i] if i < len(inbox) else INF
 
     def run(self) -> Plan:
         pp = self.plan.pp
@@ -159,7 +167,7 @@ class _Scheduler:
 
         def finished(r):
             return (self.next_llm[r] >= len(self.llm[r]) and self.next_enc[r] >= self.plan.num_micro
-                    and all(m in self.backward_done[r] or not self.plan.shares[m][r] for m in range(self.plan.num_micro)))
+                    and self.backward_left[r] == 0)
 
         while True:
             live = [r for r in range(pp) if not finished(r)]
