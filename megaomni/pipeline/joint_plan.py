@@ -28,7 +28,7 @@ from megaomni.pipeline.llm_order import FORWARD, llm_order
 from megaomni.pipeline.megatron_plan import llm_backward, llm_forward, megatron_plan
 from megaomni.pipeline.plan import ENC_B, ENC_F, LLM_B, RECV, SEND, Action, Plan, PlanError
 from megaomni.pipeline.shares import split_shares
-from megaomni.pipeline.simulate import action_seconds, key_bytes, simulate
+from megaomni.pipeline.simulate import action_seconds, simulate, transfer_arrival
 
 INF = float("inf")
 
@@ -87,10 +87,8 @@ class _Scheduler:
             if action.kind == RECV:
                 self.clock[rank] = max(self.clock[rank], self.arrivals[(action.key, rank)])
             elif action.kind == SEND:
-                channel = (rank, action.peer, action.key[0])
-                start = max(self.clock[rank], self.channel_free.get(channel, 0.0))
-                arrival = start + self.rates.latency + key_bytes(self.plan, action.key, self.costs) / self.rates.bytes_per_s
-                self.channel_free[channel] = arrival
+                arrival = transfer_arrival(self.plan, rank, action, self.clock[rank], self.channel_free,
+                                           self.costs, self.rates)
                 self.arrivals[(action.key, action.peer)] = arrival
                 bisect.insort(self.inbox[action.peer], arrival)
             else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 ENC_F, ENC_B, LLM_F, LLM_B, SEND, RECV = "enc_f", "enc_b", "llm_f", "llm_b", "send", "recv"
 COMPUTE = (ENC_F, ENC_B, LLM_F, LLM_B)
@@ -131,8 +132,7 @@ def check_plan(plan: Plan) -> None:
             if action.kind in (SEND, RECV):
                 if not 0 <= action.peer < plan.pp or action.peer == rank:
                     raise PlanError(f"rank {rank}, action {i} ({action}): bad peer")
-                pair = (rank, action.peer) if action.kind == SEND else (action.peer, rank)
-                channels[pair + (action.key[0], action.kind)].append(action.key)
+                channels[channel_of(rank, action) + (action.kind,)].append(action.key)
     for (src, dst, name, kind), keys in channels.items():
         other = channels.get((src, dst, name, RECV if kind == SEND else SEND), [])
         if kind == SEND and keys != other:
@@ -140,7 +140,36 @@ def check_plan(plan: Plan) -> None:
                             f"(each kind of value between two ranks must be received in the order sent)")
         if kind == RECV and not other:
             raise PlanError(f"rank {dst} receives {keys} from rank {src}, which sends nothing")
-    stuck = first_blocked(plan)
+    refuse_deadlock(plan, first_blocked(plan))
+
+
+def channel_of(rank: int, action: Action) -> tuple[int, int, str]:
+    """(source, destination, kind of value) of a send or receive on ``rank``: each is its own
+    first-in first-out channel."""
+    if action.kind == SEND:
+        return rank, action.peer, action.key[0]
+    return action.peer, rank, action.key[0]
+
+
+def walk(plan: Plan, step: Callable[[int, Action], bool]):
+    """Run every rank's actions in order, calling ``step(rank, action)`` on each; ``step`` returns
+    False for a receive whose data is not sent yet, and that rank waits while the others go on.
+    Returns (rank, action index) of the first action left waiting forever, or None."""
+    position = [0] * plan.pp
+    progress = True
+    while progress:
+        progress = False
+        for rank, actions in enumerate(plan.actions):
+            while position[rank] < len(actions) and step(rank, actions[position[rank]]):
+                position[rank] += 1
+                progress = True
+    for rank, actions in enumerate(plan.actions):
+        if position[rank] < len(actions):
+            return rank, position[rank]
+    return None
+
+
+def refuse_deadlock(plan: Plan, stuck) -> None:
     if stuck is not None:
         rank, i = stuck
         raise PlanError(f"rank {rank}, action {i} ({plan.actions[rank][i]}) waits forever: "
@@ -149,26 +178,17 @@ def check_plan(plan: Plan) -> None:
 
 def first_blocked(plan: Plan):
     """(rank, action index) of a receive that can never complete, or None. Sends never block;
-    a receive completes once its peer has sent. Each kind of value (``Key[0]``) between two ranks
-    is its own first-in first-out channel."""
+    a receive completes once its peer has sent."""
     sent: dict[tuple, deque] = defaultdict(deque)
-    position = [0] * plan.pp
-    progress = True
-    while progress:
-        progress = False
-        for rank, actions in enumerate(plan.actions):
-            while position[rank] < len(actions):
-                action = actions[position[rank]]
-                if action.kind == SEND:
-                    sent[(rank, action.peer, action.key[0])].append(action.key)
-                elif action.kind == RECV:
-                    queue = sent[(action.peer, rank, action.key[0])]
-                    if not queue:
-                        break
-                    queue.popleft()
-                position[rank] += 1
-                progress = True
-    for rank, actions in enumerate(plan.actions):
-        if position[rank] < len(actions):
-            return rank, position[rank]
-    return None
+
+    def step(rank: int, action: Action) -> bool:
+        if action.kind == SEND:
+            sent[channel_of(rank, action)].append(action.key)
+        elif action.kind == RECV:
+            queue = sent[channel_of(rank, action)]
+            if not queue:
+                return False
+            queue.popleft()
+        return True
+
+    return walk(plan, step)

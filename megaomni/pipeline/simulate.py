@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections import defaultdict, deque
 
 from megaomni.pipeline.costs import Rates, StepCosts
-from megaomni.pipeline.plan import COMPUTE, ENC_B, ENC_F, RECV, SEND, Action, Plan, PlanError
+from megaomni.pipeline.plan import (COMPUTE, ENC_B, ENC_F, RECV, SEND, Action, Plan, channel_of,
+                                    refuse_deadlock, walk)
 from megaomni.pipeline.timeline import Event, Timeline
 
 
@@ -30,39 +31,37 @@ def key_bytes(plan: Plan, key: tuple, costs: StepCosts) -> float:
     return sum(costs.item_bytes[micro][i] for i in plan.shares[micro][which])
 
 
+def transfer_arrival(plan: Plan, rank: int, send: Action, ready: float, channel_free: dict,
+                     costs: StepCosts, rates: Rates) -> float:
+    """When ``send`` from ``rank``, its data ready at ``ready``, arrives: after the transfers
+    before it on its channel (``channel_free``: channel -> when it is free; updated)."""
+    channel = channel_of(rank, send)
+    start = max(ready, channel_free.get(channel, 0.0))
+    channel_free[channel] = start + rates.latency + key_bytes(plan, send.key, costs) / rates.bytes_per_s
+    return channel_free[channel]
+
+
 def simulate(plan: Plan, costs: StepCosts, rates: Rates) -> Timeline:
     clock = [0.0] * plan.pp
-    position = [0] * plan.pp
-    messages: dict[tuple, deque] = defaultdict(deque)  # (src, dst, name) -> arrival times
-    channel_free: dict[tuple, float] = defaultdict(float)
+    messages: dict[tuple, deque] = defaultdict(deque)  # channel -> arrival times
+    channel_free: dict[tuple, float] = {}
     events: list[Event] = []
-    progress = True
-    while progress:
-        progress = False
-        for rank, actions in enumerate(plan.actions):
-            while position[rank] < len(actions):
-                action = actions[position[rank]]
-                if action.kind == SEND:
-                    channel = (rank, action.peer, action.key[0])
-                    start = max(clock[rank], channel_free[channel])
-                    arrival = start + rates.latency + key_bytes(plan, action.key, costs) / rates.bytes_per_s
-                    channel_free[channel] = arrival
-                    messages[channel].append(arrival)
-                elif action.kind == RECV:
-                    queue = messages[(action.peer, rank, action.key[0])]
-                    if not queue:
-                        break  # its sender has not got there yet
-                    clock[rank] = max(clock[rank], queue.popleft())
-                elif action.kind in COMPUTE:
-                    seconds = action_seconds(plan, rank, action, costs, rates)
-                    if seconds > 0:
-                        events.append(Event(rank, action.kind, action.micro, action.stage,
-                                            clock[rank], clock[rank] + seconds))
-                    clock[rank] += seconds
-                position[rank] += 1
-                progress = True
-    for rank, actions in enumerate(plan.actions):
-        if position[rank] < len(actions):
-            raise PlanError(f"rank {rank}, action {position[rank]} ({actions[position[rank]]}) "
-                            "waits forever: the plan deadlocks")
+
+    def step(rank: int, action: Action) -> bool:
+        if action.kind == SEND:
+            messages[channel_of(rank, action)].append(
+                transfer_arrival(plan, rank, action, clock[rank], channel_free, costs, rates))
+        elif action.kind == RECV:
+            queue = messages[channel_of(rank, action)]
+            if not queue:
+                return False  # its sender has not got there yet
+            clock[rank] = max(clock[rank], queue.popleft())
+        elif action.kind in COMPUTE:
+            seconds = action_seconds(plan, rank, action, costs, rates)
+            if seconds > 0:
+                events.append(Event(rank, action.kind, action.micro, action.stage, clock[rank], clock[rank] + seconds))
+            clock[rank] += seconds
+        return True
+
+    refuse_deadlock(plan, walk(plan, step))
     return Timeline(plan.pp, events, step_time=max(clock) if clock else 0.0)
