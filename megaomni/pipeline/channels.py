@@ -35,6 +35,7 @@ class Channels:
         everyone = [None] * dist.get_world_size()
         dist.all_gather_object(everyone, mine)
         self.ranks = mine  # pipeline rank -> global rank
+        self.me = mine.index(dist.get_rank())
         self.groups: dict = {}
         for ranks in sorted({tuple(r) for r in everyone}):
             for src, dst, kind in channel_list(pp, vpp):
@@ -44,16 +45,14 @@ class Channels:
         # One message per channel, in one order on every rank: pairwise meetings in a fixed
         # order cannot deadlock, and every communicator exists before the first step.
         token = torch.zeros(1, device=device)
-        me = mine.index(dist.get_rank())
         for src, dst, kind in channel_list(pp, vpp):
-            if me == src:
+            if self.me == src:
                 dist.send(token, dst=mine[dst], group=self.groups[(src, dst, kind)])
-            elif me == dst:
+            elif self.me == dst:
                 dist.recv(token, src=mine[src], group=self.groups[(src, dst, kind)])
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     def group(self, src: int, dst: int, kind: str):
         """The channel's process group and the global rank of the other end (from this rank)."""
-        me = self.ranks.index(dist.get_rank())
-        return self.groups[(src, dst, kind)], self.ranks[dst if me == src else src]
+        return self.groups[(src, dst, kind)], self.ranks[dst if self.me == src else src]

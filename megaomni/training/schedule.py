@@ -63,9 +63,11 @@ class StepRunner:
         """Forward and backward of the step's micro-batches; megatron-core's loss reports."""
         interval = self.cfg.pipeline.timeline_interval
         record = bool(interval) and iteration % interval == 0
+        if self.executor is None and not record:  # megatron-core's schedules need no plan
+            return self._megatron_core(batches, forward_step)
         items = [self.items(b) for b in batches]
         described = describe(batches, items)
-        plan = self.plan(described) if self.executor is not None or record else None
+        plan = self.plan(described)
         if self.executor is None:
             reports, timeline = self._megatron_core(batches, forward_step), None
         else:
