@@ -27,14 +27,13 @@ import io
 import json
 import os
 import sys
-import tarfile
 import time
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/ is scripts, not a package
-from make_toy_data import PATTERNS, SAMPLE_RATE, _add, tone  # noqa: E402
+from make_toy_data import PATTERNS, SAMPLE_RATE, ShardWriter, tone  # noqa: E402
 
 from megaomni.data.media import fit_size  # noqa: E402
 from megaomni.data.tokenizer import AUDIO, IMAGE, VIDEO, OmniTokenizer, train_tokenizer  # noqa: E402
@@ -292,8 +291,7 @@ def write_synthetic_data(out: str, samples: int = 2000, seed: int = 0, shards: i
     kinds: collections.Counter = collections.Counter()
     totals: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     longest = 0
-    tars = [tarfile.open(os.path.join(out, f"synth-{i:05d}.tar"), "w") for i in range(shards)]
-    try:
+    with ShardWriter(out, "synth", shards, samples) as writer:
         for index in range(samples):
             kind = str(rng.choice(list(weights), p=list(weights.values())))
             conversation, media, sizes = make_sample(rng, kind, texts, ranges, fmt)
@@ -302,13 +300,7 @@ def write_synthetic_data(out: str, samples: int = 2000, seed: int = 0, shards: i
             kinds[kind] += 1
             for total in (totals[kind], totals["all"]):
                 total.update({**sizes, "llm_tokens": tokens, "bytes": sum(map(len, media.values()))})
-            tar, key = tars[index * shards // samples], f"{index:06d}"
-            _add(tar, f"{key}.json", json.dumps(conversation).encode())
-            for ext, data in media.items():
-                _add(tar, f"{key}.{ext}", data)
-    finally:
-        for tar in tars:
-            tar.close()
+            writer.add(index, conversation, media)
 
     def means(kind: str) -> dict:
         count = samples if kind == "all" else kinds[kind]

@@ -97,6 +97,28 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+class ShardWriter:
+    """``samples`` samples spread in order over ``shards`` tar files ``PREFIX-00000.tar``...: a
+    sample is ``KEY.json`` (its conversation) and ``KEY.EXT`` per media file."""
+
+    def __init__(self, out: str, prefix: str, shards: int, samples: int):
+        self.samples = samples
+        self.tars = [tarfile.open(os.path.join(out, f"{prefix}-{i:05d}.tar"), "w") for i in range(shards)]
+
+    def add(self, index: int, conversation: list[dict], media: dict[str, bytes]) -> None:
+        tar, key = self.tars[index * len(self.tars) // self.samples], f"{index:06d}"
+        _add(tar, f"{key}.json", json.dumps(conversation).encode())
+        for ext, data in media.items():
+            _add(tar, f"{key}.{ext}", data)
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for tar in self.tars:
+            tar.close()
+
+
 def write_toy_data(out: str, samples: int = 512, seed: int = 0, shards: int = 2) -> dict:
     """Write shards, tokenizer and meta.json to ``out``; returns the meta dict."""
     if samples < 1 or not 1 <= shards <= samples:
@@ -106,20 +128,13 @@ def write_toy_data(out: str, samples: int = 512, seed: int = 0, shards: int = 2)
     kinds: collections.Counter = collections.Counter()
     answers: collections.Counter = collections.Counter()
     texts: list[str] = []
-    tars = [tarfile.open(os.path.join(out, f"toy-{i:05d}.tar"), "w") for i in range(shards)]
-    try:
+    with ShardWriter(out, "toy", shards, samples) as writer:
         for index in range(samples):
             kind, conversation, media = make_sample(rng)
             kinds[kind] += 1
             answers[conversation[-1]["content"]] += 1
             texts += [turn["content"] for turn in conversation]
-            tar, key = tars[index * shards // samples], f"{index:06d}"
-            _add(tar, f"{key}.json", json.dumps(conversation).encode())
-            for ext, data in media.items():
-                _add(tar, f"{key}.{ext}", data)
-    finally:
-        for tar in tars:
-            tar.close()
+            writer.add(index, conversation, media)
     # The corpus also spells out every answer word, so no small --samples leaves one unseen.
     texts += [" ".join([*COLOURS, *SHAPES, *PATTERNS])]
     train_tokenizer(texts, os.path.join(out, "tokenizer"), TOKENIZER_VOCAB)
