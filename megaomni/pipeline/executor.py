@@ -129,17 +129,14 @@ class PlanExecutor:
             elif action.kind == LLM_B:
                 self._backward(plan, action, store, saved)
             elif action.kind == SEND:
-                value = store.pop(action.key)
-                tensors = [value[n] for n in sorted(value)] if isinstance(value, dict) else [value]
                 group, peer = self.channels.group(self.rank, action.peer, action.key[0])
-                for tensor in tensors:
+                for tensor in _tensors(store.pop(action.key)):
                     tensor = tensor.detach().contiguous()
                     sends.append((dist.isend(tensor, dst=peer, group=group), tensor))
             elif action.kind == RECV:
                 value = self._buffers(plan, action.key, batch, items[m])
                 group, peer = self.channels.group(action.peer, self.rank, action.key[0])
-                tensors = [value[n] for n in sorted(value)] if isinstance(value, dict) else [value]
-                for tensor in tensors:
+                for tensor in _tensors(value):
                     dist.irecv(tensor, src=peer, group=group).wait()
                     if action.key[0] in ("act", "feat"):
                         tensor.requires_grad_()
@@ -205,6 +202,12 @@ class PlanExecutor:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    """The tensors a value moves as, in one order on both ends: encoder outputs are a dict
+    (modality -> rows), everything else one tensor."""
+    return [value[n] for n in sorted(value)] if isinstance(value, dict) else [value]
 
 
 def _unwrap(module):
