@@ -86,7 +86,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import glob
 import json
 import multiprocessing
 import os
@@ -105,10 +104,11 @@ from report import cpu_model, write_result  # noqa: E402  (benchmarks/report.py)
 
 from megaomni.config import OmniConfig, load_config  # noqa: E402
 from megaomni.parallel.stages import (  # noqa: E402
-    encoder_params, layers_per_stage)
+    encoder_cost, layers_per_stage)
 from megaomni.pipeline.costs import FlopModel, Rates, step_costs  # noqa: E402
 from megaomni.pipeline.joint_plan import joint_plan  # noqa: E402
 from megaomni.pipeline.megatron_plan import megatron_plan  # noqa: E402
+from megaomni.pipeline.replay import load_records, micro_batches  # noqa: E402
 from megaomni.models.build import padded_vocab_size  # noqa: E402
 from megaomni.pipeline.llm_order import interleave_group  # noqa: E402
 from megaomni.pipeline.shares import Item  # noqa: E402
@@ -166,16 +166,12 @@ def load_pool(folders) -> tuple[list[dict], list[dict]]:
     summary of each record (iteration, schedule, pp, flop model)."""
     pool, records = [], []
     for folder in folders:
-        paths = sorted(glob.glob(os.path.join(folder, "iter_*.json")))
-        if not paths:
+        loaded = load_records(folder)
+        if not loaded:
             raise SystemExit(f"--timelines {folder}: no iter_*.json (train with pipeline.timeline_interval=N)")
-        for path in paths:
-            with open(path) as f:
-                record = json.load(f)
-            for mb in record["micro_batches"]:
-                pool.append({"seq_lens": list(mb["seq_lens"]), "tokens": int(mb["tokens"]),
-                             "items": [Item(**item) for item in mb["items"]]})
-            records.append({"path": path, "iteration": record.get("iteration"),
+        for record in loaded:
+            pool += micro_batches(record)
+            records.append({"path": record["path"], "iteration": record.get("iteration"),
                             "schedule": record.get("schedule"), "pp": record.get("pp"),
                             "micro_batches": len(record["micro_batches"]),
                             "flop_model": record.get("flop_model"),
@@ -287,8 +283,7 @@ def rank_params(cfg: OmniConfig, model: FlopModel, pp: int, policy: str) -> list
         layer += count
     llm[0] += model.vocab * model.hidden  # embedding
     llm[(len(model.stage_layers) - 1) % pp] += model.vocab * model.hidden  # output layer
-    encoders = sum(encoder_params(getattr(cfg.model, name), cfg.model.llm.hidden_size)
-                   for name in ("vision", "audio") if getattr(cfg.model, name).enabled)
+    encoders = encoder_cost(cfg)
     for rank in range(pp):
         if policy == "joint" or rank == 0:
             enc[rank] = encoders

@@ -16,10 +16,11 @@ from megaomni.pipeline.timeline import Timeline
 
 
 def load_records(folder: str) -> list[dict]:
+    """Every ``iter_*.json`` of ``folder`` in iteration order, each with its ``path``."""
     records = []
     for path in sorted(glob.glob(os.path.join(folder, "iter_*.json"))):
         with open(path) as f:
-            records.append(json.load(f))
+            records.append({**json.load(f), "path": path})
     return records
 
 
