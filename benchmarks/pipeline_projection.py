@@ -111,7 +111,6 @@ from megaomni.pipeline.megatron_plan import megatron_plan  # noqa: E402
 from megaomni.pipeline.replay import load_records, micro_batches  # noqa: E402
 from megaomni.models.build import padded_vocab_size  # noqa: E402
 from megaomni.pipeline.llm_order import interleave_group  # noqa: E402
-from megaomni.pipeline.shares import Item  # noqa: E402
 from megaomni.pipeline.simulate import simulate  # noqa: E402
 
 POLICIES = ("megatron", "joint")
