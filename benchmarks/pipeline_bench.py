@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,9 +53,18 @@ def train(name: str, args, work: str) -> str:
            "checkpoint.save_last=false", f"train.output_dir={out}",
            *RUNS[name], *args.overrides]
     print("+", " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
+    # Own session, so a hung run's whole process tree can be signalled; SIGABRT makes every
+    # rank's faulthandler print where it waits.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "4", "PYTHONFAULTHANDLER": "1"})
+    try:
+        stdout, stderr = proc.communicate(timeout=args.timeout or None)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        stdout, stderr = proc.communicate()
+        raise SystemExit(f"{name} took over {args.timeout} s (stacks below):\n{stdout[-3000:]}\n{stderr[-12000:]}")
     if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise SystemExit(f"{name} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}")
     last = metrics(out)[-1]
     print(f"  {name}: {last['iteration']} iterations, last {last['step_time_s']:.3f} s/it, "
           f"{last['tokens_per_s']:,.0f} tokens/s, loss {last['loss']:.4f}", flush=True)
@@ -110,6 +120,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--work", default="", help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--runs", default=",".join(RUNS), help="which of " + ", ".join(RUNS))
+    parser.add_argument("--timeout", type=float, default=0, help="seconds a run may take (0: no limit)")
     parser.add_argument("--reuse", action="store_true", help="analyse the runs already in --work")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE for every run")
     args = parser.parse_args()
@@ -162,7 +173,7 @@ def main() -> None:
                      "cuda": torch.version.cuda},
         "config": os.path.relpath(args.config, ROOT), "overrides": args.overrides, "data": args.data,
         "iters": args.iters, "warmup": args.warmup, "profile_iterations": sorted(calibration),
-        "fitted_rates": {"per_flop": rates.per_flop, "fixed": rates.fixed,
+        "fitted_rates": {"per_flop": rates.per_flop, "floor": rates.floor,
                          "bytes_per_s": rates.bytes_per_s, "latency": rates.latency},
         "joint_over_megatron": speedup, "runs": runs,
     }, args.out, "pipeline_bench", device)

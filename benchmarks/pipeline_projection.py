@@ -66,7 +66,7 @@ layer on the last stage; encoders on rank 0 (megatron) or on every pipeline rank
 grads reduce over dp * pp ranks). Parameters are the FLOP model's matmul parameters (norms and
 biases left out; MoE: active experts only, an underestimate).
 
-Rates: ``--rates FILE`` (JSON ``{"per_flop": {kind: s}, "fixed": {kind: s}, "bytes_per_s": ..,
+Rates: ``--rates FILE`` (JSON ``{"per_flop": {kind: s}, "floor": {kind: s}, "bytes_per_s": ..,
 "latency": ..}``, e.g. fitted on a measured run), else ``megaomni.pipeline.costs.Rates()``
 (400 TFLOP/s per GPU for every compute kind, 20 us per action). Every pipeline hop and the
 all-reduce ring use one link of ``--link-gbps`` gigaBITS per second per GPU (default 200 Gbit/s
@@ -204,13 +204,13 @@ def load_rates(path: str | None, link_gbps: float) -> Rates:
             data = data["rates"]
         base = Rates()
         rates = Rates(per_flop={**base.per_flop, **data.get("per_flop", {})},
-                      fixed={**base.fixed, **data.get("fixed", {})},
+                      floor={**base.floor, **data.get("floor", {})},
                       bytes_per_s=float(data.get("bytes_per_s", base.bytes_per_s)),
                       latency=float(data.get("latency", base.latency)))
     else:
         rates = Rates()
     if link_gbps > 0:
-        rates = Rates(dict(rates.per_flop), dict(rates.fixed), link_gbps * 1e9 / 8, rates.latency)
+        rates = Rates(dict(rates.per_flop), dict(rates.floor), link_gbps * 1e9 / 8, rates.latency)
     return rates
 
 
@@ -218,7 +218,7 @@ def with_tp(rates: Rates, tp: int) -> Rates:
     """Ideal tensor parallelism: every compute action runs ``tp`` times faster; transfers don't."""
     if tp == 1:
         return rates
-    return Rates({k: v / tp for k, v in rates.per_flop.items()}, dict(rates.fixed), rates.bytes_per_s, rates.latency)
+    return Rates({k: v / tp for k, v in rates.per_flop.items()}, dict(rates.floor), rates.bytes_per_s, rates.latency)
 
 
 def resolve_vocab(cfg: OmniConfig, given: int, records: list[dict]) -> tuple[int, str]:
@@ -454,7 +454,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=os.path.relpath(os.path.join(ROOT, "examples", "configs", "omni_2b.yaml")))
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. model.llm.num_layers=8")
-    parser.add_argument("--rates", help="JSON of fitted rates (per_flop, fixed, bytes_per_s, latency)")
+    parser.add_argument("--rates", help="JSON of fitted rates (per_flop, floor, bytes_per_s, latency)")
     parser.add_argument("--link-gbps", type=float, default=DEFAULT_LINK_GBPS,
                         help="per-GPU link in gigaBITS/s for pipeline hops and all-reduce "
                              f"(default {DEFAULT_LINK_GBPS:.0f} = 25 GB/s); 0: keep the rates' bytes_per_s")
@@ -526,7 +526,7 @@ def main(argv=None) -> int:
             "config": args.config, "overrides": list(args.overrides), "vocab": vocab, "vocab_from": vocab_from,
             "bytes_per_value": bytes_per_value,
             "rates_file": args.rates, "link_gbps": args.link_gbps,
-            "rates": {"per_flop": rates.per_flop, "fixed": rates.fixed, "bytes_per_s": rates.bytes_per_s,
+            "rates": {"per_flop": rates.per_flop, "floor": rates.floor, "bytes_per_s": rates.bytes_per_s,
                       "latency": rates.latency},
             "layouts": [asdict(lay) for lay in layouts], "micro_rule": args.micro,
             "steps": args.steps, "seed": args.seed, "max_replicas": args.max_replicas,

@@ -7,6 +7,11 @@ from typing import Optional
 
 import torch
 
+from megaomni.platform.transfer import to_device
+
+# Sizes and boundaries: read on the host every micro-batch (see Batch.to).
+HOST_FIELDS = ("image_grids", "image_times", "audio_lengths", "cu_seqlens")
+
 
 @dataclass
 class Batch:
@@ -38,10 +43,13 @@ class Batch:
     num_samples: int = 0
 
     def to(self, device: torch.device | str) -> "Batch":
+        """The tensors kernels read, on ``device``; the shape metadata (:data:`HOST_FIELDS`)
+        stays on the host, where reading it (sizes, boundaries) costs no GPU synchronisation.
+        The models copy the little of it their kernels need."""
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            moved[f.name] = value.to(device, non_blocking=True) if torch.is_tensor(value) else value
+            moved[f.name] = to_device(value, device) if torch.is_tensor(value) and f.name not in HOST_FIELDS else value
         return Batch(**moved)
 
     def pin_memory(self) -> "Batch":

@@ -18,6 +18,7 @@ from megaomni.models.projector import MLPProjector
 from megaomni.models.rotary import rope_1d
 from megaomni.models.specs import encoder_layer_spec
 from megaomni.ops.attention import segment_params
+from megaomni.platform.transfer import to_device
 
 STEM_STRIDE = 2  # the second convolution halves the frame rate; the projector merges the rest
 
@@ -53,23 +54,24 @@ class AudioEncoder(MegatronModule):
         clips = torch.split(features, lengths.tolist())
         batch = nn.utils.rnn.pad_sequence(clips, batch_first=True).transpose(1, 2)  # [n, mels, T]
         hidden = F.gelu(self.conv1(batch.to(self.conv1.weight.dtype)))
-        valid = torch.arange(hidden.shape[-1], device=hidden.device)[None, :] < lengths.to(hidden.device)[:, None]
+        valid = torch.arange(hidden.shape[-1], device=hidden.device)[None, :] < to_device(lengths, hidden.device)[:, None]
         hidden = hidden * valid[:, None, :].to(hidden.dtype)
         out = F.gelu(self.conv2(hidden)).transpose(1, 2)  # [n, T', hidden]
         out_lengths = _ceil_div(lengths, STEM_STRIDE)
         return torch.cat([out[i, :n] for i, n in enumerate(out_lengths.tolist())]), out_lengths
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # lengths: a host tensor (Batch.to leaves shape metadata there), read without a sync.
         hidden, stem_lengths = self.stem(features, lengths)
         # Pad every clip to a multiple of the projector's merge so merging never mixes clips.
         padded_lengths = _ceil_div(stem_lengths, self.merge) * self.merge
         pieces = torch.split(hidden, stem_lengths.tolist())
         hidden = torch.cat([F.pad(p, (0, 0, 0, n - p.shape[0])) for p, n in zip(pieces, padded_lengths.tolist())])
-        positions = torch.cat([torch.arange(n) for n in padded_lengths.tolist()]).to(hidden.device)
+        positions = to_device(torch.cat([torch.arange(n) for n in padded_lengths.tolist()]), hidden.device)
         hidden = self.blocks(
             hidden_states=hidden[:, None, :],
             attention_mask=None,
             rotary_pos_emb=rope_1d(positions, self.head_dim, self.cfg.rotary_base),
-            packed_seq_params=segment_params(padded_lengths.to(hidden.device)),
+            packed_seq_params=segment_params(padded_lengths, hidden.device),
         )
         return self.projector(hidden[:, 0, :])

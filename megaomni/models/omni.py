@@ -26,14 +26,22 @@ ENCODERS: dict[str, type] = {"vision": VisionEncoder, "audio": AudioEncoder}
 def merge_media(embeddings: torch.Tensor, tokens: torch.Tensor, pad_id: int,
                 features: torch.Tensor) -> torch.Tensor:
     """Replace the embeddings ``[s, b, h]`` at ``tokens == pad_id`` by ``features [n, h]``,
-    filling positions sample by sample, left to right (the order media are packed in)."""
+    filling positions sample by sample, left to right (the order media are packed in).
+
+    A gather and a select, not boolean indexing, which would read the placeholder count on the
+    host and so wait for the GPU. The count is checked where reading it is free (host tensors);
+    on the GPU the data pipeline's own check stands (a sample's placeholders match its media)."""
     positions = tokens == pad_id  # [b, s]
-    count = int(positions.sum())
-    if count != features.shape[0]:
-        raise ValueError(f"{count} placeholder tokens for {features.shape[0]} encoder outputs")
-    merged = embeddings.transpose(0, 1).clone()
-    merged[positions] = features.to(merged.dtype)
-    return merged.transpose(0, 1)
+    if not tokens.is_cuda:
+        count = int(positions.sum())
+        if count != features.shape[0]:
+            raise ValueError(f"{count} placeholder tokens for {features.shape[0]} encoder outputs")
+    if features.shape[0] == 0:
+        return embeddings
+    rows = (positions.reshape(-1).cumsum(0) - 1).clamp_(min=0)  # each position's feature row
+    b, s = positions.shape
+    gathered = features.to(embeddings.dtype).index_select(0, rows).view(b, s, -1)
+    return torch.where(positions[..., None], gathered, embeddings.transpose(0, 1)).transpose(0, 1)
 
 
 def whole_sequence(embeddings: torch.Tensor) -> torch.Tensor:
@@ -100,6 +108,7 @@ class OmniModel(MegatronModule):
         batch (``batch.cu_seqlens``) keeps attention inside each of its samples. ``media``: see
         :meth:`embed`."""
         decoder_input = self.shard_sequence(self.embed(batch, media)) if self.pre_process else None
+        packed = None if batch.cu_seqlens is None else packed_params(batch.cu_seqlens, batch.tokens.device)
         return self.llm(
             input_ids=batch.tokens,
             # [3, b, s]: the LLM's position-id rotary takes three axes and uses the first.
@@ -107,5 +116,5 @@ class OmniModel(MegatronModule):
             attention_mask=None,
             decoder_input=decoder_input,
             labels=batch.labels if self.post_process else None,
-            packed_seq_params=None if batch.cu_seqlens is None else packed_params(batch.cu_seqlens),
+            packed_seq_params=packed,
         )

@@ -31,6 +31,7 @@ from megaomni.models.projector import MLPProjector
 from megaomni.models.rotary import rope_2d, sinusoid_from_zero
 from megaomni.models.specs import encoder_layer_spec
 from megaomni.ops.attention import segment_params
+from megaomni.platform.transfer import to_device
 
 TEMPORAL_BASE = 10000.0  # the Transformer's: frame indices stay far below its longest period
 
@@ -57,19 +58,20 @@ class VisionEncoder(MegatronModule):
         self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=cfg.merge_size**2)
 
     def forward(self, patches: torch.Tensor, grids: torch.Tensor, times: Optional[torch.Tensor] = None) -> torch.Tensor:
-        grid_list = grids.tolist()
-        positions = torch.cat([patch_positions(h, w, self.cfg.merge_size) for h, w in grid_list])
-        positions = positions.to(patches.device)
-        rotary = rope_2d(positions, self.head_dim, self.cfg.rotary_base)
-        lengths = grids.prod(-1).to(patches.device)  # patches per image
+        # grids, times: host tensors (Batch.to leaves shape metadata there), read without a sync.
+        device = patches.device
+        positions = torch.cat([patch_positions(h, w, self.cfg.merge_size) for h, w in grids.tolist()])
+        rotary = rope_2d(to_device(positions, device), self.head_dim, self.cfg.rotary_base)
+        lengths = grids.prod(-1)  # patches per image
         hidden = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
         if times is not None:
-            per_image = temporal_embedding(times.to(patches.device), self.cfg.hidden_size).to(hidden.dtype)
-            hidden = hidden + per_image.repeat_interleave(lengths, dim=0, output_size=hidden.shape[0])
+            per_image = temporal_embedding(to_device(times, device), self.cfg.hidden_size).to(hidden.dtype)
+            hidden = hidden + per_image.repeat_interleave(to_device(lengths, device), dim=0,
+                                                          output_size=hidden.shape[0])
         hidden = self.blocks(
             hidden_states=hidden[:, None, :],
             attention_mask=None,
             rotary_pos_emb=rotary,
-            packed_seq_params=segment_params(lengths),
+            packed_seq_params=segment_params(lengths, device),
         )
         return self.projector(hidden[:, 0, :])

@@ -29,21 +29,26 @@ from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 
 from megaomni.ops.context_parallel import causal_cp_mask, gather_keys_values, sequence_ids
+from megaomni.platform.transfer import to_device
 
 
-def packed_params(cu_seqlens: torch.Tensor) -> PackedSeqParams:
+def packed_params(cu_seqlens: torch.Tensor, device: Optional[torch.device] = None) -> PackedSeqParams:
     """Boundaries of variable-length inputs (images, clips, the samples of a packed LLM row)
-    along one ``sbhd`` sequence, from cumulative lengths (int32, starting at 0)."""
+    along one ``sbhd`` sequence, from cumulative lengths (int32, starting at 0). Give them on
+    the host, with the ``device`` the kernels run on: the longest is read there (on a GPU tensor
+    that read would wait for the GPU) and the params carry a copy on ``device``."""
     longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    if device is not None:
+        cu_seqlens = to_device(cu_seqlens, device)
     return PackedSeqParams(qkv_format="sbhd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
                            max_seqlen_q=longest, max_seqlen_kv=longest)
 
 
-def segment_params(lengths: torch.Tensor) -> PackedSeqParams:
+def segment_params(lengths: torch.Tensor, device: Optional[torch.device] = None) -> PackedSeqParams:
     """:func:`packed_params` from the inputs' lengths."""
     cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
     cu[1:] = torch.cumsum(lengths, 0)
-    return packed_params(cu)
+    return packed_params(cu, device)
 
 
 def block_mask(cu_seqlens: torch.Tensor, total: int, causal: bool) -> torch.Tensor:

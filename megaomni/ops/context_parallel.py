@@ -15,12 +15,14 @@ from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 
 
 def sequence_ids(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """Index of the sequence each of ``total`` tokens belongs to, from cumulative lengths."""
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    ids = torch.repeat_interleave(torch.arange(lengths.numel(), device=cu_seqlens.device), lengths)
-    if ids.numel() != total:
-        raise ValueError(f"cu_seqlens covers {ids.numel()} tokens but the input has {total}")
-    return ids
+    """Index of the sequence each of ``total`` tokens belongs to, from cumulative lengths.
+
+    A search, not ``repeat_interleave`` (whose output length is read on the host, a GPU sync);
+    the coverage check runs where reading it is free (boundaries on the host)."""
+    if not cu_seqlens.is_cuda and int(cu_seqlens[-1] - cu_seqlens[0]) != total:
+        raise ValueError(f"cu_seqlens covers {int(cu_seqlens[-1] - cu_seqlens[0])} tokens but the input has {total}")
+    positions = torch.arange(total, device=cu_seqlens.device, dtype=cu_seqlens.dtype) + cu_seqlens[0]
+    return torch.searchsorted(cu_seqlens[1:].contiguous(), positions, right=True)
 
 
 def cp_positions(seq_len: int, cp_size: int, cp_rank: int, device=None) -> torch.Tensor:

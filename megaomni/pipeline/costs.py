@@ -3,13 +3,16 @@
 The FLOP model counts matmuls (2 FLOPs per parameter per token) and attention (QK^T and AV:
 4 * hidden FLOPs per query-key pair per layer; causal in the LLM, within a sample; full within an
 image or clip in the encoders). Backward costs ``BACKWARD_RATIO`` times forward. Rates turn
-FLOPs into seconds: defaults for planning, or fitted to a recorded run (:func:`fit_rates`), which
-is how the simulator predicts a machine's step time.
+FLOPs into seconds, above a per-action floor (the host's time to issue the action): defaults for
+planning, or fitted to a recorded run (:func:`fit_rates`), which is how the simulator predicts a
+machine's step time and the planner prices encoder calls.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from megaomni.config import OmniConfig
 from megaomni.parallel.stages import encoder_params, llm_layer_costs
@@ -62,12 +65,18 @@ class FlopModel:
 
 @dataclass(frozen=True)
 class Rates:
-    """Seconds per FLOP and a fixed cost per action, per compute kind; the link between ranks."""
+    """What an action of each compute kind takes: ``max(floor, per_flop * flops)`` seconds. The
+    floor is the host's time to issue it (launching every layer's kernels): measured on an H200,
+    a 2B omni model's encoder forward takes ~40 ms for 0.02 TFLOP and for 8, the GPU waiting
+    on the host until the work outgrows it. Plus the link between ranks."""
 
     per_flop: dict = field(default_factory=lambda: {k: 1 / 400e12 for k in (ENC_F, ENC_B, LLM_F, LLM_B)})
-    fixed: dict = field(default_factory=lambda: {k: 20e-6 for k in (ENC_F, ENC_B, LLM_F, LLM_B)})
+    floor: dict = field(default_factory=lambda: {k: 20e-6 for k in (ENC_F, ENC_B, LLM_F, LLM_B)})
     bytes_per_s: float = 100e9
     latency: float = 20e-6
+
+    def seconds(self, kind: str, flops: float) -> float:
+        return max(self.floor[kind], self.per_flop[kind] * flops)
 
 
 @dataclass
@@ -99,19 +108,20 @@ def step_costs(model: FlopModel, micro_batches: list[dict], bytes_per_value: int
 
 
 def fit_rates(samples: dict[str, list[tuple[float, float]]], base: Rates = Rates()) -> Rates:
-    """Least-squares ``seconds = per_flop * flops + fixed`` per kind from measured
-    (flops, seconds) pairs; a kind with too few or degenerate samples keeps a pure ratio."""
-    per_flop, fixed = dict(base.per_flop), dict(base.fixed)
+    """Per kind, the ``floor`` and ``per_flop`` of :class:`Rates` that fit measured (flops,
+    seconds) pairs with the least absolute error (a few stalled actions do not drag it), searched
+    over a grid: floors from the quantiles of the
+    seconds (and 0), rates from the quantiles of seconds per FLOP. Kinds without samples, and
+    the link, keep ``base``'s values."""
+    per_flop, floor = dict(base.per_flop), dict(base.floor)
+    grid = np.linspace(0.0, 1.0, 41)
     for kind, points in samples.items():
-        if not points:
+        x, y = (np.array(v, dtype=np.float64) for v in zip(*points)) if points else (np.zeros(0),) * 2
+        if not (x > 0).any():
             continue
-        n = len(points)
-        mean_x = sum(x for x, _ in points) / n
-        mean_y = sum(y for _, y in points) / n
-        var = sum((x - mean_x) ** 2 for x, _ in points)
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var > 0 else 0.0
-        intercept = mean_y - slope * mean_x
-        if slope <= 0 or intercept < 0:
-            slope, intercept = (mean_y / mean_x if mean_x > 0 else 0.0), 0.0
-        per_flop[kind], fixed[kind] = slope, intercept
-    return Rates(per_flop, fixed, base.bytes_per_s, base.latency)
+        floors = np.concatenate([[0.0], np.quantile(y, grid)])
+        slopes = np.quantile(y[x > 0] / x[x > 0], grid)
+        predicted = np.maximum(floors[:, None, None], slopes[None, :, None] * x[None, None, :])
+        i, j = np.unravel_index(np.argmin(np.abs(predicted - y).sum(-1)), predicted.shape[:2])
+        floor[kind], per_flop[kind] = float(floors[i]), float(slopes[j])
+    return Rates(per_flop, floor, base.bytes_per_s, base.latency)

@@ -28,31 +28,37 @@ from megaomni.pipeline.timeline import Event, Timeline
 
 
 class _Clock:
-    """Action start/end times: CUDA events on the GPU (read once the step is done), wall time on
-    the CPU."""
+    """Action start/end times: CUDA events on the GPU (read once the step is done, with the
+    host's issue times beside them), wall time on the CPU."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.marks: list = []
-        self.origin = self._now()
+        self.origin = self._now()  # the GPU is idle here (synchronised): both clocks start together
 
     def _now(self):
+        host = time.perf_counter()
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
-            return event
-        return time.perf_counter()
+            return event, host
+        return host, host
 
     def mark(self, rank: int, action: Action, start) -> None:
         self.marks.append((rank, action, start, self._now()))
 
     def events(self) -> list[Event]:
+        (origin, host_origin), events = self.origin, []
         if self.cuda:
             torch.cuda.synchronize()
-            seconds = lambda e: self.origin.elapsed_time(e) / 1e3  # noqa: E731
-        else:
-            seconds = lambda t: t - self.origin  # noqa: E731
-        return [Event(rank, a.kind, a.micro, a.stage, seconds(s), seconds(e)) for rank, a, s, e in self.marks]
+        for rank, a, (start, host_start), (end, host_end) in self.marks:
+            if self.cuda:
+                times = (origin.elapsed_time(start) / 1e3, origin.elapsed_time(end) / 1e3,
+                         host_start - host_origin, host_end - host_origin)
+            else:
+                times = (start - origin, end - origin)
+            events.append(Event(rank, a.kind, a.micro, a.stage, *times))
+        return events
 
 
 class PlanExecutor:

@@ -27,7 +27,7 @@ from megaomni.pipeline.costs import Rates, StepCosts
 from megaomni.pipeline.llm_order import FORWARD, llm_order
 from megaomni.pipeline.megatron_plan import llm_backward, llm_forward, megatron_plan
 from megaomni.pipeline.plan import ENC_B, ENC_F, LLM_B, RECV, SEND, Action, Plan, PlanError
-from megaomni.pipeline.shares import split_shares
+from megaomni.pipeline.shares import split_shares, whole_shares
 from megaomni.pipeline.simulate import action_seconds, simulate, transfer_arrival
 
 INF = float("inf")
@@ -190,21 +190,27 @@ class _Scheduler:
 def joint_plan(pp: int, vpp: int, costs: StepCosts, rates: Rates, group: int = 0,
                fallback: bool = True) -> Plan:
     """The fastest (by simulation on ``costs``) of the joint plans tried for this step, and of
-    the baseline's (with ``fallback``)."""
+    the baseline's (with ``fallback``). Shares are tried item by item (finest balance) and whole
+    micro-batches (fewest encoder calls: each call has a floor, the host's time to launch it, which ``rates`` carry)."""
     num_micro = len(costs.llm)
-    loads = [0.0] * pp
-    shares = [split_shares(items, [1.0] * pp, loads) for items in costs.items]
     # The baseline's placement is a candidate too: a step whose media cannot spread (one huge
     # image) then costs no more than under megatron.
     best, best_time = None, INF
     if fallback:
         best = megatron_plan(pp, vpp, [len(items) for items in costs.items], group)
         best_time = simulate(best, costs, rates).step_time
-    for lookahead in (1, 2):
-        for fit in (True, False):
-            plan = Plan("joint", pp, vpp, num_micro, [[] for _ in range(pp)], shares)
-            _Scheduler(plan, costs, rates, group, lookahead, fit).run()
-            step = simulate(plan, costs, rates).step_time
-            if step < best_time:
-                best, best_time = plan, step
+    tried = []
+    for split in (split_shares, whole_shares):
+        loads = [0.0] * pp
+        shares = [split(items, [1.0] * pp, loads) for items in costs.items]
+        if shares in tried:
+            continue
+        tried.append(shares)
+        for lookahead in (1, 2):
+            for fit in (True, False):
+                plan = Plan("joint", pp, vpp, num_micro, [[] for _ in range(pp)], shares)
+                _Scheduler(plan, costs, rates, group, lookahead, fit).run()
+                step = simulate(plan, costs, rates).step_time
+                if step < best_time:
+                    best, best_time = plan, step
     return best

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from dataclasses import asdict
 
 from megaomni.pipeline.costs import FlopModel, Rates, StepCosts, fit_rates, step_costs
 from megaomni.pipeline.plan import ENC_B, ENC_F, Plan
@@ -38,17 +39,24 @@ def record_costs(record: dict) -> StepCosts:
     return step_costs(flop_model(record), micro_batches(record), record["bytes_per_value"])
 
 
+def action_samples(plan: Plan, costs: StepCosts, events: list, samples: dict | None = None) -> dict:
+    """(FLOPs, seconds) of every compute action of one recorded step (``events``: timeline
+    events, as objects or dicts), per kind, added to ``samples``."""
+    samples = {} if samples is None else samples
+    for e in events:
+        e = e if isinstance(e, dict) else asdict(e)
+        share = plan.shares[e["micro"]][e["rank"]] if e["kind"] in (ENC_F, ENC_B) else ()
+        flops = costs.flops(e["kind"], e["micro"], e["stage"], share)
+        samples.setdefault(e["kind"], []).append((flops, e["end"] - e["start"]))
+    return samples
+
+
 def measured(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
     """(FLOPs, seconds) of every recorded compute action, per kind."""
     samples: dict[str, list] = {}
     for record in records:
-        if not record.get("timeline"):
-            continue
-        plan, costs = Plan.from_dict(record["plan"]), record_costs(record)
-        for e in record["timeline"]["events"]:
-            share = plan.shares[e["micro"]][e["rank"]] if e["kind"] in (ENC_F, ENC_B) else ()
-            flops = costs.flops(e["kind"], e["micro"], e["stage"], share)
-            samples.setdefault(e["kind"], []).append((flops, e["end"] - e["start"]))
+        if record.get("timeline"):
+            action_samples(Plan.from_dict(record["plan"]), record_costs(record), record["timeline"]["events"], samples)
     return samples
 
 

@@ -13,6 +13,7 @@ import torch
 
 from megaomni.data.batch import Batch
 from megaomni.models.media_layout import audio_tokens, vision_tokens
+from megaomni.platform.transfer import to_device
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,16 @@ def split_shares(costs: list[float], weights: list[float], loads: list[float] | 
     return [tuple(sorted(s)) for s in shares]
 
 
+def whole_shares(costs: list[float], weights: list[float], loads: list[float] | None = None) -> list[tuple[int, ...]]:
+    """All of a micro-batch's items to one rank, chosen as :func:`split_shares` would place one
+    item of their total cost: one encoder call per micro-batch, as under the baseline, for when
+    each call's floor (the host's time to launch it) outweighs a finer balance."""
+    if not costs:
+        return [()] * len(weights)
+    chosen = split_shares([sum(costs)], weights, loads)
+    return [tuple(range(len(costs))) if share else () for share in chosen]
+
+
 def _rows(lengths: list[int], chosen: list[int]) -> torch.Tensor:
     starts = [0]
     for n in lengths:
@@ -59,17 +70,18 @@ def _rows(lengths: list[int], chosen: list[int]) -> torch.Tensor:
 
 
 def share_inputs(batch: Batch, items: list[Item], share: tuple[int, ...]) -> dict[str, list]:
-    """Encoder inputs (``encoder.batch_fields`` order) of the items in ``share``, per modality."""
+    """Encoder inputs (``encoder.batch_fields`` order) of the items in ``share``, per modality.
+    Sizes come from the batch's host metadata (see ``Batch.to``); only the row indices cross to
+    the device, asynchronously."""
     inputs: dict[str, list] = {}
     images = [items[i].index for i in share if items[i].modality == "vision"]
     if images:
-        sizes = batch.image_grids.prod(-1).tolist()
-        rows = _rows(sizes, images).to(batch.image_patches.device)
+        rows = to_device(_rows(batch.image_grids.prod(-1).tolist(), images), batch.image_patches.device)
         times = None if batch.image_times is None else batch.image_times[images]
         inputs["vision"] = [batch.image_patches[rows], batch.image_grids[images], times]
     clips = [items[i].index for i in share if items[i].modality == "audio"]
     if clips:
-        rows = _rows(batch.audio_lengths.tolist(), clips).to(batch.audio_features.device)
+        rows = to_device(_rows(batch.audio_lengths.tolist(), clips), batch.audio_features.device)
         inputs["audio"] = [batch.audio_features[rows], batch.audio_lengths[clips]]
     return inputs
 

@@ -21,7 +21,7 @@ def action_seconds(plan: Plan, rank: int, action: Action, costs: StepCosts, rate
     if action.kind in (ENC_F, ENC_B) and not share:
         return 0.0
     flops = costs.flops(action.kind, action.micro, action.stage, share)
-    return rates.per_flop[action.kind] * flops + rates.fixed[action.kind]
+    return rates.seconds(action.kind, flops)
 
 
 def key_bytes(plan: Plan, key: tuple, costs: StepCosts) -> float:

@@ -20,6 +20,11 @@ class Event:
     stage: int
     start: float  # seconds from the step's start
     end: float
+    # Recorded on a GPU: when the host issued the action (seconds from the step's start, same
+    # origin). An action whose start follows its issue closely and whose end follows the host's
+    # was waiting on the host (launch-bound); one issued well before its start was queued.
+    host_start: float | None = None
+    host_end: float | None = None
 
 
 @dataclass

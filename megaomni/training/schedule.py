@@ -1,11 +1,13 @@
 """One step's forward and backward under the configured pipeline schedule: megatron-core's own
 schedules for the baseline, or a plan (``megaomni.pipeline``) run by megaomni's executor. Also
-writes the step's timeline when asked (``pipeline.timeline_interval``)."""
+writes the step's timeline when asked (``pipeline.timeline_interval``) and, under ``joint``,
+fits the planner's costs to the first steps' measured actions (``pipeline.profile_steps``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import torch.distributed as dist
@@ -15,12 +17,15 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
 from megaomni.parallel.stages import layers_per_stage
-from megaomni.pipeline.costs import FlopModel, Rates, step_costs
+from megaomni.pipeline.costs import FlopModel, Rates, fit_rates, step_costs
 from megaomni.pipeline.executor import PlanExecutor
 from megaomni.pipeline.joint_plan import joint_plan
 from megaomni.pipeline.llm_order import interleave_group
 from megaomni.pipeline.megatron_plan import megatron_plan
+from megaomni.pipeline.replay import action_samples
 from megaomni.pipeline.shares import media_items
+
+log = logging.getLogger("megaomni.train")
 
 
 def describe(batches: list[Batch], items: list) -> list[dict]:
@@ -43,6 +48,8 @@ class StepRunner:
         self.bytes = 2 if cfg.train.bf16 else 4
         self.rates = Rates()
         self._pending = None
+        self._steps = 0  # steps this process ran (the profiling pass follows a resume too)
+        self._samples: dict = {}  # the profiling pass's (FLOPs, seconds) per action kind
         if self.schedule == "joint" or cfg.pipeline.executor == "plan":
             self.executor = PlanExecutor(state.ddp, device, joint=self.schedule == "joint" and self.pp > 1)
         else:
@@ -63,6 +70,9 @@ class StepRunner:
         """Forward and backward of the step's micro-batches; megatron-core's loss reports."""
         interval = self.cfg.pipeline.timeline_interval
         record = bool(interval) and iteration % interval == 0
+        self._steps += 1
+        # The first step (allocations, first calls) is left out of the profiling pass.
+        profile = self.schedule == "joint" and 2 <= self._steps <= 1 + self.cfg.pipeline.profile_steps
         if self.executor is None and not record:  # megatron-core's schedules need no plan
             return self._megatron_core(batches, forward_step)
         items = [self.items(b) for b in batches]
@@ -71,9 +81,23 @@ class StepRunner:
         if self.executor is None:
             reports, timeline = self._megatron_core(batches, forward_step), None
         else:
-            reports, timeline = self.executor.run(plan, batches, items, forward_step, record=record)
+            reports, timeline = self.executor.run(plan, batches, items, forward_step, record=record or profile)
+        if profile:
+            action_samples(plan, step_costs(self.flops, described, self.bytes), timeline.events, self._samples)
+            if self._steps == 1 + self.cfg.pipeline.profile_steps:
+                self._fit()
         self._pending = (iteration, described, plan, timeline) if record else None
         return reports
+
+    def _fit(self) -> None:
+        """The planner's costs from the profiling pass. Every rank must plan alike, and the
+        tensor-parallel ranks of a stage timed their own actions: global rank 0's fit for all."""
+        box = [fit_rates(self._samples, self.rates)]
+        dist.broadcast_object_list(box, src=0)
+        self.rates = box[0]
+        log.info("planner costs fitted on %d profiled steps: %s", self.cfg.pipeline.profile_steps, ", ".join(
+            f"{kind} {1 / self.rates.per_flop[kind] / 1e12 if self.rates.per_flop[kind] > 0 else float('inf'):.0f} "
+            f"TFLOP/s, floor {self.rates.floor[kind] * 1e3:.1f} ms" for kind in sorted(self._samples)))
 
     def write_timeline(self) -> None:
         """Write the last step's timeline, if it was recorded: outside the timed step."""

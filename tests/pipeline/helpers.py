@@ -8,9 +8,9 @@ from megaomni.pipeline.costs import Rates, StepCosts
 from megaomni.pipeline.plan import COMPUTE
 
 
-def ideal_rates(latency: float = 0.0, bytes_per_s: float = 1e300, fixed: float = 0.0) -> Rates:
-    """One second per FLOP, no fixed cost, and (by default) a free link: times are FLOP counts."""
-    return Rates(per_flop={k: 1.0 for k in COMPUTE}, fixed={k: fixed for k in COMPUTE},
+def ideal_rates(latency: float = 0.0, bytes_per_s: float = 1e300, floor: float = 0.0) -> Rates:
+    """One second per FLOP, no floor, and (by default) a free link: times are FLOP counts."""
+    return Rates(per_flop={k: 1.0 for k in COMPUTE}, floor={k: floor for k in COMPUTE},
                  bytes_per_s=bytes_per_s, latency=latency)
 
 

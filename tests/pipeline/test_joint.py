@@ -76,7 +76,7 @@ def test_joint_fills_every_bubble_on_uniform_costs(pp, num_micro):
 @pytest.mark.parametrize("seed", range(20))
 def test_joint_runs_only_its_shares(seed):
     """ENC_F / ENC_B only on ranks given a share of that micro-batch, once each; shares partition
-    the items; the encoder FLOPs (and, with no fixed costs, all compute) match megatron's."""
+    the items; the encoder FLOPs (and, with no floors, all compute) match megatron's."""
     rng = random.Random(1000 + seed)
     pp = rng.choice([2, 4])
     vpp = rng.choice([1, 2])
@@ -121,3 +121,21 @@ def test_joint_never_slower_than_baseline_on_its_costs():
         rates = ideal_rates()
         base = simulate(megatron_plan(pp, 1, [len(i) for i in costs.items]), costs, rates).step_time
         assert simulate(joint_plan(pp, 1, costs, rates), costs, rates).step_time <= base * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("pp", [2, 4])
+def test_joint_keeps_micro_batches_whole_when_encoder_calls_have_a_floor(pp):
+    """Measured on a GPU, an encoder call has a host floor (launching ~40 layers) whatever its
+    size: with that floor priced in, splitting a micro-batch's media over ranks doubles
+    the floors and the planner keeps each micro-batch's media on one rank; without it, it
+    splits. Either way it beats the baseline on these costs."""
+    costs = equal_cost_step(0, pp, 1, 12, 2 * pp)
+    for floor, whole in ((0.0, False), (2.0, True)):  # floors of >= half a micro-batch's encoder forward
+        rates = ideal_rates()
+        rates.floor.update({ENC_F: floor, ENC_B: floor})
+        joint = joint_plan(pp, 1, costs, rates, fallback=False)
+        check_plan(joint)
+        busy = [sum(1 for share in shares if share) for shares in joint.shares]
+        assert (max(busy) == 1) == whole, (floor, busy)
+        baseline = megatron_plan(pp, 1, [len(it) for it in costs.items])
+        assert simulate(joint, costs, rates).step_time < simulate(baseline, costs, rates).step_time

@@ -27,7 +27,7 @@ def random_step(seed: int):
     counts[rng.randrange(num_micro)] = 0  # always at least one micro-batch without media
     costs = random_costs(rng, pp, vpp, counts)
     rates = ideal_rates(latency=rng.choice([0.0, 0.01]), bytes_per_s=rng.choice([1.0, 10.0, 1e300]),
-                        fixed=rng.choice([0.0, 0.01]))
+                        floor=rng.choice([0.0, 0.01]))
     return pp, vpp, group, counts, costs, rates
 
 

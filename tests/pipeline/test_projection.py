@@ -46,7 +46,7 @@ def encoder_heavy_pool(n: int = 12, seed: int = 0) -> list[dict]:
 
 
 # A slow machine with a free link: compute dominates, so the comparison is about the schedules.
-RATES = Rates(per_flop={k: 1e-9 for k in COMPUTE}, fixed={k: 0.0 for k in COMPUTE}, bytes_per_s=1e15, latency=0.0)
+RATES = Rates(per_flop={k: 1e-9 for k in COMPUTE}, floor={k: 0.0 for k in COMPUTE}, bytes_per_s=1e15, latency=0.0)
 
 
 def test_projection_core(projection, cfg):

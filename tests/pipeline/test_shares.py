@@ -9,7 +9,7 @@ import torch
 
 from megaomni.data.batch import Batch
 from megaomni.models.media_layout import audio_tokens, vision_tokens
-from megaomni.pipeline.shares import assemble, media_items, share_inputs, share_outputs, split_shares
+from megaomni.pipeline.shares import assemble, media_items, share_inputs, share_outputs, split_shares, whole_shares
 
 MERGE, DOWNSAMPLE = 2, 4
 GRIDS = [(2, 4), (4, 4), (2, 2), (6, 2), (4, 2)]
@@ -176,3 +176,11 @@ def test_split_shares_ties_go_to_the_later_rank():
     assert split_shares([1.0], [1.0, 1.0, 1.0]) == [(), (), (0,)]
     assert split_shares([3.0, 1.0, 2.0], [1.0, 1.0]) == [(1, 2), (0,)]
     assert split_shares([1.0, 1.0], [1.0, 0.0, 1.0, 0.0]) == [(1,), (), (0,), ()]
+
+
+def test_whole_shares_keep_each_micro_batch_on_one_rank_and_balance_over_the_step():
+    loads = [0.0, 0.0]
+    steps = [whole_shares(costs, [1.0, 1.0], loads) for costs in ([3.0, 1.0], [2.0], [], [1.0, 1.0, 1.0])]
+    # 4 -> rank 1 (tie: the later rank), 2 -> rank 0, nothing, 3 -> rank 0 (load 2 < 4).
+    assert steps == [[(), (0, 1)], [(0,), ()], [(), ()], [(0, 1, 2), ()]]
+    assert loads == [5.0, 4.0]

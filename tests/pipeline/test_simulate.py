@@ -58,12 +58,14 @@ def test_link_cost_on_the_critical_path(pp):
     assert kinds[0] == (0, ENC_F) and kinds[-1] == (0, ENC_B)
 
 
-def test_fixed_costs_and_event_times():
-    """Every compute action adds its fixed cost; events never overlap on a rank and end by the step."""
-    pp, num_micro, fixed = 2, 4, 0.1
+@pytest.mark.parametrize("floor, forward, backward", [(2.5, 2.5, 2 * F), (4.0, 4.0, 4.0), (0.1, F, 2 * F)])
+def test_floors_and_event_times(floor, forward, backward):
+    """An action takes max(floor, its FLOPs' time); events never overlap on a rank and end by
+    the step."""
+    pp, num_micro = 2, 4
     timeline = simulate(megatron_plan(pp, 1, [0] * num_micro), uniform_costs(pp, 1, num_micro, F),
-                        ideal_rates(fixed=fixed))
-    assert math.isclose(timeline.step_time, (num_micro + pp - 1) * (3 * F + 2 * fixed), rel_tol=REL)
+                        ideal_rates(floor=floor))
+    assert math.isclose(timeline.step_time, (num_micro + pp - 1) * (forward + backward), rel_tol=REL)
     for rank in range(pp):
         events = sorted((e for e in timeline.events if e.rank == rank), key=lambda e: e.start)
         assert [e.kind for e in events].count(LLM_F) == num_micro
