@@ -71,7 +71,8 @@ class AudioEncoder(MegatronModule):
         hidden = self.blocks(
             hidden_states=hidden[:, None, :],
             attention_mask=None,
-            rotary_pos_emb=rope_1d(positions, self.head_dim, self.cfg.rotary_base),
-            packed_seq_params=segment_params(padded_lengths, hidden.device),
+            rotary_pos_emb=None,  # applied by our attention core from tables made once (segment_params)
+            packed_seq_params=segment_params(padded_lengths, hidden.device,
+                                             rope_1d(positions, self.head_dim, self.cfg.rotary_base), hidden.dtype),
         )
         return self.projector(hidden[:, 0, :])

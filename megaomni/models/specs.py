@@ -8,11 +8,13 @@ from typing import Optional
 
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_layer_local_spec
 from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megaomni.ops.attention import SDPAttention
+from megaomni.ops.linear import PlainColumnLinear, PlainRowLinear
 from megaomni.ops.norm import RMSNorm
 
 
@@ -25,13 +27,20 @@ def have_transformer_engine() -> bool:
 
 
 def _local(spec: ModuleSpec, mask_type: AttnMaskType) -> ModuleSpec:
-    """A local-spec layer with our attention core and norms."""
+    """A local-spec layer with our attention core, norms and linears (``ops.linear``: megatron's
+    where tensor parallelism needs them)."""
     spec = copy.deepcopy(spec)
     spec.submodules.input_layernorm = RMSNorm
     spec.submodules.pre_mlp_layernorm = RMSNorm
     attention = spec.submodules.self_attention
     attention.params = {"attn_mask_type": mask_type}
     attention.submodules.core_attention = SDPAttention
+    attention.submodules.linear_qkv = PlainColumnLinear
+    attention.submodules.linear_proj = PlainRowLinear
+    mlp = spec.submodules.mlp
+    if getattr(mlp, "module", None) is MLP:  # MoE layers keep their own expert modules
+        mlp.submodules.linear_fc1 = PlainColumnLinear
+        mlp.submodules.linear_fc2 = PlainRowLinear
     return spec
 
 

@@ -61,7 +61,7 @@ class VisionEncoder(MegatronModule):
         # grids, times: host tensors (Batch.to leaves shape metadata there), read without a sync.
         device = patches.device
         positions = torch.cat([patch_positions(h, w, self.cfg.merge_size) for h, w in grids.tolist()])
-        rotary = rope_2d(to_device(positions, device), self.head_dim, self.cfg.rotary_base)
+        angles = rope_2d(to_device(positions, device), self.head_dim, self.cfg.rotary_base)
         lengths = grids.prod(-1)  # patches per image
         hidden = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
         if times is not None:
@@ -71,7 +71,7 @@ class VisionEncoder(MegatronModule):
         hidden = self.blocks(
             hidden_states=hidden[:, None, :],
             attention_mask=None,
-            rotary_pos_emb=rotary,
-            packed_seq_params=segment_params(lengths, device),
+            rotary_pos_emb=None,  # applied by our attention core from tables made once (segment_params)
+            packed_seq_params=segment_params(lengths, device, angles, hidden.dtype),
         )
         return self.projector(hidden[:, 0, :])

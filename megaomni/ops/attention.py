@@ -17,6 +17,7 @@ within their own sequence. Two layouts reach here:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from typing import Optional
 
 import torch
@@ -44,11 +45,34 @@ def packed_params(cu_seqlens: torch.Tensor, device: Optional[torch.device] = Non
                            max_seqlen_q=longest, max_seqlen_kv=longest)
 
 
-def segment_params(lengths: torch.Tensor, device: Optional[torch.device] = None) -> PackedSeqParams:
-    """:func:`packed_params` from the inputs' lengths."""
+@dataclass
+class RotaryPackedSeqParams(PackedSeqParams):
+    """:class:`PackedSeqParams` that also carry every position's rotary ``cos`` and ``sin``
+    (``[t, 1, 1, d]``, in the activations' dtype), made once per encoder call; megatron-core
+    would recompute them in every layer, for q and for k (host time, where the encoders are
+    host-bound). :class:`SDPAttention` applies them as megatron-core's unfused rotary does."""
+
+    rotary_cos: Optional[torch.Tensor] = None
+    rotary_sin: Optional[torch.Tensor] = None
+
+
+def segment_params(lengths: torch.Tensor, device: Optional[torch.device] = None,
+                   angles: Optional[torch.Tensor] = None, dtype: Optional[torch.dtype] = None) -> PackedSeqParams:
+    """:func:`packed_params` from the inputs' lengths; with rotary ``angles`` (``[t, 1, 1, d]``)
+    :class:`RotaryPackedSeqParams` holding their cos and sin in ``dtype``."""
     cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
     cu[1:] = torch.cumsum(lengths, 0)
-    return packed_params(cu, device)
+    params = packed_params(cu, device)
+    if angles is None:
+        return params
+    return RotaryPackedSeqParams(**{f.name: getattr(params, f.name) for f in fields(params)},
+                                 rotary_cos=torch.cos(angles).to(dtype), rotary_sin=torch.sin(angles).to(dtype))
+
+
+def _rotate(t: torch.Tensor, params: RotaryPackedSeqParams) -> torch.Tensor:
+    """megatron-core's unfused rotary (``t * cos + rotate_half(t) * sin``, halves not interleaved)."""
+    first, second = torch.chunk(t, 2, dim=-1)
+    return t * params.rotary_cos + torch.cat((-second, first), dim=-1) * params.rotary_sin
 
 
 def block_mask(cu_seqlens: torch.Tensor, total: int, causal: bool) -> torch.Tensor:
@@ -143,6 +167,8 @@ class SDPAttention(MegatronModule):
             raise ValueError("SDPAttention does not take an attention bias")
         if attention_mask is not None:
             raise ValueError("SDPAttention expresses masks by attn_mask_type and cu_seqlens only")
+        if isinstance(packed_seq_params, RotaryPackedSeqParams):
+            query, key = _rotate(query, packed_seq_params), _rotate(key, packed_seq_params)
         mask_type = attn_mask_type or self.attn_mask_type
         causal = mask_type == AttnMaskType.causal
         cu_seqlens = packed_seq_params.cu_seqlens_q if packed_seq_params is not None else None

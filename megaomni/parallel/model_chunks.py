@@ -54,6 +54,25 @@ def _mark_replicas(encoder, llm_tp: bool, pipeline: bool) -> None:
     encoder.sharded_state_dict = sharded_state_dict
 
 
+def sync_encoder_replicas(cfg: OmniConfig, chunks: list[OmniModel]) -> None:
+    """Make every copy of a replicated encoder (whole on every LLM TP rank, or on every pipeline
+    rank under the joint schedule) equal to the first: each rank drew its own initial weights
+    (the random state differs by pipeline stage and TP rank), and the copies would then train
+    apart, each rank encoding with different weights. Before the optimizer copies them into its
+    master weights. Collective over the tensor- and pipeline-parallel groups."""
+    sources = []
+    if cfg.parallel.encoder.tp != cfg.parallel.tp:
+        sources.append((ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_src_rank()))
+    if cfg.parallel.pp > 1 and cfg.pipeline.schedule == "joint":
+        sources.append((ps.get_pipeline_model_parallel_group(), ps.get_pipeline_model_parallel_first_rank()))
+    for chunk in chunks:
+        for name in chunk.encoder_names:
+            encoder = getattr(chunk, f"{name}_encoder")
+            for tensor in [*encoder.parameters(), *encoder.buffers()]:
+                for group, source in sources:
+                    dist.broadcast(tensor.data, src=source, group=group)
+
+
 def build_model_chunks(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], int]) -> list[OmniModel]:
     """One :class:`OmniModel` per virtual pipeline stage of this rank (one without VPP). The
     encoders are on the first stage, or under ``pipeline.schedule=joint`` on every rank's first

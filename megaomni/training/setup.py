@@ -15,7 +15,7 @@ from megatron.core.distributed import (
 
 from megaomni.config import OmniConfig
 from megaomni.models.omni import OmniModel
-from megaomni.parallel.model_chunks import build_model_chunks
+from megaomni.parallel.model_chunks import build_model_chunks, sync_encoder_replicas
 from megaomni.training.optimizer import build_optimizer
 
 log = logging.getLogger("megaomni.train")
@@ -44,6 +44,7 @@ def build_training_state(cfg: OmniConfig, vocab_size: int, media_pad_id, device:
     # projectors), lives in bf16; the optimizer keeps fp32 master weights.
     dtype = torch.bfloat16 if cfg.train.bf16 else torch.float32
     chunks = [chunk.to(device=device, dtype=dtype) for chunk in chunks]
+    sync_encoder_replicas(cfg, chunks)
     _log_parameters(chunks)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=False,
