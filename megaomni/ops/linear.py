@@ -15,33 +15,33 @@ import torch.nn.functional as F
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
 
-def _plain(layer) -> bool:
-    config = layer.config
-    return (layer.tp_group.size() == 1 and not layer.sequence_parallel and not layer.gradient_accumulation_fusion
-            and not config.defer_embedding_wgrad_compute)
+class _Plain:
+    """Decides, once, whether the layer can take the plain path (offloading can start later)."""
 
-
-class PlainColumnLinear(ColumnParallelLinear):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.plain = _plain(self)
+        config = self.config
+        self.plain = (self.tp_group.size() == 1 and not self.sequence_parallel
+                      and not self.gradient_accumulation_fusion and not config.defer_embedding_wgrad_compute)
 
+    def _plain_forward(self, input_: torch.Tensor, weight: torch.Tensor):
+        bias = None if self.skip_bias_add else self.bias
+        return F.linear(input_, weight, bias), self.bias if self.skip_bias_add else None
+
+    def _takes_plain(self) -> bool:
+        return self.plain and self.config._cpu_offloading_context is None
+
+
+class PlainColumnLinear(_Plain, ColumnParallelLinear):
     def forward(self, input_: torch.Tensor, weight: Optional[torch.Tensor] = None,
                 runtime_gather_output: Optional[bool] = None):
-        if not self.plain or self.config._cpu_offloading_context is not None:
+        if not self._takes_plain():
             return super().forward(input_, weight, runtime_gather_output)
-        bias = None if self.skip_bias_add else self.bias
-        output = F.linear(input_, self.weight if weight is None else weight, bias)
-        return output, self.bias if self.skip_bias_add else None
+        return self._plain_forward(input_, self.weight if weight is None else weight)
 
 
-class PlainRowLinear(RowParallelLinear):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.plain = _plain(self)
-
+class PlainRowLinear(_Plain, RowParallelLinear):
     def forward(self, input_: torch.Tensor):
-        if not self.plain or self.config._cpu_offloading_context is not None:
+        if not self._takes_plain():
             return super().forward(input_)
-        bias = None if self.skip_bias_add else self.bias
-        return F.linear(input_, self.weight, bias), self.bias if self.skip_bias_add else None
+        return self._plain_forward(input_, self.weight)

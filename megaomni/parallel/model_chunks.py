@@ -19,10 +19,16 @@ from megaomni.parallel.layout import encoder_parallel_fields, llm_parallel_field
 from megaomni.parallel.sequence import embedding_sharder
 
 
+def _replication(cfg: OmniConfig) -> tuple[bool, bool]:
+    """Whether the encoders are whole on every LLM TP rank (``parallel.encoder.tp=1`` under a
+    tensor-parallel LLM), and whether every pipeline rank holds them (the joint schedule)."""
+    return cfg.parallel.encoder.tp != cfg.parallel.tp, cfg.parallel.pp > 1 and cfg.pipeline.schedule == "joint"
+
+
 def _encoder_process_groups(cfg: OmniConfig):
-    """With ``parallel.encoder.tp=1`` under a tensor-parallel LLM the encoders are whole on every
-    TP rank: their tensor- and context-parallel groups are this rank alone. Collective."""
-    if cfg.parallel.encoder.tp == cfg.parallel.tp:
+    """Encoders whole on every TP rank have this rank alone as their tensor- and
+    context-parallel groups. Collective."""
+    if not _replication(cfg)[0]:
         return None
     alone, _ = dist.new_subgroups(group_size=1)
     groups = ProcessGroupCollection.use_mpu_process_groups()
@@ -60,10 +66,11 @@ def sync_encoder_replicas(cfg: OmniConfig, chunks: list[OmniModel]) -> None:
     (the random state differs by pipeline stage and TP rank), and the copies would then train
     apart, each rank encoding with different weights. Before the optimizer copies them into its
     master weights. Collective over the tensor- and pipeline-parallel groups."""
+    over_tp, over_pipeline = _replication(cfg)
     sources = []
-    if cfg.parallel.encoder.tp != cfg.parallel.tp:
+    if over_tp:
         sources.append((ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_src_rank()))
-    if cfg.parallel.pp > 1 and cfg.pipeline.schedule == "joint":
+    if over_pipeline:
         sources.append((ps.get_pipeline_model_parallel_group(), ps.get_pipeline_model_parallel_first_rank()))
     for chunk in chunks:
         for name in chunk.encoder_names:
@@ -81,7 +88,7 @@ def build_model_chunks(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[
     encoder_groups = _encoder_process_groups(cfg)
     shard = embedding_sharder(cfg.parallel.sp)
     vpp = cfg.parallel.vpp
-    joint = cfg.parallel.pp > 1 and cfg.pipeline.schedule == "joint"
+    over_tp, joint = _replication(cfg)
     chunks = []
     for vp in range(vpp):
         vp_stage = vp if vpp > 1 else None
@@ -92,8 +99,8 @@ def build_model_chunks(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[
             post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
             vp_stage=vp_stage, shard_sequence=shard, with_encoders=(vp == 0) if joint else None,
         )
-        if encoder_groups is not None or joint:
+        if over_tp or joint:
             for name in model.encoder_names:
-                _mark_replicas(getattr(model, f"{name}_encoder"), encoder_groups is not None, joint)
+                _mark_replicas(getattr(model, f"{name}_encoder"), over_tp, joint)
         chunks.append(model)
     return chunks

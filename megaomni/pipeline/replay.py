@@ -7,13 +7,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import asdict
 
 from megaomni.pipeline.costs import FlopModel, Rates, StepCosts, fit_rates, step_costs
 from megaomni.pipeline.plan import ENC_B, ENC_F, Plan
 from megaomni.pipeline.shares import Item
 from megaomni.pipeline.simulate import simulate
-from megaomni.pipeline.timeline import Timeline
+from megaomni.pipeline.timeline import Event, Timeline
 
 
 def load_records(folder: str) -> list[dict]:
@@ -39,15 +38,13 @@ def record_costs(record: dict) -> StepCosts:
     return step_costs(flop_model(record), micro_batches(record), record["bytes_per_value"])
 
 
-def action_samples(plan: Plan, costs: StepCosts, events: list, samples: dict | None = None) -> dict:
-    """(FLOPs, seconds) of every compute action of one recorded step (``events``: timeline
-    events, as objects or dicts), per kind, added to ``samples``."""
-    samples = {} if samples is None else samples
+def action_samples(plan: Plan, costs: StepCosts, events: list[Event], samples: dict) -> dict:
+    """(FLOPs, seconds) of every compute action of one recorded step, per kind, added to
+    ``samples``."""
     for e in events:
-        e = e if isinstance(e, dict) else asdict(e)
-        share = plan.shares[e["micro"]][e["rank"]] if e["kind"] in (ENC_F, ENC_B) else ()
-        flops = costs.flops(e["kind"], e["micro"], e["stage"], share)
-        samples.setdefault(e["kind"], []).append((flops, e["end"] - e["start"]))
+        share = plan.shares[e.micro][e.rank] if e.kind in (ENC_F, ENC_B) else ()
+        flops = costs.flops(e.kind, e.micro, e.stage, share)
+        samples.setdefault(e.kind, []).append((flops, e.end - e.start))
     return samples
 
 
@@ -56,7 +53,8 @@ def measured(records: list[dict]) -> dict[str, list[tuple[float, float]]]:
     samples: dict[str, list] = {}
     for record in records:
         if record.get("timeline"):
-            action_samples(Plan.from_dict(record["plan"]), record_costs(record), record["timeline"]["events"], samples)
+            action_samples(Plan.from_dict(record["plan"]), record_costs(record),
+                           Timeline.from_dict(record["timeline"]).events, samples)
     return samples
 
 

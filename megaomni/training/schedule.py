@@ -17,7 +17,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
 from megaomni.parallel.stages import layers_per_stage
-from megaomni.pipeline.costs import FlopModel, Rates, fit_rates, step_costs
+from megaomni.pipeline.costs import FlopModel, Rates, StepCosts, fit_rates, step_costs
 from megaomni.pipeline.executor import PlanExecutor
 from megaomni.pipeline.joint_plan import joint_plan
 from megaomni.pipeline.llm_order import interleave_group
@@ -59,10 +59,9 @@ class StepRunner:
     def items(self, batch: Batch):
         return media_items(batch, self.cfg.model.vision.merge_size, self.cfg.model.audio.downsample)
 
-    def plan(self, described: list[dict]):
+    def plan(self, described: list[dict], costs: StepCosts):
         group = interleave_group(len(described), self.pp) if self.vpp > 1 else 0
         if self.schedule == "joint":
-            costs = step_costs(self.flops, described, self.bytes)
             return joint_plan(self.pp, self.vpp, costs, self.rates, group, self.cfg.pipeline.joint_fallback)
         return megatron_plan(self.pp, self.vpp, [len(d["items"]) for d in described], group)
 
@@ -77,13 +76,14 @@ class StepRunner:
             return self._megatron_core(batches, forward_step)
         items = [self.items(b) for b in batches]
         described = describe(batches, items)
-        plan = self.plan(described)
+        costs = step_costs(self.flops, described, self.bytes)
+        plan = self.plan(described, costs)
         if self.executor is None:
             reports, timeline = self._megatron_core(batches, forward_step), None
         else:
             reports, timeline = self.executor.run(plan, batches, items, forward_step, record=record or profile)
         if profile:
-            action_samples(plan, step_costs(self.flops, described, self.bytes), timeline.events, self._samples)
+            action_samples(plan, costs, timeline.events, self._samples)
             if self._steps == 1 + self.cfg.pipeline.profile_steps:
                 self._fit()
         self._pending = (iteration, described, plan, timeline) if record else None
