@@ -126,6 +126,10 @@ class PipelineConfig:
     # joint: keep the baseline's placement (encoders on stage 0) on a step where the simulator
     # finds it faster, e.g. one huge image that cannot be shared. false: always share.
     joint_fallback: bool = True
+    # joint: micro-batches an encoder call may cover (a rank's shares of them encoded together:
+    # the host launches the encoder's layers once for all). 0: the planner tries 1 to 3 each
+    # step and keeps the fastest by simulation (larger calls hold more encoder activations).
+    encoder_group: int = 0
     # joint: the profiling pass. Steps 2..N+1 are timed per action (CUDA events) and the costs
     # the planner simulates with are fitted to them (per kind, seconds per FLOP above a floor per
     # action: the host's time to launch it); until then, and with 0, the FLOP model's defaults.

@@ -3,7 +3,7 @@
 The FLOP model counts matmuls (2 FLOPs per parameter per token) and attention (QK^T and AV:
 4 * hidden FLOPs per query-key pair per layer; causal in the LLM, within a sample; full within an
 image or clip in the encoders). Backward costs ``BACKWARD_RATIO`` times forward. Rates turn
-FLOPs into seconds, above a per-action floor (the host's time to issue the action): defaults for
+FLOPs into seconds, above a floor per model call (the host's time to issue it): defaults for
 planning, or fitted to a recorded run (:func:`fit_rates`), which is how the simulator predicts a
 machine's step time and the planner prices encoder calls.
 """
@@ -75,8 +75,10 @@ class Rates:
     bytes_per_s: float = 100e9
     latency: float = 20e-6
 
-    def seconds(self, kind: str, flops: float) -> float:
-        return max(self.floor[kind], self.per_flop[kind] * flops)
+    def seconds(self, kind: str, flops: float, calls: int = 1) -> float:
+        """``calls``: the model calls an encoder action makes (one per modality it encodes),
+        each paying the floor; the GPU work overlaps their issue."""
+        return max(self.floor[kind] * calls, self.per_flop[kind] * flops)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class StepCosts:
     items: list[list[float]]  # [micro][item] encoder forward FLOPs
     act_bytes: list[float]  # [micro] one stage's activation (or its gradient)
     item_bytes: list[list[float]]  # [micro][item] encoder outputs
+    modalities: list[list[str]] = field(default_factory=list)  # [micro][item]; empty: one encoder
 
     def flops(self, kind: str, micro: int, stage: int = -1, share: tuple[int, ...] = ()) -> float:
         if kind in (LLM_F, LLM_B):
@@ -94,6 +97,14 @@ class StepCosts:
         else:
             forward = sum(self.items[micro][i] for i in share)
         return forward * (BACKWARD_RATIO if kind in (LLM_B, ENC_B) else 1.0)
+
+    def encoder_call(self, kind: str, parts: list[tuple[int, tuple[int, ...]]]) -> tuple[float, int]:
+        """FLOPs and model calls (one per modality) of one encoder action over ``parts``:
+        (micro-batch, share) pairs encoded together."""
+        flops = sum(self.flops(kind, m, share=share) for m, share in parts)
+        if not self.modalities:
+            return flops, int(any(share for _, share in parts))
+        return flops, len({self.modalities[m][i] for m, share in parts for i in share})
 
 
 def step_costs(model: FlopModel, micro_batches: list[dict], bytes_per_value: int) -> StepCosts:
@@ -104,12 +115,14 @@ def step_costs(model: FlopModel, micro_batches: list[dict], bytes_per_value: int
         items=[[model.item_forward(it) for it in mb["items"]] for mb in micro_batches],
         act_bytes=[mb["tokens"] * model.hidden * bytes_per_value for mb in micro_batches],
         item_bytes=[[it.outputs * model.hidden * bytes_per_value for it in mb["items"]] for mb in micro_batches],
+        modalities=[[it.modality for it in mb["items"]] for mb in micro_batches],
     )
 
 
 def fit_rates(samples: dict[str, list[tuple[float, float]]], base: Rates = Rates()) -> Rates:
     """Per kind, the ``floor`` and ``per_flop`` of :class:`Rates` that fit measured (flops,
-    seconds) pairs with the least absolute error (a few stalled actions do not drag it), searched
+    seconds) pairs, each per model call (an action of ``c`` calls gives (flops / c, seconds / c):
+    ``max(c * floor, rate * flops) / c``) with the least absolute error (a few stalled actions do not drag it), searched
     over a grid: floors from the quantiles of the
     seconds (and 0), rates from the quantiles of seconds per FLOP. Kinds without samples, and
     the link, keep ``base``'s values."""

@@ -23,7 +23,8 @@ from megaomni.data.batch import Batch
 from megaomni.pipeline.channels import Channels
 from megaomni.pipeline.plan import (COMPUTE, ENC_B, ENC_F, LLM_B, LLM_F, RECV, SEND, Action, Plan,
                                     PlanError, check_plan, makes, needs)
-from megaomni.pipeline.shares import Item, assemble, share_inputs, share_outputs
+from megaomni.pipeline.shares import (Item, assemble, merge_inputs, share_inputs, share_outputs,
+                                      split_outputs)
 from megaomni.pipeline.timeline import Event, Timeline
 
 
@@ -122,14 +123,14 @@ class PlanExecutor:
             start = clock._now() if clock and action.kind in COMPUTE else None
             m, batch = action.micro, batches[action.micro]
             if action.kind == ENC_F:
-                inputs = share_inputs(batch, items[m], plan.shares[m][self.rank])
-                outputs = {name: self.encoders[name](*args) for name, args in sorted(inputs.items())}
-                encoded[m] = outputs
-                store[("feat", m, self.rank)] = {n: t.detach().requires_grad_() for n, t in outputs.items()}
+                self._encode(plan, action, batches, items, store, encoded)
             elif action.kind == ENC_B:
-                grads = store.pop(("feat_grad", m, self.rank))
+                # One backward for the whole call: its shares' output gradients, in call order.
+                grads = [store.pop(("feat_grad", g, self.rank)) for g in action.micros]
                 outputs = encoded.pop(m)
-                torch.autograd.backward([outputs[n] for n in sorted(outputs)], [grads[n] for n in sorted(outputs)])
+                names = sorted(outputs)
+                torch.autograd.backward([outputs[n] for n in names],
+                                        [torch.cat([g[n] for g in grads if n in g]) for n in names])
             elif action.kind == LLM_F:
                 tokens += self._forward(plan, action, batch, items[m], store, saved, reports, forward_step_func)
             elif action.kind == LLM_B:
@@ -164,6 +165,18 @@ class PlanExecutor:
             merged = [e for rank_events in gathered for e in rank_events]
             timeline = Timeline(self.pp, merged, max((e.end for e in merged), default=0.0))
         return reports, timeline
+
+    def _encode(self, plan, action, batches, items, store, encoded) -> None:
+        """One encoder call (per modality) over this rank's shares of the action's micro-batches;
+        each share's outputs are stored detached, so the first stage's backward stops there and
+        the call's backward runs when the plan says."""
+        shares = [(g, plan.shares[g][self.rank]) for g in action.micros]
+        inputs = merge_inputs([share_inputs(batches[g], items[g], share) for g, share in shares])
+        outputs = {name: self.encoders[name](*args) for name, args in sorted(inputs.items())}
+        encoded[action.micro] = outputs
+        pieces = split_outputs(outputs, [share_outputs(items[g], share) for g, share in shares])
+        for (g, _), piece in zip(shares, pieces):
+            store[("feat", g, self.rank)] = {n: t.detach().requires_grad_() for n, t in piece.items()}
 
     def _forward(self, plan, action, batch, items, store, saved, reports, forward_step_func):
         m, s = action.micro, action.stage

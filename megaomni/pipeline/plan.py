@@ -10,6 +10,9 @@ Actions exchange named values (:data:`Key`):
 - ``("feat", m, r)``: rank ``r``'s share of micro-batch ``m``'s encoder outputs;
 - ``("feat_grad", m, r)``: its gradient, from the first stage's rank.
 
+An encoder action may cover several micro-batches (``Action.group``): one encoder call on their
+shares together, so the host launches the encoder's kernels once for all of them.
+
 Stage ``s`` (of ``pp * vpp``) lives on rank ``s % pp`` as its model chunk ``s // pp``
 (megatron-core's interleaved order).
 """
@@ -37,13 +40,19 @@ class Action:
     stage: int = -1  # LLM actions
     key: Key = ()  # send / recv: the value moved
     peer: int = -1  # send / recv: the other pipeline rank
+    group: tuple[int, ...] = ()  # encoder actions: the micro-batches of the call (empty: just ``micro``)
+
+    @property
+    def micros(self) -> tuple[int, ...]:
+        return self.group or (self.micro,)
 
     def __str__(self) -> str:
         if self.kind in (SEND, RECV):
             arrow = "->" if self.kind == SEND else "<-"
             return f"{self.kind} {self.key[0]}(mb {self.key[1]}, {self.key[2]}) {arrow} rank {self.peer}"
         where = f", stage {self.stage}" if self.stage >= 0 else ""
-        return f"{self.kind}(mb {self.micro}{where})"
+        micros = "+".join(map(str, self.micros))
+        return f"{self.kind}(mb {micros}{where})"
 
 
 @dataclass
@@ -72,11 +81,13 @@ class Plan:
     def to_dict(self) -> dict:
         return {"policy": self.policy, "pp": self.pp, "vpp": self.vpp, "num_micro": self.num_micro,
                 "shares": [[list(s) for s in m] for m in self.shares],
-                "actions": [[[a.kind, a.micro, a.stage, list(a.key), a.peer] for a in rank] for rank in self.actions]}
+                "actions": [[[a.kind, a.micro, a.stage, list(a.key), a.peer, list(a.group)] for a in rank]
+                            for rank in self.actions]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
-        actions = [[Action(k, m, s, tuple(key), peer) for k, m, s, key, peer in rank] for rank in data["actions"]]
+        actions = [[Action(k, m, s, tuple(key), peer, tuple(group[0]) if group else ())
+                    for k, m, s, key, peer, *group in rank] for rank in data["actions"]]
         shares = [[tuple(s) for s in m] for m in data["shares"]]
         return cls(data["policy"], data["pp"], data["vpp"], data["num_micro"], actions, shares)
 
@@ -92,7 +103,7 @@ def needs(plan: Plan, rank: int, action: Action) -> list[Key]:
         inputs = [("ran", m, s)]  # its own forward
         return inputs + ([("grad", m, s + 1)] if s < plan.stages - 1 else [])
     if action.kind == ENC_B:
-        return [("feat_grad", m, rank)]
+        return [("feat_grad", g, rank) for g in action.micros]
     if action.kind == SEND:
         return [action.key]
     return []
@@ -108,7 +119,7 @@ def makes(plan: Plan, rank: int, action: Action) -> list[Key]:
             return [("grad", m, s)]
         return [("feat_grad", m, r) for r in plan.encoding_ranks(m)]
     if action.kind == ENC_F:
-        return [("feat", m, rank)]
+        return [("feat", g, rank) for g in action.micros]
     if action.kind == RECV:
         return [action.key]
     return []

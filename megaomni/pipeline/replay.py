@@ -9,9 +9,9 @@ import json
 import os
 
 from megaomni.pipeline.costs import FlopModel, Rates, StepCosts, fit_rates, step_costs
-from megaomni.pipeline.plan import ENC_B, ENC_F, Plan
+from megaomni.pipeline.plan import Plan
 from megaomni.pipeline.shares import Item
-from megaomni.pipeline.simulate import simulate
+from megaomni.pipeline.simulate import action_work, simulate
 from megaomni.pipeline.timeline import Event, Timeline
 
 
@@ -39,12 +39,13 @@ def record_costs(record: dict) -> StepCosts:
 
 
 def action_samples(plan: Plan, costs: StepCosts, events: list[Event], samples: dict) -> dict:
-    """(FLOPs, seconds) of every compute action of one recorded step, per kind, added to
-    ``samples``."""
+    """(FLOPs, seconds) per model call of every compute action of one recorded step, per kind,
+    added to ``samples`` (see :func:`fit_rates`)."""
+    actions = {(r, a.kind, a.micro, a.stage): a for r, rank in enumerate(plan.actions) for a in rank}
     for e in events:
-        share = plan.shares[e.micro][e.rank] if e.kind in (ENC_F, ENC_B) else ()
-        flops = costs.flops(e.kind, e.micro, e.stage, share)
-        samples.setdefault(e.kind, []).append((flops, e.end - e.start))
+        flops, calls = action_work(plan, e.rank, actions[(e.rank, e.kind, e.micro, e.stage)], costs)
+        if calls:
+            samples.setdefault(e.kind, []).append((flops / calls, (e.end - e.start) / calls))
     return samples
 
 

@@ -86,6 +86,40 @@ def share_inputs(batch: Batch, items: list[Item], share: tuple[int, ...]) -> dic
     return inputs
 
 
+def merge_inputs(parts: list[dict[str, list]]) -> dict[str, list]:
+    """One encoder call's inputs from several shares' (:func:`share_inputs`, in order): per
+    modality, each field concatenated. A share without ``image_times`` counts as frame 0, which
+    has no temporal offset."""
+    if len(parts) == 1:
+        return parts[0]
+    merged: dict[str, list] = {}
+    for name in sorted({n for part in parts for n in part}):
+        fields = [part[name] for part in parts if name in part]
+        columns = []
+        for i, column in enumerate(zip(*fields)):
+            if all(t is None for t in column):
+                columns.append(None)
+                continue
+            if name == "vision" and i == 2:  # times, per image: as many as grid rows
+                column = [t if t is not None else torch.zeros(len(f[1]), dtype=torch.long)
+                          for t, f in zip(column, fields)]
+            columns.append(torch.cat(column))
+        merged[name] = columns
+    return merged
+
+
+def split_outputs(outputs: dict[str, torch.Tensor], counts: list[dict[str, int]]) -> list[dict[str, torch.Tensor]]:
+    """An encoder call's outputs (modality -> rows) back into its shares' (``counts``: each
+    share's :func:`share_outputs`, in call order)."""
+    pieces: list[dict[str, torch.Tensor]] = [{} for _ in counts]
+    for name, rows in outputs.items():
+        sizes = [c.get(name, 0) for c in counts]
+        for piece, size, part in zip(pieces, sizes, rows.split(sizes)):
+            if size:
+                piece[name] = part
+    return pieces
+
+
 def share_outputs(items: list[Item], share: tuple[int, ...]) -> dict[str, int]:
     """Rows of encoder output per modality that ``share`` yields."""
     counts: dict[str, int] = {}

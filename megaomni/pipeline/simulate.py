@@ -16,12 +16,16 @@ from megaomni.pipeline.plan import (COMPUTE, ENC_B, ENC_F, RECV, SEND, Action, P
 from megaomni.pipeline.timeline import Event, Timeline
 
 
+def action_work(plan: Plan, rank: int, action: Action, costs: StepCosts) -> tuple[float, int]:
+    """FLOPs and model calls of a compute action on ``rank``."""
+    if action.kind in (ENC_F, ENC_B):
+        return costs.encoder_call(action.kind, [(m, plan.shares[m][rank]) for m in action.micros])
+    return costs.flops(action.kind, action.micro, action.stage), 1
+
+
 def action_seconds(plan: Plan, rank: int, action: Action, costs: StepCosts, rates: Rates) -> float:
-    share = plan.shares[action.micro][rank] if action.kind in (ENC_F, ENC_B) else ()
-    if action.kind in (ENC_F, ENC_B) and not share:
-        return 0.0
-    flops = costs.flops(action.kind, action.micro, action.stage, share)
-    return rates.seconds(action.kind, flops)
+    flops, calls = action_work(plan, rank, action, costs)
+    return rates.seconds(action.kind, flops, calls) if calls else 0.0
 
 
 def key_bytes(plan: Plan, key: tuple, costs: StepCosts) -> float:

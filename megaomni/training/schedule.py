@@ -62,7 +62,8 @@ class StepRunner:
     def plan(self, described: list[dict], costs: StepCosts):
         group = interleave_group(len(described), self.pp) if self.vpp > 1 else 0
         if self.schedule == "joint":
-            return joint_plan(self.pp, self.vpp, costs, self.rates, group, self.cfg.pipeline.joint_fallback)
+            pipe = self.cfg.pipeline
+            return joint_plan(self.pp, self.vpp, costs, self.rates, group, pipe.joint_fallback, pipe.encoder_group)
         return megatron_plan(self.pp, self.vpp, [len(d["items"]) for d in described], group)
 
     def run(self, iteration: int, batches: list[Batch], forward_step) -> list:

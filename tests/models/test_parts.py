@@ -461,3 +461,54 @@ def test_omni_gradients_match_reference_autograd(built):
         assert want.abs().max() > 0, name
         assert_close_ref(got, want, what=f"grad {name}")
     model.zero_grad(set_to_none=True)
+
+
+# ----------------------------------------------------------------------------- encoder calls
+
+
+def test_one_encoder_call_over_several_shares_matches_one_call_each(built):
+    """The joint schedule may encode several micro-batches' shares in one call per modality
+    (pipeline.encoder_group): merged inputs, then outputs split back per share. Outputs, and
+    parameter gradients from the merged backward, equal those of one call per share (float64,
+    1e-12); a share without frame times counts as frame 0."""
+    from megaomni.data.batch import Batch
+    from megaomni.pipeline.shares import media_items, merge_inputs, share_inputs, share_outputs, split_outputs
+
+    cfg, model = built
+    encoders = {"vision": model.vision_encoder, "audio": model.audio_encoder}
+    specs = [([[2, 4], [4, 2]], [7, 12], True), ([[2, 2]], [], False), ([[6, 4]], [9], True)]
+    batches = []
+    for seed, (grids, clips, timed) in enumerate(specs):
+        tokens = torch.zeros(1, 8, dtype=torch.long)
+        batches.append(Batch(
+            tokens=tokens, labels=tokens, loss_mask=torch.ones(1, 8), position_ids=torch.arange(8)[None],
+            image_patches=random_patches(cfg, grids, seed), image_grids=torch.tensor(grids),
+            image_times=torch.tensor([seed + 1] * len(grids)) if timed else None,
+            audio_features=random_frames(cfg, clips, seed) if clips else None,
+            audio_lengths=torch.tensor(clips) if clips else None))
+    items = [media_items(b, cfg.model.vision.merge_size, cfg.model.audio.downsample) for b in batches]
+    shares = [tuple(range(len(its)))[::2] or tuple(range(len(its))) for its in items]  # a share of each
+    grads = [{n: torch.randn(rows, cfg.model.llm.hidden_size, dtype=torch.float64)
+              for n, rows in share_outputs(its, share).items()} for its, share in zip(items, shares)]
+
+    def run(calls):
+        model.zero_grad(set_to_none=True)
+        outputs = []
+        for call in calls:
+            inputs = merge_inputs([share_inputs(batches[m], items[m], shares[m]) for m in call])
+            out = {n: encoders[n](*args) for n, args in sorted(inputs.items())}
+            torch.autograd.backward([out[n] for n in sorted(out)],
+                                    [torch.cat([grads[m][n] for m in call if n in grads[m]]) for n in sorted(out)])
+            outputs += split_outputs({n: t.detach() for n, t in out.items()},
+                                     [share_outputs(items[m], shares[m]) for m in call])
+        return outputs, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    separate, separate_grads = run([(0,), (1,), (2,)])
+    merged, merged_grads = run([(0, 1, 2)])
+    assert [sorted(o) for o in merged] == [sorted(o) for o in separate] == [sorted(g) for g in grads]
+    for a, b in zip(merged, separate):
+        for n in a:
+            torch.testing.assert_close(a[n], b[n], rtol=1e-12, atol=1e-12)
+    assert merged_grads.keys() == separate_grads.keys() and merged_grads
+    for k in merged_grads:
+        torch.testing.assert_close(merged_grads[k], separate_grads[k], rtol=1e-12, atol=1e-12, msg=k)

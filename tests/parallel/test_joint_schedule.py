@@ -22,6 +22,8 @@ CASES = [
     pytest.param(DENSE, 2, ("parallel.pp=2", *JOINT), id="dense-pp2"),
     pytest.param(DENSE, 2, ("parallel.pp=2", "parallel.vpp=2", *JOINT), id="dense-pp2_vpp2"),
     pytest.param(DENSE, 4, ("parallel.pp=4", *JOINT), id="dense-pp4"),
+    # Two micro-batches per encoder call: one forward and one backward over both shares.
+    pytest.param(DENSE, 2, ("parallel.pp=2", "pipeline.encoder_group=2", *JOINT), id="dense-pp2-encoder_group2"),
     # profile_steps=1: iteration 3 is planned on costs fitted to iteration 2's measured actions,
     # which every rank (each TP rank timed its own) must share.
     pytest.param(DENSE, 4, ("parallel.tp=2", "parallel.pp=2", "pipeline.profile_steps=1", *JOINT), id="dense-tp2_pp2"),
@@ -39,12 +41,16 @@ def test_joint_matches_single_process(model, nproc, overrides, parity_setup, tmp
     assert_same_run(parity_setup.reference(model), records, rel=1e-5)
     # The recorded timeline: every rank computed, and under joint every rank encoded.
     with open(tmp_path / "run" / "timelines" / "iter_0000001.json") as f:
-        timeline = json.load(f)["timeline"]
+        record = json.load(f)
+    timeline = record["timeline"]
     ranks = {e["rank"] for e in timeline["events"]}
     encoding = {e["rank"] for e in timeline["events"] if e["kind"] == "enc_f"}
     assert ranks == set(range(timeline["pp"]))
     if "pipeline.schedule=joint" in overrides:
         assert encoding == ranks
+        if "pipeline.encoder_group=2" in overrides:
+            calls = [len(a[5]) or 1 for rank in record["plan"]["actions"] for a in rank if a[0] == "enc_f"]
+            assert max(calls) == 2, calls
     else:
         assert encoding == {0}
     assert (tmp_path / "run" / "timelines" / "iter_0000001.png").stat().st_size > 1000

@@ -90,7 +90,7 @@ def test_joint_runs_only_its_shares(seed):
         assert sorted(i for share in joint.shares[m] for i in share) == list(range(n))
     for rank, actions in enumerate(joint.actions):
         for kind in (ENC_F, ENC_B):
-            micros = [a.micro for a in actions if a.kind == kind]
+            micros = [m for a in actions if a.kind == kind for m in a.micros]
             assert sorted(micros) == [m for m in range(num_micro) if joint.shares[m][rank]]
     assert encoder_flops(joint, costs) == pytest.approx(encoder_flops(baseline, costs), rel=1e-12)
     busy_joint, busy_base = simulate(joint, costs, rates).busy(), simulate(baseline, costs, rates).busy()
@@ -128,14 +128,43 @@ def test_joint_keeps_micro_batches_whole_when_encoder_calls_have_a_floor(pp):
     """Measured on a GPU, an encoder call has a host floor (launching ~40 layers) whatever its
     size: with that floor priced in, splitting a micro-batch's media over ranks doubles
     the floors and the planner keeps each micro-batch's media on one rank; without it, it
-    splits. Either way it beats the baseline on these costs."""
+    splits. Either way it beats the baseline on these costs. (One micro-batch per encoder call
+    here; grouping is the next test's.)"""
     costs = equal_cost_step(0, pp, 1, 12, 2 * pp)
     for floor, whole in ((0.0, False), (2.0, True)):  # floors of >= half a micro-batch's encoder forward
         rates = ideal_rates()
         rates.floor.update({ENC_F: floor, ENC_B: floor})
-        joint = joint_plan(pp, 1, costs, rates, fallback=False)
+        joint = joint_plan(pp, 1, costs, rates, fallback=False, encoder_group=1)
         check_plan(joint)
         busy = [sum(1 for share in shares if share) for shares in joint.shares]
         assert (max(busy) == 1) == whole, (floor, busy)
         baseline = megatron_plan(pp, 1, [len(it) for it in costs.items])
         assert simulate(joint, costs, rates).step_time < simulate(baseline, costs, rates).step_time
+
+
+@pytest.mark.parametrize("pp", [2, 4])
+def test_joint_groups_micro_batches_into_encoder_calls_when_calls_have_a_floor(pp):
+    """With a floor per encoder call above its compute (host-bound, as measured on the GPU: the
+    media here cost 1-2 units a micro-batch), one call over several micro-batches' shares pays it once:
+    the planner groups them and is faster than with one micro-batch per call; without floors
+    there is nothing to gain and every call stays single. Every share is still encoded and
+    back-propagated exactly once."""
+    costs = equal_cost_step(0, pp, 1, 12, 2 * pp)
+    for floor in (0.0, 2.0 * pp):
+        rates = ideal_rates()
+        rates.floor.update({ENC_F: floor, ENC_B: floor})
+        grouped = joint_plan(pp, 1, costs, rates, fallback=False)
+        single = joint_plan(pp, 1, costs, rates, fallback=False, encoder_group=1)
+        check_plan(grouped)
+        calls = [a for actions in grouped.actions for a in actions if a.kind == ENC_F]
+        t_grouped = simulate(grouped, costs, rates).step_time
+        t_single = simulate(single, costs, rates).step_time
+        if floor:
+            assert max(len(a.micros) for a in calls) > 1
+            assert t_grouped < t_single * 0.97, (t_grouped, t_single)
+        else:
+            assert t_grouped == pytest.approx(t_single, rel=1e-12)
+        for rank, actions in enumerate(grouped.actions):
+            for kind in (ENC_F, ENC_B):
+                micros = sorted(m for a in actions if a.kind == kind for m in a.micros)
+                assert micros == [m for m in range(12) if grouped.shares[m][rank]]

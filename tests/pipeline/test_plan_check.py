@@ -43,7 +43,7 @@ def assert_complete(plan: Plan, counts: list[int]) -> None:
                 for s in range(plan.stages) if plan.rank_of(s) == rank}
         assert dict(llm) == want
         for kind in (ENC_F, ENC_B):
-            ran = Counter(a.micro for a in actions if a.kind == kind)
+            ran = Counter(m for a in actions if a.kind == kind for m in a.micros)
             assert dict(ran) == {m: 1 for m in range(plan.num_micro) if plan.shares[m][rank]}
 
 
