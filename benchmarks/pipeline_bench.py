@@ -4,12 +4,13 @@ simulator's prediction of both.
     python benchmarks/pipeline_bench.py --data DIR [--config examples/configs/omni_2b.yaml]
         [--nproc 2] [--iters 14] [--warmup 4] [--profile 3] [--out benchmarks/results] [KEY=VALUE ...]
 
-Trains the same steps (same seed, same packed micro-batches) three times with ``pretrain_omni.py``:
+Trains the same steps (same initial weights, same packed micro-batches) once per run with ``pretrain_omni.py``:
 
 - ``megatron``: encoders on pipeline stage 0, megatron-core's own schedule (the baseline);
 - ``megatron_plan``: the same policy and order through megaomni's executor, recording its timeline
   (shows the executor itself neither gains nor loses against megatron-core);
-- ``joint``: every pipeline rank encodes a share of each micro-batch in the bubbles.
+- ``joint``: every pipeline rank encodes a share of each micro-batch in the bubbles;
+- ``joint_single``: the same with one micro-batch per encoder call (shows what grouping gives).
 
 Throughput is tokens/s over the iterations after ``--warmup``. The simulator's rates are fitted
 on the first ``--profile`` measured joint steps (the profiling pass); every later step of every
@@ -40,18 +41,14 @@ RUNS = {
     "megatron": ("pipeline.schedule=megatron",),
     "megatron_plan": ("pipeline.schedule=megatron", "pipeline.executor=plan"),
     "joint": ("pipeline.schedule=joint",),
+    "joint_single": ("pipeline.schedule=joint", "pipeline.encoder_group=1"),
 }
 
 
-def train(name: str, args, work: str) -> str:
-    out = os.path.join(work, name)
-    if args.reuse and os.path.exists(os.path.join(out, "metrics.jsonl")):
-        return out
+def launch(name: str, args, out: str, *overrides: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
            os.path.join(ROOT, "pretrain_omni.py"), "--config", args.config, f"data.path={args.data}",
-           f"train.iters={args.iters}", "pipeline.timeline_interval=1", "checkpoint.save_interval=0",
-           "checkpoint.save_last=false", f"train.output_dir={out}",
-           *RUNS[name], *args.overrides]
+           "checkpoint.save_interval=0", "checkpoint.save_last=false", f"train.output_dir={out}", *overrides]
     print("+", " ".join(cmd), flush=True)
     # Own session, so a hung run's whole process tree can be signalled; SIGABRT makes every
     # rank's faulthandler print where it waits.
@@ -65,6 +62,25 @@ def train(name: str, args, work: str) -> str:
         raise SystemExit(f"{name} took over {args.timeout} s (stacks below):\n{stdout[-3000:]}\n{stderr[-12000:]}")
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{stdout[-3000:]}\n{stderr[-5000:]}")
+
+
+def initial_weights(args, work: str) -> str:
+    """One checkpoint of initial weights that every run loads (resharded to its layout): each
+    policy splits the LLM's layers its own way, and a layer drawn on another pipeline rank
+    draws other values, so from their own draws the runs would train different models."""
+    path = os.path.join(work, "init")
+    if not (args.reuse and os.path.isdir(path)):
+        launch("initial weights", args, os.path.join(work, "init_run"), "train.iters=0", f"checkpoint.save={path}",
+               *args.overrides)
+    return os.path.join(path, "iter_0000000")
+
+
+def train(name: str, args, work: str, init: str) -> str:
+    out = os.path.join(work, name)
+    if args.reuse and os.path.exists(os.path.join(out, "metrics.jsonl")):
+        return out
+    launch(name, args, out, f"train.iters={args.iters}", "pipeline.timeline_interval=1", f"checkpoint.load={init}",
+           *RUNS[name], *args.overrides)
     last = metrics(out)[-1]
     print(f"  {name}: {last['iteration']} iterations, last {last['step_time_s']:.3f} s/it, "
           f"{last['tokens_per_s']:,.0f} tokens/s, loss {last['loss']:.4f}", flush=True)
@@ -106,6 +122,8 @@ def summarise(name: str, out: str, warmup: int, rates, calibration: set[int], ov
         "prediction_error": predicted / measured - 1.0,
         "max_step_prediction_error": max(abs(r["predicted_step_s"] / r["measured_step_s"] - 1.0) for r in rows),
         "steps": rows,
+        "losses": [m["loss"] for m in metrics(out)],  # every iteration's: the runs train alike
+        "max_memory_gib": max((m.get("max_memory_gib", 0.0) for m in metrics(out)), default=0.0),
     }
 
 
@@ -131,13 +149,16 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     work = args.work or tempfile.mkdtemp(prefix="pipeline_bench_")
     names = [n for n in RUNS if n in args.runs.split(",")]
-    outs = {name: train(name, args, work) for name in names}
+    init = initial_weights(args, work)
+    outs = {name: train(name, args, work, init) for name in names}
 
     calibration = set(range(args.warmup + 1, args.warmup + 1 + args.profile))
     joint_records = [r for r in load_records(os.path.join(outs["joint"], "timelines")) if r["iteration"] in calibration]
     rates = fit(joint_records)
     joint = summarise("joint", outs["joint"], args.warmup, rates, calibration, None)
     runs = [joint]
+    if "joint_single" in outs:
+        runs.append(summarise("joint_single", outs["joint_single"], args.warmup, rates, calibration, None))
     overhead = joint["overhead_s"]
     if "megatron_plan" in outs:
         runs.insert(0, summarise("megatron_plan", outs["megatron_plan"], args.warmup, rates, calibration, None))
@@ -150,9 +171,9 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     stem = f"pipeline_bench_{slug(device)}"
     last = args.iters
-    for name in [n for n in ("megatron_plan", "joint") if n in outs]:
+    for name in [n for n in ("megatron_plan", "joint", "joint_single") if n in outs]:
         record = next(r for r in load_records(os.path.join(outs[name], "timelines")) if r["iteration"] == last)
-        label = "megatron (encoders on stage 0)" if name == "megatron_plan" else "joint"
+        label = "megatron (encoders on stage 0)" if name == "megatron_plan" else name.replace("_", ", ")
         Timeline.from_dict(record["timeline"]).draw(os.path.join(args.out, f"{stem}_{name}_measured.png"),
                                                     f"{label}: measured, iteration {last}, {device} x{args.nproc}")
         predict(record, rates).draw(os.path.join(args.out, f"{stem}_{name}_simulated.png"),
@@ -160,13 +181,17 @@ def main() -> None:
 
     speedup = joint["tokens_per_s"] / baseline["tokens_per_s"]
     print(f"\n{device} x{args.nproc}, {args.config}, iterations {args.warmup + 1}-{args.iters}")
-    print("| run | tokens/s | step s | bubble (measured) | bubble (simulated) | simulator error |")
-    print("|---|---|---|---|---|---|")
+    print("| run | tokens/s | step s | bubble (measured) | bubble (simulated) | simulator error | peak GiB |")
+    print("|---|---|---|---|---|---|---|")
     for r in runs:
         bubble = "-" if r["measured_bubble"] is None else f"{r['measured_bubble']:.1%}"
         print(f"| {r['run']} | {r['tokens_per_s']:,.0f} | {r['step_time_s']:.3f} | {bubble} | "
-              f"{r['simulated_bubble']:.1%} | {r['prediction_error']:+.1%} (worst step {r['max_step_prediction_error']:.1%}) |")
-    print(f"joint / megatron throughput: {speedup:.2f}x")
+              f"{r['simulated_bubble']:.1%} | {r['prediction_error']:+.1%} (worst step {r['max_step_prediction_error']:.1%}) "
+              f"| {r['max_memory_gib']:.1f} |")
+    for r in runs:
+        print(f"losses {r['run']}: " + " ".join(f"{x:.4f}" for x in r["losses"]))
+    loss_gap = max(abs(a - b) for r in runs for a, b in zip(r["losses"], baseline["losses"]))
+    print(f"joint / megatron throughput: {speedup:.2f}x; largest loss difference from megatron's: {loss_gap:.4f}")
     write_result({
         "benchmark": "pipeline_bench", "device": device, "gpus": args.nproc,
         "versions": {"torch": torch.__version__, "megatron_core": megatron.core.__version__,
@@ -175,7 +200,7 @@ def main() -> None:
         "iters": args.iters, "warmup": args.warmup, "profile_iterations": sorted(calibration),
         "fitted_rates": {"per_flop": rates.per_flop, "floor": rates.floor,
                          "bytes_per_s": rates.bytes_per_s, "latency": rates.latency},
-        "joint_over_megatron": speedup, "runs": runs,
+        "joint_over_megatron": speedup, "max_loss_difference": loss_gap, "runs": runs,
     }, args.out, "pipeline_bench", device)
 
 

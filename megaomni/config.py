@@ -130,6 +130,10 @@ class PipelineConfig:
     # the host launches the encoder's layers once for all). 0: the planner tries 1 to 3 each
     # step and keeps the fastest by simulation (larger calls hold more encoder activations).
     encoder_group: int = 0
+    # megaomni's executor on a GPU, from the second step: CUDA's sync debug mode ("warn" or
+    # "error") around each step's actions. A host sync there stops the rank's host until its
+    # GPU catches up, so it cannot queue the next actions: a debugging aid, off ("") by default.
+    sync_debug: str = ""
     # joint: the profiling pass. Steps 2..N+1 are timed per action (CUDA events) and the costs
     # the planner simulates with are fitted to them (per kind, seconds per FLOP above a floor per
     # action: the host's time to launch it); until then, and with 0, the FLOP model's defaults.

@@ -66,6 +66,8 @@ def _check_pipeline(cfg: OmniConfig) -> None:
     require(pipe.executor in ("auto", "plan"), f"pipeline.executor={pipe.executor!r}: use auto or plan")
     require(pipe.encoder_group >= 0, f"pipeline.encoder_group={pipe.encoder_group}: use 0 (the planner chooses) "
             "or N > 0 micro-batches per encoder call")
+    require(pipe.sync_debug in ("", "warn", "error"),
+            f"pipeline.sync_debug={pipe.sync_debug!r}: use '' (off), warn or error")
     require(pipe.profile_steps >= 0, f"pipeline.profile_steps={pipe.profile_steps}: use 0 (FLOP model only) or N > 0")
     require(pipe.timeline_interval >= 0, f"pipeline.timeline_interval={pipe.timeline_interval}: use 0 (off) or N > 0")
     if pipe.schedule == "joint":

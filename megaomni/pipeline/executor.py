@@ -11,6 +11,7 @@ plan says, from the gradient the first stage sends back.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -65,13 +66,16 @@ class _Clock:
 class PlanExecutor:
     """Runs plans over this rank's model chunks (megatron-core DDP-wrapped ``OmniModel``s)."""
 
-    def __init__(self, ddp_chunks: list, device: torch.device, joint: bool):
+    def __init__(self, ddp_chunks: list, device: torch.device, joint: bool, sync_debug: str = ""):
         self.chunks = ddp_chunks
         first = _unwrap(ddp_chunks[0])
         self.config = first.config  # where the trainer set finalize_model_grads_func
         self.model_type = get_model_type(ddp_chunks[0])
         self.device = device
         self.joint = joint
+        # The first step is left out: it creates NCCL communicators and caches.
+        self.sync_debug = sync_debug if device.type == "cuda" else ""
+        self.steps = 0
         self.rank = ps.get_pipeline_model_parallel_rank()
         self.pp = ps.get_pipeline_model_parallel_world_size()
         self.group = ps.get_pipeline_model_parallel_group()
@@ -109,10 +113,27 @@ class PlanExecutor:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             clock = _Clock(self.device)
-        store: dict = {}
-        encoded: dict = {}  # micro -> this rank's encoder outputs, still attached to their graph
-        saved: dict = {}  # (micro, stage) -> (input, output) for the backward
         reports: list = []
+        self.steps += 1
+        with _sync_debug(self.sync_debug if self.steps > 1 else ""):
+            tokens = self._run_actions(plan, batches, items, forward_step_func, clock, reports)
+        if self.joint and self.encoders:
+            self._reduce_encoder_grads()
+        self.config.finalize_model_grads_func(self.chunks, tokens if self.config.calculate_per_token_loss else None)
+        timeline = None
+        if clock is not None:
+            events = clock.events()
+            gathered = [None] * self.pp
+            dist.all_gather_object(gathered, events, group=self.group)
+            merged = [e for rank_events in gathered for e in rank_events]
+            timeline = Timeline(self.pp, merged, max((e.end for e in merged), default=0.0))
+        return reports, timeline
+
+    def _run_actions(self, plan, batches, items, forward_step_func, clock, reports) -> torch.Tensor:
+        """This rank's actions of the plan, in order; returns its count of loss tokens."""
+        store: dict = {}
+        encoded: dict = {}  # first micro-batch of a call -> this rank's encoder outputs, attached to their graph
+        saved: dict = {}  # (micro, stage) -> (input, output) for the backward
         sends: list = []
         tokens = torch.zeros([], dtype=torch.int, device=self.device)
         for index, action in enumerate(plan.actions[self.rank]):
@@ -154,17 +175,7 @@ class PlanExecutor:
                 store.setdefault(key, True)  # markers ("ran") and values made above
         for work, _ in sends:
             work.wait()
-        if self.joint and self.encoders:
-            self._reduce_encoder_grads()
-        self.config.finalize_model_grads_func(self.chunks, tokens if self.config.calculate_per_token_loss else None)
-        timeline = None
-        if clock is not None:
-            events = clock.events()
-            gathered = [None] * self.pp
-            dist.all_gather_object(gathered, events, group=self.group)
-            merged = [e for rank_events in gathered for e in rank_events]
-            timeline = Timeline(self.pp, merged, max((e.end for e in merged), default=0.0))
-        return reports, timeline
+        return tokens
 
     def _encode(self, plan, action, batches, items, store, encoded) -> None:
         """One encoder call (per modality) over this rank's shares of the action's micro-batches;
@@ -196,7 +207,9 @@ class PlanExecutor:
         saved[(m, s)] = (input_tensor, output)
         if s < plan.stages - 1:
             store[("act", m, s)] = output
-        return num_tokens.to(self.device)
+        # Off the last stage megatron-core returns a host zero: added as a scalar, never copied
+        # (a copy from pageable memory would stall this rank's host until its GPU caught up).
+        return num_tokens
 
     def _backward(self, plan, action, store, saved):
         m, s = action.micro, action.stage
@@ -221,6 +234,19 @@ class PlanExecutor:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+
+@contextmanager
+def _sync_debug(mode: str):
+    """CUDA's sync debug mode ("warn" | "error") inside the block; "" leaves it off."""
+    if not mode:
+        yield
+        return
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
 
 
 def _tensors(value) -> list[torch.Tensor]:

@@ -51,7 +51,8 @@ class StepRunner:
         self._steps = 0  # steps this process ran (the profiling pass follows a resume too)
         self._samples: dict = {}  # the profiling pass's (FLOPs, seconds) per action kind
         if self.schedule == "joint" or cfg.pipeline.executor == "plan":
-            self.executor = PlanExecutor(state.ddp, device, joint=self.schedule == "joint" and self.pp > 1)
+            self.executor = PlanExecutor(state.ddp, device, joint=self.schedule == "joint" and self.pp > 1,
+                                         sync_debug=cfg.pipeline.sync_debug)
         else:
             self.executor = None
             self.forward_backward = get_forward_backward_func()

@@ -46,6 +46,14 @@ def reduce_step_stats(reports: list[dict], tokens: int, samples: int, device) ->
     }
 
 
+def peak_memory_gib(device) -> float:
+    """The most GPU memory any rank's tensors have held so far, in GiB (stages and policies
+    place activations differently, so the rank that writes the metrics is not enough)."""
+    peak = torch.tensor(float(torch.cuda.max_memory_allocated(device)), device=device)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return peak.item() / 2**30
+
+
 def step_plan_metrics(plan) -> dict:
     """The packed step's shape: micro-batches, padding, and rank balance before/after."""
     if plan is None:
@@ -124,6 +132,7 @@ def train(cfg: OmniConfig) -> dict:
             "skipped": loader.skipped,  # reason -> count (megaomni/data/errors.py lists the reasons)
             **({"truncated_samples": loader.truncated} if cfg.data.truncate else {}),
             **step_plan_metrics(loader.last_plan),
+            **({"max_memory_gib": peak_memory_gib(device)} if device.type == "cuda" else {}),
         }
         check_finite(iteration, record["loss"], record["grad_norm"])
         writer.write(record)
