@@ -186,8 +186,8 @@ def main() -> None:
     for r in runs:
         bubble = "-" if r["measured_bubble"] is None else f"{r['measured_bubble']:.1%}"
         print(f"| {r['run']} | {r['tokens_per_s']:,.0f} | {r['step_time_s']:.3f} | {bubble} | "
-              f"{r['simulated_bubble']:.1%} | {r['prediction_error']:+.1%} (worst step {r['max_step_prediction_error']:.1%}) "
-              f"| {r['max_memory_gib']:.1f} |")
+              f"{r['simulated_bubble']:.1%} | {r['prediction_error']:+.1%} "
+              f"(worst step {r['max_step_prediction_error']:.1%}) | {r['max_memory_gib']:.1f} |")
     for r in runs:
         print(f"losses {r['run']}: " + " ".join(f"{x:.4f}" for x in r["losses"]))
     loss_gap = max(abs(a - b) for r in runs for a, b in zip(r["losses"], baseline["losses"]))

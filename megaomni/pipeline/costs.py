@@ -121,11 +121,11 @@ def step_costs(model: FlopModel, micro_batches: list[dict], bytes_per_value: int
 
 def fit_rates(samples: dict[str, list[tuple[float, float]]], base: Rates = Rates()) -> Rates:
     """Per kind, the ``floor`` and ``per_flop`` of :class:`Rates` that fit measured (flops,
-    seconds) pairs, each per model call (an action of ``c`` calls gives (flops / c, seconds / c):
-    ``max(c * floor, rate * flops) / c``) with the least absolute error (a few stalled actions do not drag it), searched
-    over a grid: floors from the quantiles of the
-    seconds (and 0), rates from the quantiles of seconds per FLOP. Kinds without samples, and
-    the link, keep ``base``'s values."""
+    seconds) pairs with the least absolute error (a few stalled actions do not drag it). Each
+    pair is per model call: an action of ``c`` calls gives (flops / c, seconds / c), since
+    ``max(c * floor, rate * flops) / c = max(floor, rate * flops / c)``. Searched over a grid:
+    floors from the quantiles of the seconds (and 0), rates from the quantiles of seconds per
+    FLOP. Kinds without samples, and the link, keep ``base``'s values."""
     per_flop, floor = dict(base.per_flop), dict(base.floor)
     grid = np.linspace(0.0, 1.0, 41)
     for kind, points in samples.items():

@@ -59,7 +59,7 @@ class _Clock:
                          host_start - host_origin, host_end - host_origin)
             else:
                 times = (start - origin, end - origin)
-            events.append(Event(rank, a.kind, a.micro, a.stage, *times))
+            events.append(Event(rank, a.kind, a.micro, a.stage, *times, group=a.group))
         return events
 
 

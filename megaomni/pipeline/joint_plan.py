@@ -5,18 +5,20 @@ before that rank embeds the micro-batch; their gradients come back the same way.
 The planner is a list scheduler run on estimated costs. Each rank keeps megatron-core's LLM order
 (and so its activation memory) and, whenever it decides what to do next:
 
-1. encodes its share of micro-batch ``m`` if the first stage will need ``m`` within ``lookahead``
-   micro-batches (so the LLM never waits for it);
+1. runs its next encoder call (its shares of one or more micro-batches, see
+   :func:`encoder_calls`) if the first stage will need the call's first micro-batch within
+   ``lookahead`` micro-batches (so the LLM never waits for it);
 2. else runs its next LLM action if that action's inputs have arrived;
-3. else fills the gap: the backward of its share of an encoded micro-batch whose output
-   gradients have arrived, or the forward of a later one (at most ``window`` ahead, bounding the
+3. else fills the gap: the backward of an encoder call whose output gradients have all
+   arrived, or the forward of a later call (at most ``window`` micro-batches ahead, bounding the
    encoder outputs held in memory);
 4. else waits.
 
 Warm-up gaps (later ranks waiting for the first activations) fill with encoder forwards and
-cool-down gaps (earlier ranks finishing backwards) with encoder backwards. Several settings of
-``lookahead`` and of whether a gap-filler must fit before the LLM's next input are planned and
-the fastest by simulation is kept, so the plan adapts to each step's micro-batches.
+cool-down gaps (earlier ranks finishing backwards) with encoder backwards. Several shares
+(item by item, or whole micro-batches), call sizes, settings of ``lookahead`` and of whether a
+gap-filler must fit before the LLM's next input are planned and the fastest by simulation is
+kept, so the plan adapts to each step's micro-batches.
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ def simulate(plan: Plan, costs: StepCosts, rates: Rates) -> Timeline:
         elif action.kind in COMPUTE:
             seconds = action_seconds(plan, rank, action, costs, rates)
             if seconds > 0:
-                events.append(Event(rank, action.kind, action.micro, action.stage, clock[rank], clock[rank] + seconds))
+                events.append(Event(rank, action.kind, action.micro, action.stage, clock[rank], clock[rank] + seconds,
+                                    group=action.group))
             clock[rank] += seconds
         return True
 

@@ -25,6 +25,11 @@ class Event:
     # was waiting on the host (launch-bound); one issued well before its start was queued.
     host_start: float | None = None
     host_end: float | None = None
+    group: tuple[int, ...] = ()  # an encoder call's micro-batches, when it covers several
+
+    @property
+    def label(self) -> str:
+        return "+".join(map(str, self.group or (self.micro,)))
 
 
 @dataclass
@@ -57,7 +62,8 @@ class Timeline:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Timeline":
-        return cls(data["pp"], [Event(**e) for e in data["events"]], data["step_time_s"])
+        return cls(data["pp"], [Event(**{**e, "group": tuple(e.get("group", ()))}) for e in data["events"]],
+                   data["step_time_s"])
 
     def draw(self, path: str, title: str = "", width: int = 1400, row: int = 36) -> None:
         """Write the timeline as a PNG at ``path``."""
@@ -79,8 +85,8 @@ class Timeline:
             y = top + e.rank * row
             x0, x1 = left + e.start * scale, left + max(e.end * scale, e.start * scale + 1)
             draw.rectangle([x0, y + 3, x1, y + row - 5], fill=COLOURS[e.kind])
-            if x1 - x0 > 14:
-                draw.text((x0 + 2, y + row // 2 - 6), str(e.micro), fill="white")
+            if x1 - x0 > 7 * len(e.label):
+                draw.text((x0 + 2, y + row // 2 - 6), e.label, fill="white")
         y = top + self.pp * row + 6
         x = left
         for kind, label in LABELS.items():

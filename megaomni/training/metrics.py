@@ -55,7 +55,8 @@ class MetricsWriter:
             done = it - self._first_iter
             per_iter = (time.perf_counter() - self._started) / max(done, 1)
             extras = "".join(f" | {k} {v:.4g}" for k, v in record.items()
-                             if k.startswith(("answer", "skipped", "micro_batches", "padding", "dp_imbalance", "max_memory"))
+                             if k.startswith(("answer", "skipped", "micro_batches", "padding", "dp_imbalance",
+                                              "max_memory"))
                              and isinstance(v, (int, float)))
             log.info(
                 "iter %d/%d | loss %.4f | grad_norm %.3f | lr %.3e | tokens %d | %.0f tok/s | "

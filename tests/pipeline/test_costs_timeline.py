@@ -126,3 +126,36 @@ def test_flop_model_from_config_counts_audio_rows_after_the_stem():
     expected = (2 * encoder_params(audio, cfg.model.llm.hidden_size) * rows
                 + 4 * audio.num_layers * audio.hidden_size * rows * rows)
     assert model.item_forward(Item("audio", 0, 2 * rows, rows // 2)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_encoder_call_pays_a_floor_per_modality_once_per_call():
+    """One encoder action over two micro-batches' shares: FLOPs add up, and it makes one model
+    call per modality among its items (not per micro-batch); the floor is paid per call."""
+    costs = StepCosts([[1.0], [1.0]], [[5.0, 7.0], [11.0]], [1.0, 1.0], [[1.0, 1.0], [1.0]],
+                      modalities=[["vision", "audio"], ["vision"]])
+    assert costs.encoder_call(ENC_F, [(0, (0, 1)), (1, (0,))]) == (23.0, 2)
+    assert costs.encoder_call(ENC_B, [(1, (0,))]) == (BACKWARD_RATIO * 11.0, 1)
+    assert costs.encoder_call(ENC_F, [(0, ()), (1, ())]) == (0.0, 0)
+    rates = Rates(per_flop={k: 1.0 for k in COLOURS}, floor={k: 10.0 for k in COLOURS})
+    assert rates.seconds(ENC_F, 23.0, calls=2) == 23.0 and rates.seconds(ENC_F, 5.0, calls=2) == 20.0
+
+
+def test_samples_of_a_grouped_call_are_per_model_call():
+    """The profiling pass fits per model call: a recorded action of c calls counts as c calls
+    of its FLOPs / c and seconds / c each (exact for max(c * floor, rate * FLOPs))."""
+    from megaomni.pipeline.plan import Action, Plan
+    from megaomni.pipeline.replay import action_samples
+
+    costs = StepCosts([[1.0], [1.0]], [[5.0, 7.0], [11.0]], [1.0, 1.0], [[1.0, 1.0], [1.0]],
+                      modalities=[["vision", "audio"], ["vision"]])
+    call = Action(ENC_F, 0, group=(0, 1))
+    plan = Plan("joint", 1, 1, 2, [[call]], shares=[[(0, 1)], [(0,)]])
+    samples = action_samples(plan, costs, [Event(0, ENC_F, 0, -1, 0.0, 0.5, group=(0, 1))], {})
+    assert samples == {ENC_F: [(23.0 / 2, 0.25)]}
+
+
+def test_grouped_event_round_trip_and_label():
+    timeline = Timeline(2, [Event(1, ENC_F, 1, -1, 0.0, 1.0, group=(1, 3)), Event(0, LLM_F, 0, 0, 0.0, 1.0)], 1.0)
+    again = Timeline.from_dict(json.loads(json.dumps(timeline.to_dict())))
+    assert again == timeline
+    assert [e.label for e in again.events] == ["1+3", "0"]

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two
 ], ids=["joint", "baseline_on_executor"])
 def test_pipeline_step_has_no_host_sync(toy_data, tmp_path, schedule):
     proc = run_pretrain(f"data.path={toy_data}", f"train.output_dir={tmp_path}", "train.device=cuda",
-                        "train.bf16=true", "parallel.pp=2", "train.iters=4", "train.warmup_iters=0", "checkpoint.save_interval=0",
-                        "checkpoint.save_last=false", "pipeline.sync_debug=error", *schedule, nproc=2)
+                        "train.bf16=true", "parallel.pp=2", "train.iters=4", "train.warmup_iters=0",
+                        "checkpoint.save_interval=0", "checkpoint.save_last=false", "pipeline.sync_debug=error",
+                        *schedule, nproc=2)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     assert [r["iteration"] for r in read_metrics(str(tmp_path))] == [1, 2, 3, 4]
