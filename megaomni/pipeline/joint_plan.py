@@ -176,33 +176,37 @@ class _Scheduler:
         i = bisect.bisect_right(inbox, self.clock[rank])
         return inbox[i] if i < len(inbox) else INF
 
+    def finished(self, rank: int) -> bool:
+        return (self.next_llm[rank] >= len(self.llm[rank]) and self.next_call[rank] >= len(self.calls[rank])
+                and self.backward_left[rank] == 0)
+
     def run(self) -> Plan:
-        pp = self.plan.pp
-        self.local = [set() for _ in range(pp)]
-        stalled = [False] * pp
-
-        def finished(r):
-            return (self.next_llm[r] >= len(self.llm[r]) and self.next_call[r] >= len(self.calls[r])
-                    and self.backward_left[r] == 0)
-
-        while True:
-            live = [r for r in range(pp) if not finished(r)]
-            if not live:
-                return self.plan
-            candidates = [r for r in live if not stalled[r]]
+        """Always advance the rank with the earliest clock (ties: the lowest rank): it acts if it
+        can, else waits until its next arrival or the next other rank's clock, whichever is first
+        (that rank may send it something); a rank with neither is stalled until some rank acts."""
+        clock = self.clock
+        self.local = [set() for _ in range(self.plan.pp)]
+        live = [r for r in range(self.plan.pp) if not self.finished(r)]
+        stalled: set[int] = set()
+        while live:
+            candidates = [r for r in live if r not in stalled] if stalled else live
             if not candidates:
                 raise PlanError("the joint planner found no rank able to proceed")
-            rank = min(candidates, key=lambda r: (self.clock[r], r))
+            rank = min(candidates, key=clock.__getitem__)  # candidates ascend: ties go to the lowest rank
             actions = self.decide(rank)
             if actions:
                 self.emit(rank, actions)
-                stalled = [False] * pp
+                stalled.clear()
+                if self.finished(rank):
+                    live.remove(rank)
                 continue
-            wake = min([self.wake_time(rank)] + [self.clock[r] for r in candidates if self.clock[r] > self.clock[rank]])
+            now = clock[rank]
+            wake = min([t for t in map(clock.__getitem__, candidates) if t > now] + [self.wake_time(rank)])
             if wake == INF:
-                stalled[rank] = True
+                stalled.add(rank)
             else:
-                self.clock[rank] = wake
+                clock[rank] = wake
+        return self.plan
 
 
 def joint_plan(pp: int, vpp: int, costs: StepCosts, rates: Rates, group: int = 0,
