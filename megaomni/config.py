@@ -136,7 +136,7 @@ class PipelineConfig:
     sync_debug: str = ""
     # joint: the profiling pass. Steps 2..N+1 are timed per action (CUDA events) and the costs
     # the planner simulates with are fitted to them (per kind, seconds per FLOP above a floor per
-    # action: the host's time to launch it); until then, and with 0, the FLOP model's defaults.
+    # model call: the host's time to launch it); until then, and with 0, the FLOP model's defaults.
     profile_steps: int = 3
     # Every N-th iteration, write timelines/iter_N.json (the step's micro-batch sizes, and under
     # the plan executor what each rank ran when) and a PNG of it. 0: never.

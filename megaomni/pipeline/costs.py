@@ -65,10 +65,11 @@ class FlopModel:
 
 @dataclass(frozen=True)
 class Rates:
-    """What an action of each compute kind takes: ``max(floor, per_flop * flops)`` seconds. The
-    floor is the host's time to issue it (launching every layer's kernels): measured on an H200,
-    a 2B omni model's encoder forward takes ~40 ms for 0.02 TFLOP and for 8, the GPU waiting
-    on the host until the work outgrows it. Plus the link between ranks."""
+    """What an action of each compute kind takes: ``max(calls * floor, per_flop * flops)``
+    seconds. The floor is the host's time to issue one model call (launching every layer's
+    kernels): measured on an H200, a 2B omni model's encoder forward takes ~40 ms for 0.02
+    TFLOP and for 8, the GPU waiting on the host until the work outgrows it. Plus the link
+    between ranks."""
 
     per_flop: dict = field(default_factory=lambda: {k: 1 / 400e12 for k in (ENC_F, ENC_B, LLM_F, LLM_B)})
     floor: dict = field(default_factory=lambda: {k: 20e-6 for k in (ENC_F, ENC_B, LLM_F, LLM_B)})

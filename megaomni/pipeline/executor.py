@@ -66,16 +66,13 @@ class _Clock:
 class PlanExecutor:
     """Runs plans over this rank's model chunks (megatron-core DDP-wrapped ``OmniModel``s)."""
 
-    def __init__(self, ddp_chunks: list, device: torch.device, joint: bool, sync_debug: str = ""):
+    def __init__(self, ddp_chunks: list, device: torch.device, joint: bool):
         self.chunks = ddp_chunks
         first = _unwrap(ddp_chunks[0])
         self.config = first.config  # where the trainer set finalize_model_grads_func
         self.model_type = get_model_type(ddp_chunks[0])
         self.device = device
         self.joint = joint
-        # The first step is left out: it creates NCCL communicators and caches.
-        self.sync_debug = sync_debug if device.type == "cuda" else ""
-        self.steps = 0
         self.rank = ps.get_pipeline_model_parallel_rank()
         self.pp = ps.get_pipeline_model_parallel_world_size()
         self.group = ps.get_pipeline_model_parallel_group()
@@ -98,10 +95,11 @@ class PlanExecutor:
                 for m, n in sorted(rows.items())}
 
     def run(self, plan: Plan, batches: list[Batch], items: list[list[Item]], forward_step_func,
-            record: bool = False):
+            record: bool = False, sync_debug: str = ""):
         """One step's forward and backward (``items[m]``: micro-batch ``m``'s media items);
         returns megatron-core's per-micro-batch loss reports (last stage) and, with ``record``,
-        this pipeline group's :class:`Timeline`."""
+        this pipeline group's :class:`Timeline`. ``sync_debug`` ("warn" | "error"): CUDA's sync
+        debug mode around the actions, on a GPU."""
         if plan.pp != self.pp or plan.num_micro != len(batches):
             raise PlanError(f"plan for pp={plan.pp} and {plan.num_micro} micro-batches given to "
                             f"pp={self.pp} with {len(batches)} micro-batches")
@@ -114,8 +112,7 @@ class PlanExecutor:
                 torch.cuda.synchronize()
             clock = _Clock(self.device)
         reports: list = []
-        self.steps += 1
-        with _sync_debug(self.sync_debug if self.steps > 1 else ""):
+        with _sync_debug(sync_debug if self.device.type == "cuda" else ""):
             tokens = self._run_actions(plan, batches, items, forward_step_func, clock, reports)
         if self.joint and self.encoders:
             self._reduce_encoder_grads()

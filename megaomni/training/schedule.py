@@ -51,8 +51,7 @@ class StepRunner:
         self._steps = 0  # steps this process ran (the profiling pass follows a resume too)
         self._samples: dict = {}  # the profiling pass's (FLOPs, seconds) per action kind
         if self.schedule == "joint" or cfg.pipeline.executor == "plan":
-            self.executor = PlanExecutor(state.ddp, device, joint=self.schedule == "joint" and self.pp > 1,
-                                         sync_debug=cfg.pipeline.sync_debug)
+            self.executor = PlanExecutor(state.ddp, device, joint=self.schedule == "joint" and self.pp > 1)
         else:
             self.executor = None
             self.forward_backward = get_forward_backward_func()
@@ -72,8 +71,10 @@ class StepRunner:
         interval = self.cfg.pipeline.timeline_interval
         record = bool(interval) and iteration % interval == 0
         self._steps += 1
-        # The first step (allocations, first calls) is left out of the profiling pass.
+        # The first step (allocations, first calls, NCCL communicators) is left out of the
+        # profiling pass and of the sync check.
         profile = self.schedule == "joint" and 2 <= self._steps <= 1 + self.cfg.pipeline.profile_steps
+        sync_debug = self.cfg.pipeline.sync_debug if self._steps > 1 else ""
         if self.executor is None and not record:  # megatron-core's schedules need no plan
             return self._megatron_core(batches, forward_step)
         items = [self.items(b) for b in batches]
@@ -83,7 +84,8 @@ class StepRunner:
         if self.executor is None:
             reports, timeline = self._megatron_core(batches, forward_step), None
         else:
-            reports, timeline = self.executor.run(plan, batches, items, forward_step, record=record or profile)
+            reports, timeline = self.executor.run(plan, batches, items, forward_step, record=record or profile,
+                                                  sync_debug=sync_debug)
         if profile:
             action_samples(plan, costs, timeline.events, self._samples)
             if self._steps == 1 + self.cfg.pipeline.profile_steps:
