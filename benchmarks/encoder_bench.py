@@ -27,7 +27,7 @@ from report import write_result  # noqa: E402
 
 from megaomni.config import load_config  # noqa: E402
 from megaomni.parallel.model_chunks import build_model_chunks  # noqa: E402
-from megaomni.pipeline.costs import FlopModel  # noqa: E402
+from megaomni.flops import FlopModel  # noqa: E402
 from megaomni.pipeline.shares import Item  # noqa: E402
 from megaomni.platform.distributed import init_distributed, shutdown  # noqa: E402
 
@@ -106,7 +106,7 @@ def main() -> None:
     model = build_model_chunks(cfg, cfg.model.llm.vocab_size or 4096, lambda name: 0)[0]
     dtype = torch.bfloat16 if cfg.train.bf16 else torch.float32
     model = model.to(device=device, dtype=dtype)
-    flops = FlopModel.from_config(cfg, [cfg.model.llm.num_layers], cfg.model.llm.vocab_size or 4096)
+    flops = FlopModel.from_config(cfg.model, cfg.model.llm.vocab_size or 4096)
     rng = torch.Generator().manual_seed(0)
     rows = []
     for name, make in (("vision", vision_inputs), ("audio", audio_inputs)):
@@ -114,7 +114,7 @@ def main() -> None:
             continue
         encoder = getattr(model, f"{name}_encoder")
         inputs, sizes = make(cfg, rng, device)
-        forward_flops = sum(flops.item_forward(Item(name, 0, size, 0)) for size in sizes)
+        forward_flops = sum(flops.item_forward(name, size) for size in sizes)
 
         def forward():
             with torch.no_grad():

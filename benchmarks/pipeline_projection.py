@@ -103,9 +103,9 @@ if HERE not in sys.path:
 from report import cpu_model, write_result  # noqa: E402  (benchmarks/report.py)
 
 from megaomni.config import OmniConfig, load_config  # noqa: E402
-from megaomni.parallel.stages import (  # noqa: E402
-    encoder_cost, layers_per_stage)
-from megaomni.pipeline.costs import FlopModel, Rates, step_costs  # noqa: E402
+from megaomni.parallel.stages import layers_per_stage  # noqa: E402
+from megaomni.flops import FlopModel  # noqa: E402
+from megaomni.pipeline.costs import Rates, step_costs  # noqa: E402
 from megaomni.pipeline.joint_plan import joint_plan  # noqa: E402
 from megaomni.pipeline.megatron_plan import megatron_plan  # noqa: E402
 from megaomni.pipeline.replay import load_records, micro_batches  # noqa: E402
@@ -250,13 +250,13 @@ def flop_models(cfg: OmniConfig, pp: int, vpp: int, vocab: int) -> dict[str, Flo
     models = {}
     for policy in POLICIES:
         run = policy_config(cfg, policy, pp, vpp)
-        models[policy] = FlopModel.from_config(run, layers_per_stage(run, vocab), vocab)
+        models[policy] = FlopModel.from_config(run.model, vocab, layers_per_stage(run, vocab))
     return models
 
 
 def check_against_records(cfg: OmniConfig, vocab: int, records: list[dict]) -> list[str]:
     """A warning if the timelines' FLOP model (the recorded run's model) differs from ``cfg``'s."""
-    model = FlopModel.from_config(cfg, [cfg.model.llm.num_layers], vocab)
+    model = FlopModel.from_config(cfg.model, vocab)
     mine = {"layer_params": list(model.layer_params), "hidden": model.hidden, "encoder_params": model.encoder_params}
     for record in records:
         theirs = record.get("flop_model")
@@ -282,7 +282,7 @@ def rank_params(cfg: OmniConfig, model: FlopModel, pp: int, policy: str) -> list
         layer += count
     llm[0] += model.vocab * model.hidden  # embedding
     llm[(len(model.stage_layers) - 1) % pp] += model.vocab * model.hidden  # output layer
-    encoders = encoder_cost(cfg)
+    encoders = model.encoder_params_per_row()
     for rank in range(pp):
         if policy == "joint" or rank == 0:
             enc[rank] = encoders

@@ -80,9 +80,23 @@ class AudioConfig:
     sample_rate: int = 16000
     n_fft: int = 400
     hop_length: int = 160
-    downsample: int = 4  # log-mel frames per LLM token (conv stride 2, then pooling 2)
+    stem_stride: int = 2  # the stem's second convolution's stride: log-mel frames per transformer row
+    downsample: int = 4  # log-mel frames per LLM token (stem_stride, then the projector merges the rest)
     rotary_base: float = 10000.0
     norm_eps: float = 1e-6
+
+
+# Config sections of modalities registered from outside the library (megaomni.media.register):
+# name -> dataclass. ``model.<name>`` then reads and overrides like a built-in section.
+_EXTRA_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type) -> None:
+    """Add (``cls``) or remove (None) the section ``model.<name>``."""
+    if cls is None:
+        _EXTRA_SECTIONS.pop(name, None)
+    else:
+        _EXTRA_SECTIONS[name] = cls
 
 
 @dataclass
@@ -90,6 +104,15 @@ class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    # The registered modalities' sections (``_EXTRA_SECTIONS``), read as attributes: model.<name>.
+    extra: dict = field(default_factory=lambda: {name: cls() for name, cls in _EXTRA_SECTIONS.items()},
+                        metadata={"sections": _EXTRA_SECTIONS})
+
+    def __getattr__(self, name: str):
+        extra = self.__dict__.get("extra", {})
+        if name in extra:
+            return extra[name]
+        raise AttributeError(f"ModelConfig has no section {name!r}")
 
 
 @dataclass
@@ -109,6 +132,18 @@ class ParallelConfig:
     sp: bool = False  # Megatron sequence parallelism (needs tp > 1)
     distributed_optimizer: bool = False
     encoder: EncoderParallelConfig = field(default_factory=EncoderParallelConfig)
+
+    def data_parallel_size(self, world_size: int) -> int:
+        return world_size // (self.tp * self.pp * self.cp)
+
+    def min_micro_batches(self) -> int:
+        """Micro-batches each data-parallel rank needs a step: the interleaved schedule needs pp."""
+        return self.pp if self.vpp > 1 else 1
+
+    def sequence_multiple(self) -> int:
+        """What every LLM sequence length must be a multiple of: context parallelism cuts it into
+        2*cp load-balanced chunks, sequence parallelism splits each chunk over the TP ranks."""
+        return 2 * self.cp * (self.tp if self.sp else 1) if self.cp > 1 else (self.tp if self.sp else 1)
 
 
 @dataclass
@@ -253,15 +288,23 @@ class OmniConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """As a YAML file writes it: registered sections beside the built-in ones."""
+        tree = dataclasses.asdict(self)
+        tree["model"].update(tree["model"].pop("extra"))
+        return tree
 
 
 # ----------------------------------------------------------------------------- loading
 
 
 def _field_types(cls) -> dict[str, Any]:
+    """Field name -> type, with a field of registered sections (``metadata["sections"]``) as
+    those sections: they are written at the level of the field, not under its name."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    types_ = {}
+    for f in dataclasses.fields(cls):
+        types_.update(f.metadata["sections"] if "sections" in f.metadata else {f.name: hints[f.name]})
+    return types_
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
@@ -312,7 +355,11 @@ def _build(cls, data: dict, prefix: str):
             kwargs[key] = _build(typ, value, name + ".")
         else:
             kwargs[key] = _coerce(name, value, typ)
-    return cls(**kwargs)
+    obj = cls(**{k: v for k, v in kwargs.items() if k in {f.name for f in dataclasses.fields(cls)}})
+    for f in dataclasses.fields(cls):
+        if "sections" in f.metadata:
+            getattr(obj, f.name).update({k: v for k, v in kwargs.items() if k in f.metadata["sections"]})
+    return obj
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -346,11 +393,10 @@ def describe_fields(cls=OmniConfig, prefix: str = "") -> list[str]:
     """Lines ``key = default  (type)`` for ``--help``."""
     lines = []
     default = cls()
-    for f in dataclasses.fields(cls):
-        value = getattr(default, f.name)
+    for name, typ in _field_types(cls).items():
+        value = getattr(default, name)
         if dataclasses.is_dataclass(value):
-            lines += describe_fields(type(value), f"{prefix}{f.name}.")
+            lines += describe_fields(type(value), f"{prefix}{name}.")
         else:
-            typ = _field_types(cls)[f.name]
-            lines.append(f"  {prefix}{f.name} = {value!r}  ({getattr(typ, '__name__', typ)})")
+            lines.append(f"  {prefix}{name} = {value!r}  ({getattr(typ, '__name__', typ)})")
     return lines

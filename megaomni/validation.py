@@ -9,74 +9,35 @@ from __future__ import annotations
 import glob
 import os
 
-from megaomni.config import DataConfig, OmniConfig
-from megaomni.data import dali_decode
+from megaomni.checks import divisors, require, require_heads, require_positive
+from megaomni.config import DataConfig, MoEConfig, OmniConfig, ParallelConfig
+from megaomni.media import dali_decode, registry
 from megaomni.parallel.rules import check_parallel_layout
-from megaomni.parallel.rules import divisors, require, sequence_multiple
-
-
-def _check_positive(cfg: OmniConfig) -> None:
-    for section, fields in (
-        ("model.llm", ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
-                       "ffn_hidden_size", "max_seq_len")),
-        ("model.vision", ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
-                          "patch_size", "merge_size")),
-        ("model.audio", ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
-                         "n_mels", "sample_rate", "n_fft", "hop_length")),
-        ("data", ("seq_length", "micro_batch_size", "global_batch_size")),
-    ):
-        obj = cfg
-        for part in section.split("."):
-            obj = getattr(obj, part)
-        for name in fields:
-            value = getattr(obj, name)
-            require(value > 0, f"{section}.{name}={value}: must be a positive integer")
-
-
-def _check_heads(prefix: str, hidden: int, heads: int, rope_multiple: int) -> None:
-    require(hidden % heads == 0,
-             f"{prefix}.hidden_size={hidden}: must be divisible by {prefix}.num_attention_heads={heads}")
-    head_dim = hidden // heads
-    require(head_dim % rope_multiple == 0,
-             f"{prefix}.hidden_size/num_attention_heads={head_dim}: rotary embeddings need a head "
-             f"dim divisible by {rope_multiple}")
 
 
 def check_model(cfg: OmniConfig) -> None:
-    llm, vision, audio = cfg.model.llm, cfg.model.vision, cfg.model.audio
-    _check_heads("model.llm", llm.hidden_size, llm.num_attention_heads, 2)
+    """The LLM's rules, then each enabled modality's own (``Modality.check``)."""
+    llm = cfg.model.llm
+    require_positive("model.llm", llm, ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
+                                        "ffn_hidden_size", "max_seq_len"))
+    require_positive("data", cfg.data, ("seq_length", "micro_batch_size", "global_batch_size"))
+    require_heads("model.llm", llm.hidden_size, llm.num_attention_heads, 2)
     require(llm.num_attention_heads % llm.num_query_groups == 0,
-             f"model.llm.num_query_groups={llm.num_query_groups}: must divide "
-             f"num_attention_heads={llm.num_attention_heads} (valid: {divisors(llm.num_attention_heads)})")
-    if vision.enabled:
-        _check_heads("model.vision", vision.hidden_size, vision.num_attention_heads, 4)
-    if audio.enabled:
-        _check_heads("model.audio", audio.hidden_size, audio.num_attention_heads, 2)
-        require(audio.downsample >= 2 and audio.downsample % 2 == 0,
-                 f"model.audio.downsample={audio.downsample}: must be an even number >= 2 "
-                 "(the stem halves the frame rate, the projector merges the rest)")
-    if vision.enabled:
-        cell = (vision.patch_size * vision.merge_size) ** 2
-        require(cfg.data.max_pixels >= cell,
-                 f"data.max_pixels={cfg.data.max_pixels}: must hold one merged patch, "
-                 f"(model.vision.patch_size*merge_size)^2={cell}")
-        require(cfg.data.min_pixels <= cfg.data.max_pixels,
-                 f"data.min_pixels={cfg.data.min_pixels}: must not exceed data.max_pixels={cfg.data.max_pixels}")
+            f"model.llm.num_query_groups={llm.num_query_groups}: must divide "
+            f"num_attention_heads={llm.num_attention_heads} (valid: {divisors(llm.num_attention_heads)})")
+    for modality in registry.enabled(cfg.model):
+        modality.check(cfg)
     require(cfg.data.seq_length <= llm.max_seq_len,
-             f"data.seq_length={cfg.data.seq_length}: must not exceed model.llm.max_seq_len={llm.max_seq_len}")
+            f"data.seq_length={cfg.data.seq_length}: must not exceed model.llm.max_seq_len={llm.max_seq_len}")
 
 
 def check_parallel(cfg: OmniConfig, world_size: int) -> None:
     check_parallel_layout(cfg, world_size)
     par = cfg.parallel
-    check_batch_sizes(cfg.data, world_size // (par.tp * par.pp * par.cp), min_micro_batches(cfg))
+    dp = par.data_parallel_size(world_size)
+    check_batch_sizes(cfg.data, dp, par.min_micro_batches())
     if cfg.data.packing:
-        check_packing(cfg, world_size // (par.tp * par.pp * par.cp))
-
-
-def min_micro_batches(cfg: OmniConfig) -> int:
-    """Micro-batches each data-parallel rank needs a step: the interleaved schedule needs pp."""
-    return cfg.parallel.pp if cfg.parallel.vpp > 1 else 1
+        check_packing(cfg, dp)
 
 
 def check_batch_sizes(data: DataConfig, dp: int, min_micro: int = 1) -> None:
@@ -97,16 +58,16 @@ def check_batch_sizes(data: DataConfig, dp: int, min_micro: int = 1) -> None:
              f"data.micro_batch_size*data_parallel={data.micro_batch_size}*{dp}={per_step}")
 
 
-def equal_micro_batches(cfg: OmniConfig, dp: int) -> bool:
+def equal_micro_batches(moe: MoEConfig, par: ParallelConfig, dp: int) -> bool:
     """Every data-parallel rank must run the same number of micro-batches: expert all-to-alls
     inside the forward span the data-parallel ranks."""
-    return cfg.model.llm.moe.enabled and cfg.parallel.ep > 1 and dp > 1
+    return moe.enabled and par.ep > 1 and dp > 1
 
 
 def check_packing(cfg: OmniConfig, dp: int) -> None:
     data = cfg.data
     require(data.micro_batch_multiple >= 1, f"data.micro_batch_multiple={data.micro_batch_multiple}: must be >= 1")
-    require(not equal_micro_batches(cfg, dp) or data.micro_batch_multiple % dp == 0,
+    require(not equal_micro_batches(cfg.model.llm.moe, cfg.parallel, dp) or data.micro_batch_multiple % dp == 0,
             f"data.micro_batch_multiple={data.micro_batch_multiple}: must be a multiple of the data-parallel "
             f"size {dp} with parallel.ep={cfg.parallel.ep} (expert all-to-alls span data-parallel ranks, so every "
             "rank runs the same number of micro-batches)")
@@ -115,7 +76,7 @@ def check_packing(cfg: OmniConfig, dp: int) -> None:
     if data.max_tokens:
         require(data.max_tokens >= data.seq_length, f"data.max_tokens={data.max_tokens}: must be >= "
                 f"data.seq_length={data.seq_length} (the longest sample fits one micro-batch)")
-        multiple = sequence_multiple(cfg)
+        multiple = cfg.parallel.sequence_multiple()
         require(data.max_tokens % multiple == 0, f"data.max_tokens={data.max_tokens}: must be a multiple "
                 f"of {multiple} (2*parallel.cp when cp > 1, times parallel.tp with parallel.sp)")
 
@@ -166,7 +127,6 @@ def check_paths(cfg: OmniConfig) -> None:
 
 
 def validate(cfg: OmniConfig, world_size: int) -> None:
-    _check_positive(cfg)
     check_model(cfg)
     check_parallel(cfg, world_size)
     check_decoder(cfg.data)

@@ -5,28 +5,28 @@ from __future__ import annotations
 import torch
 
 from megaomni.config import OmniConfig
-from megaomni.data.balance import CostModel
 from megaomni.data.sample import Sample
 from megaomni.data.step_plan import StepPlan, plan_step
-from megaomni.models.media_layout import audio_tokens, vision_tokens
-from megaomni.pipeline.costs import FlopModel
+from megaomni.flops import FlopModel
+from megaomni.media.audio import audio_tokens
+from megaomni.media.vision import vision_tokens
 from megaomni.pipeline.shares import Item
-from megaomni.validation import min_micro_batches
+
+from tests.media_views import sample_media
 
 
 def make_samples(sizes: list[dict], cfg: OmniConfig) -> list[Sample]:
     """Samples of ``tokens`` tokens, images of patch ``grids`` and clips of ``frames`` frames."""
-    samples = []
-    for i, s in enumerate(sizes):
-        n = s["tokens"]
-        samples.append(Sample(key=str(i), tokens=torch.zeros(n, dtype=torch.long), labels=torch.zeros(n, dtype=torch.long),
-                              loss_mask=torch.ones(n), images=[(torch.zeros(h * w, 1), (h, w)) for h, w in s["grids"]],
-                              audios=[torch.zeros(f, 1) for f in s["frames"]]))
-    return samples
+    merge, down = cfg.model.vision.merge_size, cfg.model.audio.downsample
+    return [Sample(key=str(i), tokens=torch.zeros(s["tokens"], dtype=torch.long),
+                   labels=torch.zeros(s["tokens"], dtype=torch.long), loss_mask=torch.ones(s["tokens"]),
+                   media=sample_media([(torch.zeros(h * w, 1), (h, w)) for h, w in s["grids"]],
+                                      [torch.zeros(f, 1) for f in s["frames"]], merge=merge, downsample=down))
+            for i, s in enumerate(sizes)]
 
 
 def plan_dp_step(samples: list[Sample], cfg: OmniConfig, dp: int) -> StepPlan:
-    return plan_step(samples, cfg.data, CostModel.from_config(cfg), dp, min_micro_batches(cfg), 8)
+    return plan_step(samples, cfg.data, FlopModel.from_config(cfg.model), dp, cfg.parallel.min_micro_batches(), 8)
 
 
 def item_list(sizes: list[dict], cfg: OmniConfig) -> list[Item]:
@@ -39,4 +39,4 @@ def item_list(sizes: list[dict], cfg: OmniConfig) -> list[Item]:
 
 
 def pipeline_flops(cfg: OmniConfig, stages: list[int], vocab: int) -> FlopModel:
-    return FlopModel.from_config(cfg, stages, vocab)
+    return FlopModel.from_config(cfg.model, vocab, stages)

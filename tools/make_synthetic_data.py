@@ -35,8 +35,10 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/ is scripts, not a package
 from make_toy_data import PATTERNS, SAMPLE_RATE, ShardWriter, tone  # noqa: E402
 
-from megaomni.data.media import fit_size  # noqa: E402
-from megaomni.data.tokenizer import AUDIO, IMAGE, VIDEO, OmniTokenizer, train_tokenizer  # noqa: E402
+from megaomni.media.audio import AUDIO  # noqa: E402
+from megaomni.media.images import fit_size  # noqa: E402
+from megaomni.media.vision import IMAGE, VIDEO  # noqa: E402
+from megaomni.data.tokenizer import OmniTokenizer, train_tokenizer  # noqa: E402
 
 KINDS = ("image", "audio", "video", "text")
 DEFAULT_MIX = "image:0.4,audio:0.2,video:0.1,text:0.3"
@@ -172,7 +174,7 @@ def encode(image: Image.Image, fmt: str) -> bytes:
 
 
 def patches(width: int, height: int) -> int:
-    """Patches the pipeline cuts an image of this size into (megaomni.data.media.fit_size)."""
+    """Patches the pipeline cuts an image of this size into (megaomni.media.images.fit_size)."""
     h, w = fit_size(height, width, factor=PATCH * MERGE, min_pixels=0, max_pixels=MAX_PIXELS)
     return (h // PATCH) * (w // PATCH)
 
@@ -228,7 +230,7 @@ def llm_tokens(conversation: list[dict], sizes: dict, tokenizer: OmniTokenizer) 
     total = 0
     for turn in conversation:
         ids = tokenizer.encode(turn["content"])
-        placeholders = sum(ids.count(i) for i in (tokenizer.image_id, tokenizer.audio_id, tokenizer.video_id))
+        placeholders = sum(ids.count(i) for i in map(tokenizer.token_id, (IMAGE, AUDIO, VIDEO)))
         total += 2 + len(ids) - placeholders
     return total + sizes["patches"] // (MERGE * MERGE) + -(-sizes["audio_frames"] // FRAMES_PER_TOKEN)
 

@@ -59,10 +59,11 @@ from typing import Iterator, Optional, Sequence, TextIO
 import numpy as np
 from PIL import Image
 
-from megaomni.data.errors import BadSample
 from megaomni.data.sample import parse_conversation
-from megaomni.data.shards import AUDIO_EXTS, VIDEO_FIELD
-from megaomni.data.tokenizer import AUDIO, IMAGE, VIDEO, OmniTokenizer, train_tokenizer
+from megaomni.data.tokenizer import OmniTokenizer, train_tokenizer
+from megaomni.errors import BadSample
+from megaomni.media.audio import AUDIO, AUDIO_EXTS
+from megaomni.media.vision import IMAGE, VIDEO, VIDEO_FIELD
 
 ROLES = {"human": "user", "user": "user", "system": "user", "gpt": "assistant", "assistant": "assistant"}
 IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg"}  # Pillow format -> a member extension the reader takes

@@ -10,6 +10,8 @@ import torch
 from megaomni.data.batch import Batch
 from megaomni.data.packing import cu_seqlens_and_positions
 from megaomni.data.sample import Sample
+from megaomni.media import registry
+from megaomni.media.modality import MediaBatch
 
 PAD_MULTIPLE = 8  # fewer distinct shapes, friendlier kernel sizes
 
@@ -40,7 +42,7 @@ def collate(samples: Sequence[Sample], pad_id: int, max_length: Optional[int] = 
         tokens[i, :n], labels[i, :n], loss_mask[i, :n] = s.tokens, s.labels, s.loss_mask
 
     return Batch(tokens=tokens, labels=labels, loss_mask=loss_mask,
-                 position_ids=torch.arange(length).expand(b, length).clone(), num_samples=b, **_media(samples))
+                 position_ids=torch.arange(length).expand(b, length).clone(), num_samples=b, media=_media(samples))
 
 
 def collate_packed(samples: Sequence[Sample], pad_id: int, length: int) -> Batch:
@@ -59,18 +61,14 @@ def collate_packed(samples: Sequence[Sample], pad_id: int, length: int) -> Batch
     labels = torch.cat([s.labels for s in samples] + [torch.full(pad, pad_id, dtype=torch.long)])
     loss_mask = torch.cat([s.loss_mask for s in samples] + [torch.zeros(pad)])
     return Batch(tokens=tokens[None], labels=labels[None], loss_mask=loss_mask[None], position_ids=positions[None],
-                 cu_seqlens=cu_seqlens, num_samples=len(samples), **_media(samples))
+                 cu_seqlens=cu_seqlens, num_samples=len(samples), media=_media(samples))
 
 
-def _media(samples: Sequence[Sample]) -> dict:
-    """The samples' images and clips, concatenated in placeholder order."""
-    images = [image for s in samples for image in s.images]
-    times = [t for s in samples for t in (s.image_times or [0] * len(s.images))]
-    audios = [features for s in samples for features in s.audios]
-    return dict(
-        image_patches=torch.cat([p for p, _ in images]) if images else None,
-        image_grids=torch.tensor([grid for _, grid in images], dtype=torch.long) if images else None,
-        image_times=torch.tensor(times, dtype=torch.long) if images else None,
-        audio_features=torch.cat(audios) if audios else None,
-        audio_lengths=torch.tensor([f.shape[0] for f in audios], dtype=torch.long) if audios else None,
-    )
+def _media(samples: Sequence[Sample]) -> dict[str, MediaBatch]:
+    """The samples' media, each modality's concatenated in placeholder order."""
+    media = {}
+    for modality in registry.modalities():
+        items = [item for s in samples for item in s.media.get(modality.name, ())]
+        if items:
+            media[modality.name] = modality.collate(items)
+    return media

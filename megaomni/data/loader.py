@@ -16,18 +16,18 @@ import torch
 
 from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
-from megaomni.data.balance import CostModel
 from megaomni.data.blend import SampleStream
 from megaomni.data.collate import PAD_MULTIPLE, collate, collate_packed, padded_length
-from megaomni.data.errors import BadSample, SkipTally
+from megaomni.data.skip_tally import SkipTally
+from megaomni.errors import BadSample
 from megaomni.data.prefetch import Prefetcher
 from megaomni.data.sample import Sample
 from megaomni.data.shards import list_shards
 from megaomni.data.step_plan import StepPlan, plan_step
 from megaomni.data.tokenizer import OmniTokenizer
 from megaomni.data.workers import Decoder, shard_decoder
-from megaomni.parallel.rules import sequence_multiple
-from megaomni.validation import check_batch_sizes, equal_micro_batches, min_micro_batches
+from megaomni.flops import FlopModel
+from megaomni.validation import check_batch_sizes, equal_micro_batches
 
 log = logging.getLogger("megaomni.data")
 
@@ -51,12 +51,12 @@ class OmniDataLoader:
         data = cfg.data
         if dp_size < 1 or not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank={dp_rank}, dp_size={dp_size}: need 0 <= dp_rank < dp_size")
-        check_batch_sizes(data, dp_size, min_micro_batches(cfg))
+        check_batch_sizes(data, dp_size, cfg.parallel.min_micro_batches())
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.dp_rank, self.dp_size = dp_rank, dp_size
         # Context / sequence parallelism split sequences evenly: lengths are multiples of that.
-        self.pad_multiple = math.lcm(PAD_MULTIPLE, sequence_multiple(cfg))
+        self.pad_multiple = math.lcm(PAD_MULTIPLE, cfg.parallel.sequence_multiple())
         datasets = data.datasets()
         self.paths = [path for path, _ in datasets]
         self.weights = [weight for _, weight in datasets]
@@ -64,8 +64,8 @@ class OmniDataLoader:
         self.truncated = 0  # samples cut to seq_length (data.truncate)
         self.samples, sizes = self._load()  # the data sets' samples, one after the other
         self.stream = SampleStream(sizes, self.weights, data.seed)
-        self.costs = CostModel.from_config(cfg)
-        self.min_micro_batches = min_micro_batches(cfg)
+        self.flops = FlopModel.from_config(cfg.model)  # what the balancer prices samples with
+        self.min_micro_batches = cfg.parallel.min_micro_batches()
         self.last_plan: StepPlan | None = None
         self._consumed = self.stream.state_dict()  # after the steps handed out so far
         # Pinned batches copy to the GPU asynchronously (Batch.to uses non_blocking).
@@ -145,8 +145,8 @@ class OmniDataLoader:
         step = self._take_tokens(data.global_batch_tokens) if data.global_batch_tokens else \
             self.stream.take(data.global_batch_size)
         samples = [self.samples[i] for i in step]
-        plan = plan_step(samples, data, self.costs, self.dp_size, self.min_micro_batches, self.pad_multiple,
-                         equal=equal_micro_batches(self.cfg, self.dp_size))
+        plan = plan_step(samples, data, self.flops, self.dp_size, self.min_micro_batches, self.pad_multiple,
+                         equal=equal_micro_batches(self.cfg.model.llm.moe, self.cfg.parallel, self.dp_size))
         return [collate_packed([samples[i] for i in plan.packs[p]], self.tokenizer.pad_id, plan.length)
                 for p in plan.ranks[self.dp_rank]], plan
 

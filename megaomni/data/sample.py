@@ -1,27 +1,25 @@
 """One raw sample -> model inputs: chat-formatted token ids with media placeholders expanded,
 next-token labels, the answer loss mask, and decoded media.
 
-A video is a sequence of images: its frames (at most ``data.max_video_frames``, picked evenly)
-become images with temporal indices ``t = 0..T-1`` (a still image has ``t = 0``), and its
-``<video>`` placeholder expands to the image pads of all its frames, frame after frame."""
+Each modality (megaomni.media.registry) decodes its own members; a placeholder expands to its
+modality's pad token, once per LLM token its items become (a video: all its frames' pads)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from megaomni.config import OmniConfig
-from megaomni.data.errors import BadSample
-from megaomni.data.media import load_audio, load_image, log_mel, resample
-from megaomni.data.shards import VIDEO_FIELD, RawSample
-from megaomni.data.tokenizer import ASSISTANT, AUDIO, AUDIO_PAD, END, IMAGE, IMAGE_PAD, USER, VIDEO, OmniTokenizer
-from megaomni.models.media_layout import audio_tokens, vision_tokens
+from megaomni.data.shards import RawSample
+from megaomni.data.tokenizer import CHAT_TOKENS, OmniTokenizer
+from megaomni.errors import BadSample
+from megaomni.media import registry
+from megaomni.media.modality import MediaItem
 
 ROLES = ("user", "assistant")
-RESERVED = (IMAGE_PAD, AUDIO_PAD, USER, ASSISTANT, END)  # the format's own tokens, never in content
-Run = tuple[int, int, int, list]  # one placeholder's pads: (pad id, start, end, what the encoder gets for them)
+Run = tuple[str, int, int, list]  # one placeholder's pads: (modality, start, end, its items)
 
 
 @dataclass
@@ -33,11 +31,13 @@ class Sample:
     tokens: torch.Tensor  # long [L]
     labels: torch.Tensor  # long [L]
     loss_mask: torch.Tensor  # float [L]
-    images: list[tuple[torch.Tensor, tuple[int, int]]] = field(default_factory=list)  # (patches, (gh, gw))
-    # Per image: its frame's temporal index in its video, 0 for a still image; [] = all 0.
-    image_times: list[int] = field(default_factory=list)
-    audios: list[torch.Tensor] = field(default_factory=list)  # log-mel [frames, n_mels]
+    media: dict[str, list[MediaItem]] = field(default_factory=dict)  # modality -> items in placeholder order
     truncated_from: int = 0  # the length before data.truncate cut it to data.seq_length; 0: not cut
+
+
+def reserved_tokens() -> tuple[str, ...]:
+    """The format's own tokens, never in content: the modalities' pads and the chat tokens."""
+    return (*(m.pad for m in registry.modalities()), *CHAT_TOKENS)
 
 
 def parse_conversation(data: bytes | None) -> list[dict]:
@@ -57,7 +57,7 @@ def parse_conversation(data: bytes | None) -> list[dict]:
             turn["content"].encode("utf-8")
         except UnicodeEncodeError as e:  # a lone surrogate escape: the tokenizer cannot take it
             raise BadSample("bad_json", f"{turn['role']} content is not valid Unicode ({e})") from e
-        if reserved := [t for t in RESERVED if t in turn["content"]]:
+        if reserved := [t for t in reserved_tokens() if t in turn["content"]]:
             raise BadSample("reserved_token", f"{turn['role']} content contains {reserved[0]}")
     answers = [turn["content"] for turn in turns if turn["role"] == "assistant"]
     if not answers:
@@ -68,62 +68,28 @@ def parse_conversation(data: bytes | None) -> list[dict]:
 
 
 def _check_placeholders(turns: list[dict], raw: RawSample, cfg: OmniConfig, tokenizer: OmniTokenizer) -> None:
-    vision, audio = cfg.model.vision.enabled, cfg.model.audio.enabled
-    for placeholder, count, enabled, section in ((IMAGE, len(raw.images), vision, "vision"),
-                                                 (VIDEO, len(raw.videos), vision, "vision"),
-                                                 (AUDIO, len(raw.audios), audio, "audio")):
+    for modality, source in registry.sources():
+        placeholder, count = source.placeholder, raw.count(source)
         if any(placeholder in t["content"] for t in turns if t["role"] == "assistant"):
             raise BadSample("placeholder_mismatch", f"{placeholder} in an assistant turn")
         found = sum(t["content"].count(placeholder) for t in turns)
-        if found and placeholder == VIDEO and tokenizer.video_id is None:
-            raise BadSample("unsupported_media", f"tokenizer {tokenizer.path} has no {VIDEO} token (trained "
-                            "before video support; a tokenizer trained now has it)")
+        if found and tokenizer.token_id(placeholder) is None:
+            raise BadSample("unsupported_media", f"tokenizer {tokenizer.path} has no {placeholder} token (trained "
+                            f"before {source.one_medium or source.kind} support; a tokenizer trained now has it)")
         if found != count and raw.unread:
             raise BadSample("unsupported_media", f"{found} {placeholder} placeholders for {count} readable files; "
-                            f"not read: {', '.join(raw.unread)} (images and video frames: png, jpg; audio: wav, flac)")
+                            f"not read: {', '.join(raw.unread)} ({_readable()})")
         if found != count:
-            what = f"videos (a sample holds one: KEY.{VIDEO_FIELD}.0.png, ...)" if placeholder == VIDEO else "files"
+            what = (f"{source.one_medium}s (a sample holds one: KEY.{source.field}.0.{source.exts[0]}, ...)"
+                    if source.one_medium else "files")
             raise BadSample("placeholder_mismatch", f"{found} {placeholder} placeholders for {count} {what}")
-        if count and not enabled:
-            raise BadSample("modality_disabled", f"sample has {placeholder} but model.{section}.enabled=false")
+        if count and not modality.enabled(cfg.model):
+            raise BadSample("modality_disabled", f"sample has {placeholder} but model.{modality.name}.enabled=false")
 
 
-def video_frame_indices(count: int, cap: int) -> list[int]:
-    """The frames of a ``count``-frame video that are kept under ``data.max_video_frames=cap``:
-    all of them, or the middle frame of each of ``cap`` equal stretches of the video."""
-    if not 0 < cap < count:
-        return list(range(count))
-    return [(2 * i + 1) * count // (2 * cap) for i in range(cap)]
-
-
-def _image(data: bytes, cfg: OmniConfig) -> tuple[torch.Tensor, tuple[int, int]]:
-    vision = cfg.model.vision
-    return load_image(data, patch_size=vision.patch_size, merge_size=vision.merge_size,
-                      min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels, in_channels=vision.in_channels,
-                      decoder=cfg.data.decoder)
-
-
-def _video(frames: list[bytes], cfg: OmniConfig) -> list[tuple[torch.Tensor, tuple[int, int]]]:
-    """The kept frames as images, in time order. They must fit one patch grid: frames of one size
-    always do; a frame list of mixed sizes is not one video."""
-    kept = video_frame_indices(len(frames), cfg.data.max_video_frames)
-    images = [_image(frames[i], cfg) for i in kept]
-    for i, (_, grid) in zip(kept, images):
-        if grid != images[0][1]:
-            raise BadSample("bad_video", f"frame {i} fits {grid[0]}x{grid[1]} patches, frame {kept[0]} "
-                            f"{images[0][1][0]}x{images[0][1][1]}: a video's frames must share one size")
-    return images
-
-
-def _audio_features(ext: str, data: bytes, cfg: OmniConfig) -> torch.Tensor:
-    audio = cfg.model.audio
-    waveform, rate = load_audio(data, ext)
-    waveform = resample(waveform, rate, audio.sample_rate)
-    seconds = waveform.numel() / audio.sample_rate
-    if seconds > cfg.data.max_audio_seconds:
-        raise BadSample("audio_too_long", f"{seconds:.2f} s clip > data.max_audio_seconds={cfg.data.max_audio_seconds}")
-    return log_mel(waveform, sample_rate=audio.sample_rate, n_fft=audio.n_fft,
-                   hop_length=audio.hop_length, n_mels=audio.n_mels)
+def _readable() -> str:
+    """What the shard reader decodes, by kind: "image: png, jpg, jpeg; ..."."""
+    return "; ".join(f"{source.kind}: {', '.join(source.exts)}" for _, source in registry.sources())
 
 
 def _kept_length(length: int, runs: list[Run], answer: list[bool], cfg: OmniConfig) -> int:
@@ -145,7 +111,7 @@ def _kept_length(length: int, runs: list[Run], answer: list[bool], cfg: OmniConf
 def _chat_tokens(turns: list[dict], tokenizer: OmniTokenizer, expand: dict) -> tuple[list[int], list[bool], list[Run]]:
     """Chat-formatted token ids, whether each is trained on (assistant content and its
     ``<|end|>``), and the placeholders' runs in text order. ``expand`` maps a placeholder id to
-    an iterator over its media: (pad id, pad count, encoder inputs)."""
+    an iterator over its media: (modality, pad id, that medium's items)."""
     tokens: list[int] = []
     answer: list[bool] = []
     runs: list[Run] = []
@@ -154,8 +120,9 @@ def _chat_tokens(turns: list[dict], tokenizer: OmniTokenizer, expand: dict) -> t
         tokens.append(tokenizer.assistant_id if is_answer else tokenizer.user_id)
         for token in tokenizer.encode(turn["content"]):
             if token in expand:
-                pad, count, media = next(expand[token])
-                runs.append((pad, len(tokens), len(tokens) + count, media))
+                name, pad, items = next(expand[token])
+                count = sum(item.tokens for item in items)
+                runs.append((name, len(tokens), len(tokens) + count, items))
                 tokens += [pad] * count
             else:
                 tokens.append(token)
@@ -170,38 +137,31 @@ def build_sample(raw: RawSample, tokenizer: OmniTokenizer, cfg: OmniConfig) -> S
         raise raw.error
     turns = parse_conversation(raw.conversation)
     _check_placeholders(turns, raw, cfg, tokenizer)  # before decoding: cheap checks first
-    merge, downsample = cfg.model.vision.merge_size, cfg.model.audio.downsample
-    image_pad, audio_pad = tokenizer.image_pad_id, tokenizer.audio_pad_id
-
-    def seen(pictures: list) -> tuple[int, int, list]:
-        """A still image (one picture) or a video's frames: each picture with its time t."""
-        pads = sum(vision_tokens(gh, gw, merge) for _, (gh, gw) in pictures)
-        return image_pad, pads, [(picture, t) for t, picture in enumerate(pictures)]
-
-    # Placeholder i of each kind takes medium i of that kind: as many pads as it yields encoder outputs.
-    expand = {tokenizer.image_id: iter([seen([_image(data, cfg)]) for data in raw.images]),
-              tokenizer.video_id: iter([seen(_video(frames, cfg)) for frames in raw.videos]),
-              tokenizer.audio_id: iter([(audio_pad, audio_tokens(f.shape[0], downsample), [f])
-                                        for f in (_audio_features(ext, data, cfg) for ext, data in raw.audios)])}
+    # Placeholder i of a source takes medium i of that source: as many pads as its items yield
+    # encoder outputs.
+    expand = {}
+    for modality, source in registry.sources():
+        members = raw.members.get(source.placeholder, [])
+        media = modality.decode(source, members, cfg) if members else []
+        if (token := tokenizer.token_id(source.placeholder)) is not None:
+            pad = tokenizer.media_pad_id(modality.name)
+            expand[token] = iter([(modality.name, pad, items) for items in media])
     tokens, answer, runs = _chat_tokens(turns, tokenizer, expand)
     keep = _kept_length(len(tokens), runs, answer, cfg)
     # A cut keeps the labels of the whole sample: the last kept token still predicts the next one.
     labels, loss = tokens[1:] + [tokenizer.pad_id], answer[1:] + [False]
-    kept = [(pad, media) for pad, _, end, media in runs if end <= keep]
-    framed = [item for pad, media in kept if pad == image_pad for item in media]
-    images = [image for image, _ in framed]
-    audios = [f for pad, media in kept if pad == audio_pad for f in media]
-
+    media: dict[str, list[MediaItem]] = {m.name: [] for m in registry.modalities()}
+    for name, _, end, items in runs:
+        if end <= keep:
+            media[name] += items
     if cfg.data.zero_media:  # the text-only control: same shapes and token counts, no content
-        images = [(torch.zeros_like(p), grid) for p, grid in images]
-        audios = [torch.zeros_like(f) for f in audios]
+        media = {name: [replace(item, values=torch.zeros_like(item.values)) for item in items]
+                 for name, items in media.items()}
     return Sample(
         key=raw.key,
         tokens=torch.tensor(tokens[:keep], dtype=torch.long),
         labels=torch.tensor(labels[:keep], dtype=torch.long),
         loss_mask=torch.tensor(loss[:keep], dtype=torch.float32),
-        images=images,
-        image_times=[t for _, t in framed],
-        audios=audios,
+        media={name: items for name, items in media.items() if items},
         truncated_from=len(tokens) if keep < len(tokens) else 0,
     )

@@ -1,10 +1,11 @@
 """WebDataset-style tar shards: members ``KEY.EXT`` grouped into one raw sample per key.
 
-Per key: ``KEY.json`` (the conversation), images ``KEY.png``/``KEY.jpg`` or ``KEY.0.png``,
-``KEY.1.png``, ... and audio ``KEY.wav``/``KEY.flac`` or ``KEY.0.wav``, ... in placeholder
-order; at most one video, its frames ``KEY.video.0.png``, ``KEY.video.1.png``, ... in time
-order (always numbered). Bytes are not decoded here, so that a bad member fails its sample, not
-the shard; a shard unreadable from some point on keeps the samples before that point.
+Per key: ``KEY.json`` (the conversation) and each modality's members (its sources,
+megaomni.media.registry): ``KEY.EXT`` or ``KEY.0.EXT``, ``KEY.1.EXT``, ... in placeholder order
+(images ``KEY.png``/``KEY.jpg``, audio ``KEY.wav``/``KEY.flac``), or a medium made of numbered
+parts, ``KEY.FIELD.0.EXT``, ... (at most one video, its frames ``KEY.video.0.png``, ... in time
+order). Bytes are not decoded here, so that a bad member fails its sample, not the shard; a
+shard unreadable from some point on keeps the samples before that point.
 """
 
 from __future__ import annotations
@@ -16,16 +17,10 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from megaomni.data.errors import BadSample
+from megaomni.errors import BadSample
+from megaomni.media import registry
+from megaomni.media.modality import Source
 
-IMAGE_EXTS = ("png", "jpg", "jpeg")
-AUDIO_EXTS = ("wav", "flac")
-VIDEO_FIELD = "video"  # frame N of the video: KEY.video.N.png, read with the extension "video.png"
-VIDEO_EXTS = tuple(f"{VIDEO_FIELD}.{ext}" for ext in IMAGE_EXTS)
-# Media this reader does not decode. They are not read, but named when their sample's
-# placeholders lack files, so the skip says why (unsupported_media, not placeholder_mismatch).
-UNREAD_MEDIA_EXTS = ("gif", "webp", "bmp", "tif", "tiff", "heic", "avif",
-                     "mp3", "ogg", "opus", "m4a", "aac", "wma", "mp4", "webm", "mkv", "avi", "mov")
 # What reading a damaged shard raises: tarfile's errors, short reads, bad gzip, bad numbers in headers.
 SHARD_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, zlib.error)
 
@@ -35,11 +30,16 @@ class RawSample:
     key: str
     shard: str
     conversation: Optional[bytes] = None  # the KEY.json bytes, parsed when the sample is built
-    images: list[bytes] = field(default_factory=list)
-    audios: list[tuple[str, bytes]] = field(default_factory=list)  # (extension, bytes)
-    videos: list[list[bytes]] = field(default_factory=list)  # each video's frames in time order (a shard: <= 1)
-    unread: list[str] = field(default_factory=list)  # names of members of UNREAD_MEDIA_EXTS
+    # Source placeholder -> its members (extension, bytes) in order: one per medium, or the parts
+    # of its one medium (a video's frames in time order).
+    members: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
+    unread: list[str] = field(default_factory=list)  # names of members of a kind this reader does not decode
     error: Optional[BadSample] = None  # a problem of the members themselves: the sample fails with it
+
+    def count(self, source: Source) -> int:
+        """Media of ``source`` in this sample."""
+        found = len(self.members.get(source.placeholder, ()))
+        return min(found, 1) if source.one_medium else found
 
     @property
     def where(self) -> str:
@@ -69,7 +69,7 @@ def _split_name(name: str) -> tuple[str, Optional[int], str]:
         number, _, ext = ext.rpartition(".")
         kind, _, number = number.rpartition(".")  # "video.3": frame 3 of the video
         # -1: not a media index (``KEY.meta.json``, ``KEY.video.png``: another field), ignored by the caller
-        index = int(number) if kind in ("", VIDEO_FIELD) and number.isascii() and number.isdigit() else -1
+        index = int(number) if kind in ("", *_fields()) and number.isascii() and number.isdigit() else -1
         ext = f"{kind}.{ext}" if kind else ext
     return os.path.join(head, stem), index, ext.lower()
 
@@ -100,30 +100,46 @@ def _media_order(stem: str, kind: str, found: list[tuple[Optional[int], str]]) -
     return None
 
 
+def _fields() -> set[str]:
+    return {s.field for _, s in registry.sources() if s.field}
+
+
 def _unread(ext: str) -> bool:
-    """A medium this reader does not decode: an image or audio ``ext``, or a video frame's."""
-    return ext.removeprefix(f"{VIDEO_FIELD}.") in UNREAD_MEDIA_EXTS
+    """A medium this reader does not decode (a source's ``unread_exts``), or such a part
+    (``KEY.video.3.webp``). They are not read, but named when their sample's placeholders lack
+    files, so the skip says why (unsupported_media, not placeholder_mismatch)."""
+    unread = {e for _, s in registry.sources() for e in s.unread_exts}
+    return any(ext.removeprefix(f"{f}.") in unread for f in ("", *_fields()) if not f or ext.startswith(f"{f}."))
+
+
+def _read_exts() -> set[str]:
+    return {"json", *(e for _, s in registry.sources() for e in s.member_exts)}
 
 
 def _sample(key: str, path: str, members: list[tuple[str, Optional[int], str, bytes]]) -> RawSample:
     """One key's members as a RawSample, with ``error`` set where they do not make one sample."""
     conversations = [data for _, _, ext, data in members if ext == "json"]
     media = sorted(members, key=lambda m: -1 if m[1] is None else m[1])  # KEY.png first, then KEY.0.png, ...
+    sources = [s for _, s in registry.sources()]
     sample = RawSample(key=key, shard=path, conversation=conversations[0] if conversations else None,
-                       images=[data for _, _, ext, data in media if ext in IMAGE_EXTS],
-                       audios=[(ext, data) for _, _, ext, data in media if ext in AUDIO_EXTS],
                        unread=[name for name, _, ext, _ in members if _unread(ext)])
-    frames = [data for _, _, ext, data in media if ext in VIDEO_EXTS]
-    sample.videos = [frames] if frames else []
+    for source in sources:
+        found = [(ext.removeprefix(f"{source.field}."), data) for _, _, ext, data in media if ext in source.member_exts]
+        if found:
+            sample.members[source.placeholder] = found
     if len(conversations) > 1:
         sample.error = BadSample("duplicate_member", f"{len(conversations)} {key}.json members")
-    # Not an unread image: the other frames would make a shorter video that still matches its placeholder.
-    if unread_frames := [name for name, _, ext, _ in members if _unread(ext) and ext.startswith(f"{VIDEO_FIELD}.")]:
-        sample.error = sample.error or BadSample(
-            "unsupported_media", f"video frames not read: {', '.join(unread_frames)} (frames: png, jpg)")
-    for kind, stem, exts in (("image", key, IMAGE_EXTS), ("audio", key, AUDIO_EXTS),
-                             ("video frame", f"{key}.{VIDEO_FIELD}", VIDEO_EXTS)):
-        sample.error = sample.error or _media_order(stem, kind, [(i, n) for n, i, ext, _ in members if ext in exts])
+    # Not an unread part: the other parts would make a shorter medium that still matches its placeholder.
+    for source in sources:
+        if source.one_medium and (unread_parts := [name for name, _, ext, _ in members
+                                                   if _unread(ext) and ext.startswith(f"{source.field}.")]):
+            sample.error = sample.error or BadSample(
+                "unsupported_media", f"{source.kind}s not read: {', '.join(unread_parts)} "
+                f"({source.kind}s: {', '.join(source.exts)})")
+    for source in sources:
+        stem = f"{key}.{source.field}" if source.field else key
+        sample.error = sample.error or _media_order(
+            stem, source.kind, [(i, n) for n, i, ext, _ in members if ext in source.member_exts])
     return sample
 
 
@@ -142,6 +158,7 @@ def iter_shard(path: str) -> Iterator[RawSample]:
         return
     members: dict[str, list[tuple[str, Optional[int], str, bytes]]] = {}  # key -> (name, index, ext, bytes)
     key, name, broken = "", "", None
+    read = _read_exts()
     try:
         with tarfile.open(path) as tar:
             for member in tar:
@@ -149,7 +166,7 @@ def iter_shard(path: str) -> Iterator[RawSample]:
                 name = member.name
                 if not member.isfile() or index == -1:
                     continue
-                if ext in ("json", *IMAGE_EXTS, *AUDIO_EXTS, *VIDEO_EXTS):
+                if ext in read:
                     members.setdefault(key, []).append((name, index, ext, tar.extractfile(member).read()))
                 elif _unread(ext):
                     members.setdefault(key, []).append((name, index, ext, b""))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import math
 
-from megaomni.data.errors import BadSample
+from megaomni.errors import BadSample
 from megaomni.data.sample import parse_conversation
 from megaomni.data.shards import iter_shard, list_shards
 

@@ -10,26 +10,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megaomni.config import DataConfig
-from megaomni.data.balance import CostModel, assign_to_ranks, contiguous_split, imbalance
+from megaomni.data.balance import assign_to_ranks, contiguous_split, imbalance
 from megaomni.data.packing import ffd_pack
 from megaomni.data.sample import Sample
+from megaomni.flops import FlopModel
+from megaomni.media import registry
 
 _SCALE = 1 << 20  # fixed-point unit of a budget when several budgets bind at once
 
 
-def sample_sizes(sample: Sample) -> tuple[int, int, int]:
-    """(LLM tokens, image patches, audio frames)."""
-    return (sample.tokens.numel(), sum(len(p) for p, _ in sample.images), sum(len(f) for f in sample.audios))
+def _budgeted():
+    """The modalities whose encoder rows a micro-batch budget limits (``Modality.budget``)."""
+    return [m for m in registry.modalities() if m.budget]
 
 
-def budgets(data: DataConfig) -> tuple[int, int, int]:
+def sample_sizes(sample: Sample) -> tuple[int, ...]:
+    """(LLM tokens, then each budgeted modality's rows: image patches, audio frames)."""
+    return (sample.tokens.numel(), *(sum(item.rows for item in sample.media.get(m.name, ())) for m in _budgeted()))
+
+
+def budgets(data: DataConfig) -> tuple[int, ...]:
     """Per-micro-batch budgets in :func:`sample_sizes` order; 0: no limit."""
-    return (data.max_tokens or data.seq_length, data.max_patches, data.max_audio_frames)
+    return (data.max_tokens or data.seq_length, *(getattr(data, m.budget) for m in _budgeted()))
 
 
 def over_budget(sample: Sample, data: DataConfig) -> str | None:
     """Why ``sample`` fits no micro-batch, or None."""
-    for name, size, budget in zip(("tokens", "patches", "audio frames"), sample_sizes(sample), budgets(data)):
+    names = ("tokens", *(m.rows_name for m in _budgeted()))
+    for name, size, budget in zip(names, sample_sizes(sample), budgets(data)):
         if budget and size > budget:
             return f"{size} {name} > budget {budget}"
     return None
@@ -78,7 +86,13 @@ class StepPlan:
     imbalance_after: float  # the same, after balancing
 
 
-def plan_step(samples: list[Sample], data: DataConfig, costs: CostModel, ranks: int, minimum: int,
+def sample_cost(sample: Sample, flops: FlopModel) -> float:
+    """Training FLOPs of one sample, from its sizes."""
+    return flops.sample_training(sample.tokens.numel(), [(name, item.rows) for name, items in sample.media.items()
+                                                         for item in items])
+
+
+def plan_step(samples: list[Sample], data: DataConfig, flops: FlopModel, ranks: int, minimum: int,
               pad_multiple: int, equal: bool = False) -> StepPlan:
     """``minimum``: micro-batches each rank needs (the interleaved schedule needs >= pp);
     ``equal``: every rank runs the same number (``data.micro_batch_multiple`` makes the count
@@ -88,7 +102,7 @@ def plan_step(samples: list[Sample], data: DataConfig, costs: CostModel, ranks: 
     packs = split_to(packs, -(-max(len(packs), ranks * minimum) // multiple) * multiple)
     longest = max(sum(samples[i].tokens.numel() for i in p) for p in packs)
     length = min(-(-longest // pad_multiple) * pad_multiple, budgets(data)[0])
-    sample_costs = [costs.sample(s) for s in samples]
+    sample_costs = [sample_cost(s, flops) for s in samples]
     pack_costs = [sum(sample_costs[i] for i in p) for p in packs]
     assigned = assign_to_ranks(pack_costs, ranks, minimum, equal)
 

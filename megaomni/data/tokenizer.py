@@ -1,4 +1,6 @@
-"""Sentencepiece tokenizer with the chat and media special tokens, and in-process training."""
+"""Sentencepiece tokenizer with the chat and media special tokens, and in-process training.
+
+The media tokens are the modalities' (megaomni.media.registry): each one's placeholders and pad."""
 
 from __future__ import annotations
 
@@ -7,19 +9,27 @@ from typing import Iterable, Optional
 
 import sentencepiece as spm
 
-IMAGE = "<image>"  # placeholders as written in conversation text
-AUDIO = "<audio>"
-VIDEO = "<video>"  # a list of frames: each frame's image pads, in time order
-IMAGE_PAD = "<|image_pad|>"  # repeated once per encoder output; the encoder replaces them
-AUDIO_PAD = "<|audio_pad|>"
+from megaomni.media import registry
+
 USER = "<|user|>"
 ASSISTANT = "<|assistant|>"
 END = "<|end|>"
-# VIDEO last: a newly trained tokenizer gives the others the ids they had before it came.
-SPECIAL_TOKENS = (IMAGE, AUDIO, IMAGE_PAD, AUDIO_PAD, USER, ASSISTANT, END, VIDEO)
-# Tokenizers trained before video support lack these; they still load, and samples that need
-# one are skipped (megaomni/data/sample.py).
-OPTIONAL_TOKENS = (VIDEO,)
+CHAT_TOKENS = (USER, ASSISTANT, END)
+
+
+def special_tokens() -> tuple[str, ...]:
+    """Every modality's required placeholders, then their pads, the chat tokens, and last the
+    optional placeholders: a tokenizer trained now gives the tokens the ids they had before the
+    optional ones (``<video>``) came."""
+    sources = registry.sources()
+    return (*(s.placeholder for _, s in sources if not s.optional), *(m.pad for m in registry.modalities()),
+            *CHAT_TOKENS, *(s.placeholder for _, s in sources if s.optional))
+
+
+def optional_tokens() -> tuple[str, ...]:
+    """Tokenizers trained before these existed still load; samples that need one are skipped
+    (megaomni/data/sample.py)."""
+    return tuple(s.placeholder for _, s in registry.sources() if s.optional)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
@@ -37,13 +47,13 @@ def train_tokenizer(texts: Iterable[str], out_prefix: str, vocab_size: int, *,
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type={model_type!r}: valid: bpe, unigram")
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(texts) + list(SPECIAL_TOKENS)),
+        sentence_iterator=iter(list(texts) + list(special_tokens())),
         model_prefix=out_prefix,
         vocab_size=vocab_size,
         model_type=model_type,
         hard_vocab_limit=False,
         byte_fallback=byte_fallback,
-        user_defined_symbols=list(SPECIAL_TOKENS),
+        user_defined_symbols=list(special_tokens()),
         pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
         add_dummy_prefix=False,
         normalization_rule_name="identity",
@@ -56,7 +66,7 @@ def train_tokenizer(texts: Iterable[str], out_prefix: str, vocab_size: int, *,
 
 
 class OmniTokenizer:
-    """A sentencepiece model that has :data:`SPECIAL_TOKENS`; exposes their ids as properties."""
+    """A sentencepiece model that has the :func:`special_tokens`: ``token_id`` gives their ids."""
 
     def __init__(self, model_path: str):
         if not os.path.isfile(model_path):
@@ -71,14 +81,15 @@ class OmniTokenizer:
         if self.sp.pad_id() < 0:
             raise ValueError(f"tokenizer {model_path}: has no pad token (train it with pad_id set)")
         self._special: dict[str, int] = {}
-        for token in SPECIAL_TOKENS:
+        optional = optional_tokens()
+        for token in special_tokens():
             token_id = self.sp.piece_to_id(token)
             # A missing piece maps to unk; a piece that is not a user-defined symbol would not be
             # kept whole when it appears inside text.
             if token_id != self.sp.unk_id() and self.sp.encode(token) == [token_id]:
                 self._special[token] = token_id
-            elif token not in OPTIONAL_TOKENS:
-                required = [t for t in SPECIAL_TOKENS if t not in OPTIONAL_TOKENS]
+            elif token not in optional:
+                required = [t for t in special_tokens() if t not in optional]
                 raise ValueError(f"tokenizer {model_path}: lacks the special token {token} as a single "
                                  f"user-defined symbol (needs all of {', '.join(required)}; "
                                  "train it with megaomni.data.tokenizer.train_tokenizer)")
@@ -95,34 +106,16 @@ class OmniTokenizer:
     def eos_id(self) -> int:
         return self.sp.eos_id()
 
-    @property
-    def image_id(self) -> int:
-        return self._special[IMAGE]
+    def token_id(self, token: str) -> Optional[int]:
+        """Id of a special token; None for an optional one this tokenizer lacks."""
+        return self._special.get(token)
 
-    @property
-    def audio_id(self) -> int:
-        return self._special[AUDIO]
-
-    @property
-    def video_id(self) -> Optional[int]:
-        """None for a tokenizer trained before video support."""
-        return self._special.get(VIDEO)
-
-    @property
-    def image_pad_id(self) -> int:
-        return self._special[IMAGE_PAD]
-
-    @property
-    def audio_pad_id(self) -> int:
-        return self._special[AUDIO_PAD]
-
-    def media_pad_id(self, placeholder: str) -> int:
-        """Id of ``<|{placeholder}_pad|>``, the token an encoder's outputs replace (the encoder
-        classes name their placeholder: ``"image"``, ``"audio"``)."""
-        token = f"<|{placeholder}_pad|>"
-        if token not in self._special:
-            raise ValueError(f"tokenizer {self.path}: no special token {token} for the {placeholder} encoder")
-        return self._special[token]
+    def media_pad_id(self, modality: str) -> int:
+        """Id of the pad token of modality ``modality`` ("vision", "audio"): the token its
+        encoder's outputs replace."""
+        if modality not in {m.name for m in registry.modalities()}:
+            raise ValueError(f"tokenizer {self.path}: no modality {modality!r}, so no pad token for it")
+        return self._special[registry.get(modality).pad]
 
     @property
     def user_id(self) -> int:

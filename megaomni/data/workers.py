@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Union
 import torch
 
 from megaomni.config import OmniConfig
-from megaomni.data.errors import BadSample
+from megaomni.errors import BadSample
 from megaomni.data.sample import Sample, build_sample
 from megaomni.data.shards import iter_shard
 from megaomni.data.step_plan import over_budget

@@ -6,8 +6,9 @@ from typing import Callable, Optional
 
 from megaomni.config import OmniConfig
 from megaomni.models.llm import build_llm
-from megaomni.models.omni import ENCODERS, OmniModel, whole_sequence
-from megaomni.models.transformer_config import make_transformer_config, moe_config_fields
+from megaomni.layers.transformer_config import make_transformer_config, moe_config_fields
+from megaomni.media import registry
+from megaomni.models.omni import OmniModel, whole_sequence
 
 
 def _stack_config(part, cfg: OmniConfig, **extra):
@@ -30,8 +31,8 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     """One stage of the omni model; encoders where ``with_encoders`` (default: ``pre_process``,
     the first stage).
 
-    ``media_pad_id(placeholder)`` gives the token id an encoder's outputs replace, for each
-    encoder's ``placeholder`` name (``"image"``, ``"audio"``). ``llm_parallel`` /
+    ``media_pad_id(modality)`` gives the token id an encoder's outputs replace, for each enabled
+    modality's name (``"vision"``, ``"audio"``). ``llm_parallel`` /
     ``encoder_parallel`` are the ``TransformerConfig`` fields of the parallel layout
     (megaomni.parallel.layout) and ``encoder_pg_collection`` the encoders' process groups;
     absent, the model is built for one process."""
@@ -44,13 +45,12 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
                                init_std=llm_cfg.init_std, mrope_section=[rotary_half, 0, 0], **fields)
     llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage)
     encoders, encoder_pads = {}, {}
-    for name, cls in ENCODERS.items():
-        part = getattr(cfg.model, name)
-        if not part.enabled or not (pre_process if with_encoders is None else with_encoders):
-            continue
-        config = _stack_config(part, cfg, init_std=llm_cfg.init_std, **(encoder_parallel or {}))
-        encoders[name] = cls(part, config, llm_cfg.hidden_size, encoder_pg_collection)
-        encoder_pads[name] = media_pad_id(cls.placeholder)
+    if pre_process if with_encoders is None else with_encoders:
+        for modality in registry.enabled(cfg.model):
+            part = getattr(cfg.model, modality.name)
+            config = _stack_config(part, cfg, init_std=llm_cfg.init_std, **(encoder_parallel or {}))
+            encoders[modality.name] = modality.encoder(part, config, llm_cfg.hidden_size, encoder_pg_collection)
+            encoder_pads[modality.name] = media_pad_id(modality.name)
     return OmniModel(cfg.model, llm, encoders, encoder_pads, shard_sequence)
 
 

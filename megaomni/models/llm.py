@@ -8,7 +8,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megaomni.config import LLMConfig
-from megaomni.models.specs import llm_block_spec
+from megaomni.layers.specs import llm_block_spec
 
 
 def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int, pre_process: bool = True,

@@ -1,9 +1,7 @@
 """The omni model: encoders -> projectors -> embedding merge -> LLM -> per-token loss.
 
-Which encoders exist is configuration: :data:`ENCODERS` maps a ``ModelConfig`` field name to its
-encoder class. Each encoder class names the ``Batch`` fields it reads (``batch_fields``) and its
-placeholder (``placeholder``: the tokenizer's ``<|{placeholder}_pad|>`` token, whose positions
-its outputs replace). Adding a modality is a new encoder class, a config field and an entry here.
+Which encoders exist is configuration: one per enabled modality (megaomni.media.registry), each
+reading its modality's :class:`MediaBatch` and replacing the embeddings at its pad token.
 """
 
 from __future__ import annotations
@@ -15,12 +13,8 @@ from megatron.core.transformer.module import MegatronModule
 from torch import nn
 
 from megaomni.config import ModelConfig
-from megaomni.data.batch import Batch
-from megaomni.models.audio import AudioEncoder
-from megaomni.models.vision import VisionEncoder
+from megaomni.media.modality import MediaBatch
 from megaomni.ops.attention import packed_params
-
-ENCODERS: dict[str, type] = {"vision": VisionEncoder, "audio": AudioEncoder}
 
 
 def merge_media(embeddings: torch.Tensor, tokens: torch.Tensor, pad_id: int,
@@ -87,34 +81,36 @@ class OmniModel(MegatronModule):
         """Pipeline hook of megatron-core's schedules: the activation entering this stage."""
         self.llm.set_input_tensor(input_tensor)
 
-    def embed(self, batch: Batch, media: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
+    def embed(self, tokens: torch.Tensor, position_ids: torch.Tensor, media: dict[str, MediaBatch],
+              features: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Text embeddings with encoder outputs merged in: ``[s, b, h]``, the whole sequence.
-        ``media``: the encoder outputs, already computed (encoder name -> rows in batch order);
-        absent, this model's encoders compute them."""
-        embeddings = self.llm.embedding(input_ids=batch.tokens, position_ids=batch.position_ids)
+        ``features``: the encoder outputs, already computed (modality -> rows in batch order);
+        absent, this model's encoders compute them from ``media``."""
+        embeddings = self.llm.embedding(input_ids=tokens, position_ids=position_ids)
         for name, pad_id in self.pad_ids.items():
-            if media is not None:
-                features = media.get(name)
-            else:
-                encoder = getattr(self, f"{name}_encoder")
-                inputs = [getattr(batch, f) for f in encoder.batch_fields]
-                features = None if inputs[0] is None else encoder(*inputs)
             if features is not None:
-                embeddings = merge_media(embeddings, batch.tokens, pad_id, features)
+                rows = features.get(name)
+            else:
+                rows = getattr(self, f"{name}_encoder")(media[name]) if name in media else None
+            if rows is not None:
+                embeddings = merge_media(embeddings, tokens, pad_id, rows)
         return embeddings
 
-    def forward(self, batch: Batch, media: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
-        """``batch.labels`` are this rank's part of the sequence (see ``shard_sequence``). A packed
-        batch (``batch.cu_seqlens``) keeps attention inside each of its samples. ``media``: see
-        :meth:`embed`."""
-        decoder_input = self.shard_sequence(self.embed(batch, media)) if self.pre_process else None
-        packed = None if batch.cu_seqlens is None else packed_params(batch.cu_seqlens, batch.tokens.device)
+    def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
+                cu_seqlens: Optional[torch.Tensor] = None, media: Optional[dict[str, MediaBatch]] = None,
+                features: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """``tokens``, ``position_ids`` ``[b, s]``: the whole sequence; ``labels``: this rank's part
+        of it (see ``shard_sequence``). Packed rows (``cu_seqlens``, on the host) keep attention
+        inside each of their samples. ``media``, ``features``: see :meth:`embed`."""
+        decoder_input = self.shard_sequence(self.embed(tokens, position_ids, media or {}, features)) \
+            if self.pre_process else None
+        packed = None if cu_seqlens is None else packed_params(cu_seqlens, tokens.device)
         return self.llm(
-            input_ids=batch.tokens,
+            input_ids=tokens,
             # [3, b, s]: the LLM's position-id rotary takes three axes and uses the first.
-            position_ids=batch.position_ids.unsqueeze(0).expand(3, -1, -1),
+            position_ids=position_ids.unsqueeze(0).expand(3, -1, -1),
             attention_mask=None,
             decoder_input=decoder_input,
-            labels=batch.labels if self.post_process else None,
+            labels=labels if self.post_process else None,
             packed_seq_params=packed,
         )

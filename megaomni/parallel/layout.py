@@ -8,11 +8,6 @@ from megaomni.config import OmniConfig
 from megaomni.parallel.stages import layers_per_stage, megatron_layout
 
 
-def data_parallel_size(cfg: OmniConfig, world_size: int) -> int:
-    par = cfg.parallel
-    return world_size // (par.tp * par.pp * par.cp)
-
-
 def llm_parallel_fields(cfg: OmniConfig, vocab_size: int) -> dict:
     par = cfg.parallel
     fields = dict(

@@ -6,23 +6,9 @@ rule (and, where there is a short list, the valid values).
 
 from __future__ import annotations
 
-from megaomni.config import ConfigError, OmniConfig
-
-
-def divisors(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
-
-
-def require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def sequence_multiple(cfg: OmniConfig) -> int:
-    """What every LLM sequence length must be a multiple of: context parallelism cuts it into
-    2*cp load-balanced chunks, sequence parallelism splits each chunk over the TP ranks."""
-    par = cfg.parallel
-    return 2 * par.cp * (par.tp if par.sp else 1) if par.cp > 1 else (par.tp if par.sp else 1)
+from megaomni.checks import divisors, require
+from megaomni.config import OmniConfig
+from megaomni.media import registry
 
 
 def _check_tensor(cfg: OmniConfig) -> None:
@@ -37,13 +23,12 @@ def _check_tensor(cfg: OmniConfig) -> None:
     enc_tp = par.encoder.tp
     require(enc_tp in (1, par.tp), f"parallel.encoder.tp={enc_tp}: must be 1 (encoders replicated over "
             f"the LLM's tensor-parallel ranks) or parallel.tp={par.tp}")
-    for name in ("vision", "audio"):
-        part = getattr(cfg.model, name)
+    for modality in registry.enabled(cfg.model):
+        part = getattr(cfg.model, modality.name)
         for field in ("num_attention_heads", "ffn_hidden_size"):
             value = getattr(part, field)
-            require(not part.enabled or value % enc_tp == 0,
-                    f"parallel.encoder.tp={enc_tp}: must divide model.{name}.{field}={value} "
-                    f"(valid: {divisors(value)})")
+            require(value % enc_tp == 0, f"parallel.encoder.tp={enc_tp}: must divide model.{modality.name}.{field}="
+                    f"{value} (valid: {divisors(value)})")
 
 
 def _check_pipeline(cfg: OmniConfig) -> None:
@@ -81,7 +66,7 @@ def _check_pipeline(cfg: OmniConfig) -> None:
 
 def _check_microbatches(cfg: OmniConfig, world_size: int) -> None:
     par, data = cfg.parallel, cfg.data
-    dp = world_size // (par.tp * par.pp * par.cp)
+    dp = par.data_parallel_size(world_size)
     microbatches = data.global_batch_size // max(data.micro_batch_size * dp, 1)
     # Packed steps are checked with the batch sizes (validation.check_batch_sizes).
     require(par.vpp == 1 or data.packing or microbatches >= par.pp,
@@ -91,8 +76,8 @@ def _check_microbatches(cfg: OmniConfig, world_size: int) -> None:
 
 
 def _check_context(cfg: OmniConfig) -> None:
-    multiple = sequence_multiple(cfg)
     par = cfg.parallel
+    multiple = par.sequence_multiple()
     require(cfg.data.seq_length % multiple == 0,
             f"data.seq_length={cfg.data.seq_length}: must be a multiple of {multiple} "
             f"(2*parallel.cp when cp > 1, times parallel.tp with parallel.sp; cp={par.cp}, tp={par.tp}, "

@@ -13,32 +13,8 @@ Stage order is megatron-core's: virtual stage ``v`` of pipeline rank ``r`` is st
 
 from __future__ import annotations
 
-from megaomni.config import LLMConfig, OmniConfig
-
-
-def llm_layer_costs(llm: LLMConfig) -> list[int]:
-    """Matmul parameters touched per token by each LLM layer (active experts only for MoE)."""
-    h, heads, groups = llm.hidden_size, llm.num_attention_heads, llm.num_query_groups
-    attention = h * h * 2 + 2 * h * (h // heads) * groups  # q, o and the grouped k, v
-    moe = llm.moe
-    dense_mlp = 3 * h * llm.ffn_hidden_size  # SwiGLU: gate, up, down
-    expert_ffn = moe.ffn_hidden_size or llm.ffn_hidden_size
-    moe_mlp = moe.top_k * 3 * h * expert_ffn + 3 * h * moe.shared_expert_ffn_hidden_size + h * moe.num_experts
-    return [attention + (moe_mlp if moe.enabled and i % moe.layer_freq == 0 else dense_mlp)
-            for i in range(llm.num_layers)]
-
-
-def encoder_params(part, llm_hidden: int) -> int:
-    """Matmul parameters an encoder (``VisionConfig`` / ``AudioConfig``) and its projector touch
-    per encoder token."""
-    h = part.hidden_size
-    return part.num_layers * (4 * h * h + 3 * h * part.ffn_hidden_size) + h * llm_hidden + llm_hidden * llm_hidden
-
-
-def encoder_cost(cfg: OmniConfig) -> int:
-    """Matmul parameters of the enabled encoders and projectors (per encoder token)."""
-    return sum(encoder_params(getattr(cfg.model, name), cfg.model.llm.hidden_size)
-               for name in ("vision", "audio") if getattr(cfg.model, name).enabled)
+from megaomni.config import OmniConfig
+from megaomni.flops import FlopModel
 
 
 def balanced_split(costs: list[int], stages: int, first_extra: int = 0, last_extra: int = 0) -> list[int]:
@@ -87,12 +63,12 @@ def layers_per_stage(cfg: OmniConfig, vocab_size: int) -> list[int]:
     par = cfg.parallel
     if cfg.pipeline.layers_per_stage:
         return list(cfg.pipeline.layers_per_stage)
-    llm = cfg.model.llm
+    flops = FlopModel.from_config(cfg.model, vocab_size)
     # The joint schedule spreads encoder work over every pipeline rank: only the baseline loads
     # the first stage with it.
-    first = encoder_cost(cfg) if cfg.pipeline.schedule == "megatron" else 0
-    return balanced_split(llm_layer_costs(llm), par.pp * par.vpp, first_extra=first,
-                          last_extra=llm.hidden_size * vocab_size)
+    first = flops.encoder_params_per_row() if cfg.pipeline.schedule == "megatron" else 0
+    return balanced_split(list(flops.layer_params), par.pp * par.vpp, first_extra=first,
+                          last_extra=flops.hidden * vocab_size)
 
 
 def megatron_layout(counts: list[int]) -> list[list[str]]:

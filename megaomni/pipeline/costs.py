@@ -1,8 +1,5 @@
-"""What each action of a step costs: FLOPs from the micro-batches' sizes, seconds from rates.
-
-The FLOP model counts matmuls (2 FLOPs per parameter per token) and attention (QK^T and AV:
-4 * hidden FLOPs per query-key pair per layer; causal in the LLM, within a sample; full within an
-image or clip in the encoders). Backward costs ``BACKWARD_RATIO`` times forward. Rates turn
+"""What each action of a step costs: FLOPs from the micro-batches' sizes (the one FLOP model,
+megaomni.flops), seconds from rates. Backward costs ``BACKWARD_RATIO`` times forward. Rates turn
 FLOPs into seconds, above a floor per model call (the host's time to issue it): defaults for
 planning, or fitted to a recorded run (:func:`fit_rates`), which is how the simulator predicts a
 machine's step time and the planner prices encoder calls.
@@ -14,53 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from megaomni.config import OmniConfig
-from megaomni.parallel.stages import encoder_params, llm_layer_costs
+from megaomni.flops import BACKWARD_RATIO, FlopModel
 from megaomni.pipeline.plan import ENC_B, ENC_F, LLM_B, LLM_F
-from megaomni.pipeline.shares import Item
-
-BACKWARD_RATIO = 2.0
-
-
-@dataclass(frozen=True)
-class FlopModel:
-    layer_params: tuple[int, ...]  # matmul parameters per token of each LLM layer
-    stage_layers: tuple[int, ...]  # LLM layers of each stage, stage order
-    hidden: int
-    vocab: int
-    encoder_params: dict = field(default_factory=dict)  # modality -> matmul params per transformer row
-    encoder_attention: dict = field(default_factory=dict)  # modality -> 4 * layers * hidden
-    rows_per_input: dict = field(default_factory=dict)  # modality -> transformer rows per input row
-
-    @classmethod
-    def from_config(cls, cfg: OmniConfig, stage_layers: list[int], vocab: int) -> "FlopModel":
-        llm = cfg.model.llm
-        params, attention, rows = {}, {}, {}
-        for name, scale in (("vision", 1.0), ("audio", 0.5)):  # the audio stem halves the rate
-            part = getattr(cfg.model, name)
-            if part.enabled:
-                params[name] = encoder_params(part, llm.hidden_size)
-                attention[name] = 4 * part.num_layers * part.hidden_size
-                rows[name] = scale
-        return cls(tuple(llm_layer_costs(llm)), tuple(stage_layers), llm.hidden_size, vocab,
-                   params, attention, rows)
-
-    def llm_forward(self, seq_lens: list[int]) -> list[float]:
-        """Forward FLOPs of every stage for a micro-batch of samples of ``seq_lens`` tokens."""
-        tokens = sum(seq_lens)
-        pairs = sum(n * (n + 1) / 2 for n in seq_lens)
-        flops, layer = [], 0
-        for count in self.stage_layers:
-            stage = sum(2 * p * tokens + 4 * self.hidden * pairs for p in self.layer_params[layer:layer + count])
-            flops.append(stage)
-            layer += count
-        flops[-1] += 2 * self.hidden * self.vocab * tokens  # output layer
-        return flops
-
-    def item_forward(self, item: Item) -> float:
-        rows = item.size * self.rows_per_input.get(item.modality, 1.0)
-        return (2 * self.encoder_params.get(item.modality, 0.0) * rows
-                + self.encoder_attention.get(item.modality, 0.0) * rows * rows)
 
 
 @dataclass(frozen=True)
@@ -113,7 +65,7 @@ def step_costs(model: FlopModel, micro_batches: list[dict], bytes_per_value: int
     padding included: what is sent between stages), ``items`` (:class:`Item` list)."""
     return StepCosts(
         llm=[model.llm_forward(mb["seq_lens"]) for mb in micro_batches],
-        items=[[model.item_forward(it) for it in mb["items"]] for mb in micro_batches],
+        items=[[model.item_forward(it.modality, it.size) for it in mb["items"]] for mb in micro_batches],
         act_bytes=[mb["tokens"] * model.hidden * bytes_per_value for mb in micro_batches],
         item_bytes=[[it.outputs * model.hidden * bytes_per_value for it in mb["items"]] for mb in micro_batches],
         modalities=[[it.modality for it in mb["items"]] for mb in micro_batches],

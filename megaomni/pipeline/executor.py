@@ -179,8 +179,8 @@ class PlanExecutor:
         each share's outputs are stored detached, so the first stage's backward stops there and
         the call's backward runs when the plan says."""
         shares = [(g, plan.shares[g][self.rank]) for g in action.micros]
-        inputs = merge_inputs([share_inputs(batches[g], items[g], share) for g, share in shares])
-        outputs = {name: self.encoders[name](*args) for name, args in sorted(inputs.items())}
+        inputs = merge_inputs([share_inputs(batches[g].media, items[g], share) for g, share in shares])
+        outputs = {name: self.encoders[name](media) for name, media in sorted(inputs.items())}
         encoded[action.micro] = outputs
         pieces = split_outputs(outputs, [share_outputs(items[g], share) for g, share in shares])
         for (g, _), piece in zip(shares, pieces):
@@ -194,8 +194,7 @@ class PlanExecutor:
         if s == 0:
             shares = plan.shares[m]
             outputs = [store.pop(("feat", m, r)) if shares[r] else {} for r in range(plan.pp)]
-            media = assemble(items, shares, outputs)
-            step = partial(forward_step_func, media=media)
+            step = partial(forward_step_func, features=assemble(items, shares, outputs))
             saved[("media", m)] = outputs
         output, num_tokens = forward_step(
             step, iter([batch]), self.chunks[chunk], plan.num_micro, input_tensor, reports, self.config,

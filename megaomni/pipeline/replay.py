@@ -8,7 +8,8 @@ import glob
 import json
 import os
 
-from megaomni.pipeline.costs import FlopModel, Rates, StepCosts, fit_rates, step_costs
+from megaomni.flops import FlopModel
+from megaomni.pipeline.costs import Rates, StepCosts, fit_rates, step_costs
 from megaomni.pipeline.plan import Plan
 from megaomni.pipeline.shares import Item
 from megaomni.pipeline.simulate import action_work, simulate

@@ -11,29 +11,22 @@ from dataclasses import dataclass
 
 import torch
 
-from megaomni.data.batch import Batch
-from megaomni.models.media_layout import audio_tokens, vision_tokens
-from megaomni.platform.transfer import to_device
+from megaomni.media.modality import MediaBatch
 
 
 @dataclass(frozen=True)
 class Item:
-    modality: str  # an encoder name: "vision" | "audio"
+    modality: str  # a modality's name: "vision", "audio", ...
     index: int  # within its modality, in batch order
     size: int  # encoder input length: patches or frames
     outputs: int  # LLM tokens it becomes
 
 
-def media_items(batch: Batch, merge: int, downsample: int) -> list[Item]:
-    """Every media item of ``batch``: images in order, then clips."""
-    items = []
-    if batch.image_grids is not None:
-        for i, (h, w) in enumerate(batch.image_grids.tolist()):
-            items.append(Item("vision", i, h * w, vision_tokens(h, w, merge)))
-    if batch.audio_lengths is not None:
-        for i, n in enumerate(batch.audio_lengths.tolist()):
-            items.append(Item("audio", i, n, audio_tokens(n, downsample)))
-    return items
+def media_items(media: dict[str, MediaBatch]) -> list[Item]:
+    """Every media item of a micro-batch's ``media``: each modality's in order, modality after
+    modality (images, then clips)."""
+    return [Item(name, i, rows, tokens) for name, batch in media.items()
+            for i, (rows, tokens) in enumerate(zip(batch.rows, batch.tokens))]
 
 
 def split_shares(costs: list[float], weights: list[float], loads: list[float] | None = None) -> list[tuple[int, ...]]:
@@ -62,50 +55,18 @@ def whole_shares(costs: list[float], weights: list[float], loads: list[float] | 
     return [tuple(range(len(costs))) if share else () for share in chosen]
 
 
-def _rows(lengths: list[int], chosen: list[int]) -> torch.Tensor:
-    starts = [0]
-    for n in lengths:
-        starts.append(starts[-1] + n)
-    return torch.cat([torch.arange(starts[i], starts[i + 1]) for i in chosen])
+def share_inputs(media: dict[str, MediaBatch], items: list[Item], share: tuple[int, ...]) -> dict[str, MediaBatch]:
+    """Encoder inputs of the items in ``share``, per modality."""
+    chosen: dict[str, list[int]] = {}
+    for i in share:
+        chosen.setdefault(items[i].modality, []).append(items[i].index)
+    return {name: media[name].select(indices) for name, indices in chosen.items()}
 
 
-def share_inputs(batch: Batch, items: list[Item], share: tuple[int, ...]) -> dict[str, list]:
-    """Encoder inputs (``encoder.batch_fields`` order) of the items in ``share``, per modality.
-    Sizes come from the batch's host metadata (see ``Batch.to``); only the row indices cross to
-    the device, asynchronously."""
-    inputs: dict[str, list] = {}
-    images = [items[i].index for i in share if items[i].modality == "vision"]
-    if images:
-        rows = to_device(_rows(batch.image_grids.prod(-1).tolist(), images), batch.image_patches.device)
-        times = None if batch.image_times is None else batch.image_times[images]
-        inputs["vision"] = [batch.image_patches[rows], batch.image_grids[images], times]
-    clips = [items[i].index for i in share if items[i].modality == "audio"]
-    if clips:
-        rows = to_device(_rows(batch.audio_lengths.tolist(), clips), batch.audio_features.device)
-        inputs["audio"] = [batch.audio_features[rows], batch.audio_lengths[clips]]
-    return inputs
-
-
-def merge_inputs(parts: list[dict[str, list]]) -> dict[str, list]:
-    """One encoder call's inputs from several shares' (:func:`share_inputs`, in order): per
-    modality, each field concatenated. A share without ``image_times`` counts as frame 0, which
-    has no temporal offset."""
-    if len(parts) == 1:
-        return parts[0]
-    merged: dict[str, list] = {}
-    for name in sorted({n for part in parts for n in part}):
-        fields = [part[name] for part in parts if name in part]
-        columns = []
-        for i, column in enumerate(zip(*fields)):
-            if all(t is None for t in column):
-                columns.append(None)
-                continue
-            if name == "vision" and i == 2:  # times, per image: as many as grid rows
-                column = [t if t is not None else torch.zeros(len(f[1]), dtype=torch.long)
-                          for t, f in zip(column, fields)]
-            columns.append(torch.cat(column))
-        merged[name] = columns
-    return merged
+def merge_inputs(parts: list[dict[str, MediaBatch]]) -> dict[str, MediaBatch]:
+    """One encoder call's inputs from several shares' (:func:`share_inputs`, in order)."""
+    names = sorted({n for part in parts for n in part})
+    return {name: MediaBatch.cat([part[name] for part in parts if name in part]) for name in names}
 
 
 def split_outputs(outputs: dict[str, torch.Tensor], counts: list[dict[str, int]]) -> list[dict[str, torch.Tensor]]:

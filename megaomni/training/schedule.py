@@ -17,7 +17,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
 from megaomni.parallel.stages import layers_per_stage
-from megaomni.pipeline.costs import FlopModel, Rates, StepCosts, fit_rates, step_costs
+from megaomni.flops import FlopModel
+from megaomni.pipeline.costs import Rates, StepCosts, fit_rates, step_costs
 from megaomni.pipeline.executor import PlanExecutor
 from megaomni.pipeline.joint_plan import joint_plan
 from megaomni.pipeline.llm_order import interleave_group
@@ -44,7 +45,7 @@ class StepRunner:
         self.cfg, self.state = cfg, state
         self.pp, self.vpp = cfg.parallel.pp, cfg.parallel.vpp
         self.schedule = cfg.pipeline.schedule
-        self.flops = FlopModel.from_config(cfg, layers_per_stage(cfg, vocab_size), vocab_size)
+        self.flops = FlopModel.from_config(cfg.model, vocab_size, layers_per_stage(cfg, vocab_size))
         self.bytes = 2 if cfg.train.bf16 else 4
         self.rates = Rates()
         self._pending = None
@@ -55,9 +56,6 @@ class StepRunner:
         else:
             self.executor = None
             self.forward_backward = get_forward_backward_func()
-
-    def items(self, batch: Batch):
-        return media_items(batch, self.cfg.model.vision.merge_size, self.cfg.model.audio.downsample)
 
     def plan(self, described: list[dict], costs: StepCosts):
         group = interleave_group(len(described), self.pp) if self.vpp > 1 else 0
@@ -77,7 +75,7 @@ class StepRunner:
         sync_debug = self.cfg.pipeline.sync_debug if self._steps > 1 else ""
         if self.executor is None and not record:  # megatron-core's schedules need no plan
             return self._megatron_core(batches, forward_step)
-        items = [self.items(b) for b in batches]
+        items = [media_items(b.media) for b in batches]
         described = describe(batches, items)
         costs = step_costs(self.flops, described, self.bytes)
         plan = self.plan(described, costs)

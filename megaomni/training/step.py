@@ -8,7 +8,6 @@ right.
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 
 import torch
@@ -32,14 +31,14 @@ def loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
 
 
 def make_forward_step(device: torch.device):
-    def forward_step(data_iterator, model, media=None):
+    def forward_step(data_iterator, model, features=None):
         batch: Batch = next(data_iterator).to(device)
         # Labels and loss mask of this rank's part of the sequence (context parallelism); the
         # model merges media into the whole sequence and cuts its embeddings the same way.
-        batch = dataclasses.replace(batch, labels=shard_tokens(batch.labels),
-                                    loss_mask=shard_tokens(batch.loss_mask))
-        # media: encoder outputs computed elsewhere (the joint schedule); None: the model encodes.
-        output = model(batch) if media is None else model(batch, media=media)
-        return output, partial(loss_func, batch.loss_mask)
+        loss_mask = shard_tokens(batch.loss_mask)
+        # features: encoder outputs computed elsewhere (the joint schedule); None: the model encodes.
+        output = model(batch.tokens, batch.position_ids, labels=shard_tokens(batch.labels),
+                       cu_seqlens=batch.cu_seqlens, media=batch.media, features=features)
+        return output, partial(loss_func, loss_mask)
 
     return forward_step

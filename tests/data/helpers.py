@@ -14,6 +14,7 @@ from PIL import Image
 
 from megaomni.data.loader import OmniDataLoader
 from megaomni.data.shards import RawSample
+from tests.media_views import audios, images, raw_members
 
 
 def png(width: int, height: int, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -27,8 +28,8 @@ def conversation(*turns: tuple[str, str]) -> bytes:
 
 
 def raw(turns: bytes, images: list[bytes] = (), audios: list[bytes] = ()) -> RawSample:
-    return RawSample(key="k", shard="s.tar", conversation=turns, images=list(images),
-                     audios=[("wav", a) for a in audios])
+    return RawSample(key="k", shard="s.tar", conversation=turns,
+                     members=raw_members(images, [("wav", a) for a in audios]))
 
 
 def write_shard(path: str, members: dict[str, bytes]) -> None:
@@ -119,6 +120,6 @@ def assert_same_samples(got, expected) -> None:
     assert [s.key for s in got] == [s.key for s in expected]
     for a, b in zip(got, expected):
         assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("tokens", "labels", "loss_mask"))
-        assert [grid for _, grid in a.images] == [grid for _, grid in b.images]
-        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a.images, b.images))
-        assert all(torch.equal(x, y) for x, y in zip(a.audios, b.audios))
+        assert [grid for _, grid in images(a)] == [grid for _, grid in images(b)]
+        assert all(torch.equal(x, y) for (x, _), (y, _) in zip(images(a), images(b)))
+        assert all(torch.equal(x, y) for x, y in zip(audios(a), audios(b)))

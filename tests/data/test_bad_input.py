@@ -9,8 +9,10 @@ import collections
 import pytest
 import torch
 
-from megaomni.data.errors import BadSample
+from megaomni.errors import BadSample
 from megaomni.data.sample import build_sample
+
+from tests.media_views import audios, images
 from tests.data.helpers import (assert_same_samples, bad_samples, conversation, good_samples, load, members, png,
                                 raw, shard_of_images, write_shard)
 
@@ -86,7 +88,7 @@ def test_truncation_is_a_prefix_that_keeps_media_runs_whole(cfg, tokenizer, clip
                               ("user", "And <image> with <audio>?"), ("assistant", "low")),
                  images=[png(84, 56)], audios=[clip])
     full = build_sample(sample, tokenizer, cfg)
-    runs = media_runs(full, (tokenizer.image_pad_id, tokenizer.audio_pad_id))
+    runs = media_runs(full, (tokenizer.media_pad_id("vision"), tokenizer.media_pad_id("audio")))
     assert [end - start for start, end in runs] == [6, 26]
     cfg.data.truncate = True
     outcomes = collections.Counter()
@@ -104,9 +106,9 @@ def test_truncation_is_a_prefix_that_keeps_media_runs_whole(cfg, tokenizer, clip
         for f in ("tokens", "labels", "loss_mask"):
             assert torch.equal(getattr(cut, f), getattr(full, f)[:length]), (length, f)
         # Media whose run was cut off go with it; the others stay whole.
-        assert len(cut.images) + len(cut.audios) == sum(end <= length for _, end in runs)
-        assert media_runs(cut, (tokenizer.image_pad_id, tokenizer.audio_pad_id)) == [r for r in runs if r[1] <= length]
-        outcomes[len(cut.images) + len(cut.audios)] += 1
+        assert len(images(cut)) + len(audios(cut)) == sum(end <= length for _, end in runs)
+        assert media_runs(cut, (tokenizer.media_pad_id("vision"), tokenizer.media_pad_id("audio"))) == [r for r in runs if r[1] <= length]
+        outcomes[len(images(cut)) + len(audios(cut))] += 1
     assert outcomes["split"] == 5 + 25 and outcomes["no answer"] > 0 and all(outcomes[n] > 0 for n in (0, 1, 2))
 
 

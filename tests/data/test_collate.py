@@ -4,6 +4,8 @@ import torch
 
 from megaomni.data.collate import collate
 from megaomni.data.sample import build_sample
+
+from tests.media_views import audio_features, audio_lengths, image_grids, image_patches, images
 from tests.data.helpers import conversation, png, raw, rng
 
 
@@ -23,13 +25,13 @@ def test_collate_pads_and_packs_media(cfg, tokenizer, toy):
         assert torch.equal(batch.tokens[i, :n], s.tokens) and torch.equal(batch.labels[i, :n], s.labels)
         assert (batch.tokens[i, n:] == tokenizer.pad_id).all() and (batch.loss_mask[i, n:] == 0).all()
     assert torch.equal(batch.position_ids[2], torch.arange(batch.tokens.shape[1]))
-    assert batch.image_grids.tolist() == [[6, 4], [2, 2]] and batch.image_grids.dtype == torch.long
-    assert torch.equal(batch.image_patches, torch.cat([a.images[0][0], c.images[0][0]]))
-    assert batch.audio_lengths.tolist() == [101, 101] and batch.audio_features.shape == (202, cfg.model.audio.n_mels)
+    assert image_grids(batch).tolist() == [[6, 4], [2, 2]] and image_grids(batch).dtype == torch.long
+    assert torch.equal(image_patches(batch), torch.cat([images(a)[0][0], images(c)[0][0]]))
+    assert audio_lengths(batch).tolist() == [101, 101] and audio_features(batch).shape == (202, cfg.model.audio.n_mels)
 
     text_only = collate([b], tokenizer.pad_id)
-    assert text_only.image_patches is None and text_only.image_grids is None
-    assert collate([a], tokenizer.pad_id).audio_features is None
+    assert image_patches(text_only) is None and image_grids(text_only) is None
+    assert audio_features(collate([a], tokenizer.pad_id)) is None
 
 
 def test_collate_never_pads_past_max_length(cfg, tokenizer):

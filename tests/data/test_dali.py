@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from megaomni.config import ConfigError, load_config
-from megaomni.data import dali_decode
-from megaomni.data.errors import BadSample
-from megaomni.data.media import decode_image, load_image
+from megaomni.media import dali_decode
+from megaomni.errors import BadSample
+from megaomni.media.images import decode_image, load_image
 from megaomni.validation import validate
 
 needs_dali = pytest.mark.skipif(not dali_decode.available(),

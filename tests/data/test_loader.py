@@ -10,15 +10,16 @@ import torch
 from megaomni.data.loader import OmniDataLoader
 from tests.data.conftest import SMALL_SAMPLES
 from tests.data.helpers import conversation, png, unpadded_rows, write_shard
+from tests.media_views import audio_features, audio_lengths, image_grids, image_patches
 
 
 def batches_equal(a, b) -> bool:
     def same(x, y):
         return (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+    views = (image_patches, image_grids, audio_features, audio_lengths)
     return len(a) == len(b) and all(
-        all(same(getattr(x, f), getattr(y, f)) for f in ("tokens", "labels", "loss_mask", "position_ids",
-                                                           "image_patches", "image_grids", "audio_features",
-                                                           "audio_lengths"))
+        all(same(getattr(x, f), getattr(y, f)) for f in ("tokens", "labels", "loss_mask", "position_ids"))
+        and all(same(view(x), view(y)) for view in views)
         for x, y in zip(a, b))
 
 

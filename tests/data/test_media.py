@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from megaomni.data.errors import BadSample
-from megaomni.data.media import load_audio, load_image, log_mel, resample
-from megaomni.models.media_layout import patch_positions
+from megaomni.errors import BadSample
+from megaomni.media.images import load_image
+from megaomni.media.sounds import load_audio, log_mel, resample
+from megaomni.media.images import patch_positions
 
 PATCH, MERGE = 14, 2
 FACTOR = PATCH * MERGE

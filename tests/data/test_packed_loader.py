@@ -10,10 +10,13 @@ import random
 import pytest
 import torch
 
-from megaomni.data.balance import CostModel, assign_to_ranks, contiguous_split, imbalance
+from megaomni.data.balance import assign_to_ranks, contiguous_split, imbalance
+from megaomni.flops import TRAINING_RATIO, FlopModel
 from megaomni.data.loader import OmniDataLoader
 from megaomni.data.sample import Sample
-from megaomni.data.step_plan import pack, plan_step, sample_sizes, split_to
+from megaomni.data.step_plan import pack, plan_step, sample_cost, sample_sizes, split_to
+
+from tests.media_views import sample_media
 
 
 def make_loader(cfg, tokenizer, rank=0, size=1, **data):
@@ -91,7 +94,7 @@ def _random_samples(seed: int, n: int) -> list[Sample]:
         audios = [torch.zeros(rng.randint(10, 90), 8) for _ in range(rng.randint(0, 1))]
         samples.append(Sample(key=str(i), tokens=torch.zeros(length, dtype=torch.long),
                               labels=torch.zeros(length, dtype=torch.long), loss_mask=torch.ones(length),
-                              images=images, audios=audios))
+                              media=sample_media(images, audios)))
     return samples
 
 
@@ -112,12 +115,12 @@ def test_every_budget_holds(cfg, seed):
 def test_balancing_beats_the_contiguous_split(cfg):
     samples = sorted(_random_samples(7, 48), key=lambda s: -s.tokens.numel())  # worst case: sorted
     cfg.data.max_tokens = 64
-    plan = plan_step(samples, cfg.data, CostModel.from_config(cfg), ranks=4, minimum=1, pad_multiple=8)
+    plan = plan_step(samples, cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8)
     assert plan.imbalance_after < plan.imbalance_before
     assert plan.imbalance_after < 1.1
     assert sorted(p for mine in plan.ranks for p in mine) == list(range(len(plan.packs)))
     cfg.data.micro_batch_multiple = 8
-    even = plan_step(samples, cfg.data, CostModel.from_config(cfg), ranks=4, minimum=1, pad_multiple=8, equal=True)
+    even = plan_step(samples, cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8, equal=True)
     assert len(even.packs) % 8 == 0 and len(even.packs) >= len(plan.packs)
     assert {len(mine) for mine in even.ranks} == {len(even.packs) // 4}
 
@@ -137,10 +140,11 @@ def test_assignment_guarantees_each_rank_its_micro_batches():
 
 
 def test_cost_model_counts_attention_quadratically(cfg):
-    costs = CostModel.from_config(cfg)
+    flops = FlopModel.from_config(cfg.model)
     short, long = (_random_samples(0, 1)[0] for _ in range(2))
     short.tokens, long.tokens = torch.zeros(10), torch.zeros(20)
-    short.images = long.images = short.audios = long.audios = []
-    linear = costs.llm_per_token * 10
-    assert costs.sample(long) - 2 * costs.sample(short) == pytest.approx(costs.llm_attention * (210 - 2 * 55))
-    assert costs.sample(short) > linear
+    short.media = long.media = {}
+    linear = TRAINING_RATIO * 2 * sum(flops.layer_params) * 10
+    per_pair = TRAINING_RATIO * 4 * cfg.model.llm.num_layers * cfg.model.llm.hidden_size  # causal: n(n+1)/2 pairs
+    assert sample_cost(long, flops) - 2 * sample_cost(short, flops) == pytest.approx(per_pair * (210 - 2 * 55))
+    assert sample_cost(short, flops) > linear

@@ -3,9 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megaomni.data.errors import BadSample
+from megaomni.errors import BadSample
 from megaomni.data.sample import build_sample
-from megaomni.models.media_layout import audio_tokens, vision_tokens
+from megaomni.media.audio import AUDIO, audio_tokens
+from megaomni.media.vision import IMAGE, vision_tokens
+
+from tests.media_views import audios, images
 from tests.data.helpers import conversation, png, raw, rng
 
 
@@ -13,25 +16,25 @@ def test_placeholders_expand_to_encoder_output_counts(cfg, tokenizer, toy):
     clip = toy.tone(rng(), "rising")
     sample = build_sample(raw(conversation(("user", "<image> then <image>, hear <audio>?"), ("assistant", "ok")),
                               images=[png(84, 56), png(28, 56)], audios=[clip]), tokenizer, cfg)
-    assert [grid for _, grid in sample.images] == [(4, 6), (4, 2)]  # placeholder order kept
+    assert [grid for _, grid in images(sample)] == [(4, 6), (4, 2)]  # placeholder order kept
     merge = cfg.model.vision.merge_size
-    n_image = sum(vision_tokens(gh, gw, merge) for _, (gh, gw) in sample.images)
+    n_image = sum(vision_tokens(gh, gw, merge) for _, (gh, gw) in images(sample))
     assert n_image == 6 + 2
-    assert int((sample.tokens == tokenizer.image_pad_id).sum()) == n_image
-    (features,) = sample.audios
+    assert int((sample.tokens == tokenizer.media_pad_id("vision")).sum()) == n_image
+    (features,) = audios(sample)
     assert features.shape == (101, cfg.model.audio.n_mels)  # 1 s at hop 160
-    assert int((sample.tokens == tokenizer.audio_pad_id).sum()) == audio_tokens(101, cfg.model.audio.downsample) == 26
-    assert tokenizer.image_id not in sample.tokens and tokenizer.audio_id not in sample.tokens
+    assert int((sample.tokens == tokenizer.media_pad_id("audio")).sum()) == audio_tokens(101, cfg.model.audio.downsample) == 26
+    assert tokenizer.token_id(IMAGE) not in sample.tokens and tokenizer.token_id(AUDIO) not in sample.tokens
     # Each placeholder's pads are contiguous, in text order: image 6, image 2, audio 26.
     runs, previous = [], None
     for t in sample.tokens.tolist():
-        if t in (tokenizer.image_pad_id, tokenizer.audio_pad_id):
+        if t in (tokenizer.media_pad_id("vision"), tokenizer.media_pad_id("audio")):
             if t == previous:
                 runs[-1][1] += 1
             else:
                 runs.append([t, 1])
         previous = t
-    assert runs == [[tokenizer.image_pad_id, 6], [tokenizer.image_pad_id, 2], [tokenizer.audio_pad_id, 26]]
+    assert runs == [[tokenizer.media_pad_id("vision"), 6], [tokenizer.media_pad_id("vision"), 2], [tokenizer.media_pad_id("audio"), 26]]
 
 
 def test_chat_format_labels_and_loss_mask(cfg, tokenizer):
@@ -39,7 +42,7 @@ def test_chat_format_labels_and_loss_mask(cfg, tokenizer):
              ("user", "What is shown?"), ("assistant", "blue square")]
     s = build_sample(raw(conversation(*turns), images=[png(28, 28)]), tokenizer, cfg)
     enc = tokenizer.encode
-    u, a, e, pad = tokenizer.user_id, tokenizer.assistant_id, tokenizer.end_id, tokenizer.image_pad_id
+    u, a, e, pad = tokenizer.user_id, tokenizer.assistant_id, tokenizer.end_id, tokenizer.media_pad_id("vision")
     expected = ([u, pad, *enc("\nWhat is shown?"), e, a, *enc("red circle"), e,
                  u, *enc("What is shown?"), e, a, *enc("blue square"), e])
     assert s.tokens.tolist() == expected
@@ -118,7 +121,7 @@ def test_zero_media_keeps_shapes_and_tokens(cfg, tokenizer, toy):
     cfg.data.zero_media = True
     blind = build_sample(sample, tokenizer, cfg)
     assert torch.equal(real.tokens, blind.tokens) and torch.equal(real.loss_mask, blind.loss_mask)
-    (real_patches, real_grid), (blind_patches, blind_grid) = real.images[0], blind.images[0]
+    (real_patches, real_grid), (blind_patches, blind_grid) = images(real)[0], images(blind)[0]
     assert real_grid == blind_grid and blind_patches.shape == real_patches.shape
     assert real_patches.abs().sum() > 0 and blind_patches.abs().sum() == 0
-    assert blind.audios[0].shape == real.audios[0].shape and blind.audios[0].abs().sum() == 0
+    assert audios(blind)[0].shape == audios(real)[0].shape and audios(blind)[0].abs().sum() == 0

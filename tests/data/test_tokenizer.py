@@ -3,23 +3,29 @@ from __future__ import annotations
 import pytest
 import sentencepiece as spm
 
-from megaomni.data.tokenizer import SPECIAL_TOKENS, OmniTokenizer
+from megaomni.data.tokenizer import ASSISTANT, END, USER, OmniTokenizer, special_tokens
+from megaomni.media.audio import AUDIO
+from megaomni.media.vision import IMAGE, VIDEO
+
+SPECIAL_TOKENS = special_tokens()
 
 
 def test_special_tokens_are_single_distinct_ids(tokenizer):
+    assert SPECIAL_TOKENS == (IMAGE, AUDIO, "<|image_pad|>", "<|audio_pad|>", USER, ASSISTANT, END, VIDEO)
     ids = {token: tokenizer.encode(token) for token in SPECIAL_TOKENS}
     assert all(len(v) == 1 for v in ids.values()), ids
     assert len({v[0] for v in ids.values()}) == len(SPECIAL_TOKENS)
     assert [ids[t][0] for t in SPECIAL_TOKENS] == [
-        tokenizer.image_id, tokenizer.audio_id, tokenizer.image_pad_id, tokenizer.audio_pad_id,
-        tokenizer.user_id, tokenizer.assistant_id, tokenizer.end_id, tokenizer.video_id]
+        tokenizer.token_id(IMAGE), tokenizer.token_id(AUDIO), tokenizer.media_pad_id("vision"),
+        tokenizer.media_pad_id("audio"), tokenizer.user_id, tokenizer.assistant_id, tokenizer.end_id,
+        tokenizer.token_id(VIDEO)]
     assert len({tokenizer.pad_id, tokenizer.eos_id, *(v[0] for v in ids.values())}) == len(SPECIAL_TOKENS) + 2
-    assert tokenizer.media_pad_id("image") == tokenizer.image_pad_id
-    assert tokenizer.media_pad_id("audio") == tokenizer.audio_pad_id
-    with pytest.raises(ValueError, match="<|video_pad|>"):
+    assert tokenizer.media_pad_id("vision") == ids["<|image_pad|>"][0]
+    assert tokenizer.media_pad_id("audio") == ids["<|audio_pad|>"][0]
+    with pytest.raises(ValueError, match="no modality 'video'"):
         tokenizer.media_pad_id("video")
     # Kept whole inside text, too.
-    assert tokenizer.image_id in tokenizer.encode("look<image>here")
+    assert tokenizer.token_id(IMAGE) in tokenizer.encode("look<image>here")
     assert tokenizer.vocab_size > max(v[0] for v in ids.values())
 
 

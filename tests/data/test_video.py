@@ -8,12 +8,16 @@ import torch
 
 from megaomni.data import tokenizer as tokenizer_module
 from megaomni.data.collate import collate, collate_packed
-from megaomni.data.errors import BadSample
-from megaomni.data.media import load_image
-from megaomni.data.sample import build_sample, video_frame_indices
+from megaomni.errors import BadSample
+from megaomni.media.images import load_image
+from megaomni.data.sample import build_sample
+from megaomni.media.vision import video_frame_indices
 from megaomni.data.shards import _split_name, index_shards
-from megaomni.data.tokenizer import VIDEO, OmniTokenizer, train_tokenizer
-from megaomni.models.media_layout import vision_tokens
+from megaomni.data.tokenizer import OmniTokenizer, train_tokenizer
+from megaomni.media.vision import IMAGE, VIDEO
+from megaomni.media.vision import vision_tokens
+
+from tests.media_views import batch_image_times, image_grids, image_times, images, raw_images, raw_members, raw_videos
 from tests.data.helpers import conversation, load, members, png, raw, write_shard
 
 FRAME = (56, 28)  # 2x4 patches of 14 pixels: 2 LLM tokens at merge 2
@@ -32,7 +36,7 @@ def video_sample(count: int) -> dict[str, bytes]:
 
 def raw_video(video: list[bytes], text: str = "<video> What moves?"):
     sample = raw(conversation(("user", text), ("assistant", "a square")))
-    sample.videos = [video]
+    sample.members.update(raw_members(video=video))
     return sample
 
 
@@ -56,21 +60,21 @@ def test_video_round_trips_from_a_shard(cfg, tokenizer, tmp_path):
     order = ["json", "video.2.png", "video.0.png", "png", "video.3.png", "video.1.png"]
     write_shard(str(tmp_path / "a.tar"), members({"v": {ext: stored[ext] for ext in order}}))
     (got,) = index_shards([str(tmp_path / "a.tar")])
-    assert got.error is None and got.images == [stored["png"]] and got.videos == [frames(4)]
+    assert got.error is None and raw_images(got) == [stored["png"]] and raw_videos(got) == [frames(4)]
 
     sample = build_sample(got, tokenizer, cfg)
     # The video's frames, then the image (placeholder order); the frames in time order, one size.
-    assert [grid for _, grid in sample.images] == [(2, 4)] * 4 + [(2, 2)]
-    assert sample.image_times == [0, 1, 2, 3, 0]
-    for (patches, _), data in zip(sample.images, frames(4) + [stored["png"]], strict=True):
+    assert [grid for _, grid in images(sample)] == [(2, 4)] * 4 + [(2, 2)]
+    assert image_times(sample) == [0, 1, 2, 3, 0]
+    for (patches, _), data in zip(images(sample), frames(4) + [stored["png"]], strict=True):
         assert torch.equal(patches, decoded(data, cfg))
     # <video> expands to all its frames' pads, <image> to its own: two runs, in text order.
     ids = sample.tokens.tolist()
-    runs = [i for i, t in enumerate(ids) if t == tokenizer.image_pad_id and ids[i - 1] != t]
-    assert ids.count(tokenizer.image_pad_id) == 4 * vision_tokens(2, 4, 2) + 1 == 9
-    assert len(runs) == 2 and ids[runs[0]:runs[0] + 8] == [tokenizer.image_pad_id] * 8
-    assert ids[runs[0] + 8] != tokenizer.image_pad_id
-    assert tokenizer.video_id is not None and tokenizer.video_id not in ids and tokenizer.image_id not in ids
+    runs = [i for i, t in enumerate(ids) if t == tokenizer.media_pad_id("vision") and ids[i - 1] != t]
+    assert ids.count(tokenizer.media_pad_id("vision")) == 4 * vision_tokens(2, 4, 2) + 1 == 9
+    assert len(runs) == 2 and ids[runs[0]:runs[0] + 8] == [tokenizer.media_pad_id("vision")] * 8
+    assert ids[runs[0] + 8] != tokenizer.media_pad_id("vision")
+    assert tokenizer.token_id(VIDEO) is not None and tokenizer.token_id(VIDEO) not in ids and tokenizer.token_id(IMAGE) not in ids
 
 
 def test_frame_subsampling_is_even_and_fixed():
@@ -88,13 +92,13 @@ def test_max_video_frames_keeps_the_expected_frames(cfg, tokenizer):
     video = frames(5)
     cfg.data.max_video_frames = 2
     sample = build_sample(raw_video(video), tokenizer, cfg)
-    assert sample.image_times == [0, 1]  # t counts the kept frames
-    assert len(sample.images) == 2
-    for (patches, _), kept in zip(sample.images, (1, 3)):
+    assert image_times(sample) == [0, 1]  # t counts the kept frames
+    assert len(images(sample)) == 2
+    for (patches, _), kept in zip(images(sample), (1, 3)):
         assert torch.equal(patches, decoded(video[kept], cfg))
-    assert int((sample.tokens == tokenizer.image_pad_id).sum()) == 2 * 2
+    assert int((sample.tokens == tokenizer.media_pad_id("vision")).sum()) == 2 * 2
     cfg.data.max_video_frames = 0
-    assert build_sample(raw_video(video), tokenizer, cfg).image_times == [0, 1, 2, 3, 4]
+    assert image_times(build_sample(raw_video(video), tokenizer, cfg)) == [0, 1, 2, 3, 4]
 
 
 # Each bad video sample, with the reason it is skipped for and a part of the reason's detail.
@@ -133,33 +137,33 @@ def test_bad_videos_are_skipped_with_their_reason(cfg, tokenizer, tmp_path, capl
 
 def test_tokenizer_without_the_video_token(cfg, tokenizer, tmp_path, monkeypatch):
     """A tokenizer trained before video support still loads; it skips video samples, and only those."""
-    old = tuple(t for t in tokenizer_module.SPECIAL_TOKENS if t != VIDEO)
+    old = tuple(t for t in tokenizer_module.special_tokens() if t != VIDEO)
     with monkeypatch.context() as patch:
-        patch.setattr(tokenizer_module, "SPECIAL_TOKENS", old)
+        patch.setattr(tokenizer_module, "special_tokens", lambda: old)
         path = train_tokenizer(["<image> What is shown? a red square", "<audio> low"] * 10,
                                str(tmp_path / "old"), vocab_size=60)
     before = OmniTokenizer(path)
-    assert before.video_id is None and before.image_id == tokenizer.image_id  # new ids unchanged by <video>
+    assert before.token_id(VIDEO) is None and before.token_id(IMAGE) == tokenizer.token_id(IMAGE)  # new ids unchanged by <video>
     with pytest.raises(BadSample) as e:
         build_sample(raw_video(frames(2)), before, cfg)
     assert e.value.reason == "unsupported_media" and "has no <video> token" in e.value.detail
     still = raw(conversation(("user", "<image>?"), ("assistant", "red")), images=[png(28, 28)])
-    assert build_sample(still, before, cfg).image_times == [0]
+    assert image_times(build_sample(still, before, cfg)) == [0]
 
 
 def test_collate_carries_frame_times(cfg, tokenizer):
     both = raw_video(frames(3), "<image> then <video>?")
-    both.images = [png(28, 28)]
+    both.members.update(raw_members(images=[png(28, 28)]))
     video = build_sample(both, tokenizer, cfg)
     still = build_sample(raw(conversation(("user", "<image>"), ("assistant", "red")), images=[png(28, 56)]),
                          tokenizer, cfg)
     text = build_sample(raw(conversation(("user", "hi"), ("assistant", "red"))), tokenizer, cfg)
-    assert video.image_times == [0, 0, 1, 2]
+    assert image_times(video) == [0, 0, 1, 2]
     length = sum(s.tokens.numel() for s in (still, video, text)) + 3
     for batch in (collate([still, video, text], tokenizer.pad_id),
                   collate_packed([still, video, text], tokenizer.pad_id, length)):
-        assert batch.image_times.dtype == torch.long and batch.image_times.tolist() == [0, 0, 0, 1, 2]
-        assert batch.image_grids.tolist() == [[4, 2], [2, 2]] + [[2, 4]] * 3
-        assert torch.equal(batch.to("cpu").image_times, batch.image_times)
-    assert collate([still], tokenizer.pad_id).image_times.tolist() == [0]
-    assert collate([text], tokenizer.pad_id).image_times is None
+        assert batch_image_times(batch).dtype == torch.long and batch_image_times(batch).tolist() == [0, 0, 0, 1, 2]
+        assert image_grids(batch).tolist() == [[4, 2], [2, 2]] + [[2, 4]] * 3
+        assert torch.equal(batch_image_times(batch.to("cpu")), batch_image_times(batch))
+    assert batch_image_times(collate([still], tokenizer.pad_id)).tolist() == [0]
+    assert batch_image_times(collate([text], tokenizer.pad_id)) is None

@@ -8,9 +8,11 @@ import torch
 
 from megaomni.data.collate import collate, collate_packed
 from megaomni.data.sample import Sample
-from megaomni.models.media_layout import audio_tokens, vision_tokens
+from megaomni.media.audio import audio_tokens
+from megaomni.media.vision import vision_tokens
 from tests.models.test_parts import AUDIO_PAD, IMAGE_PAD, VOCAB, assert_close_ref, built  # noqa: F401
 from tests.models.test_parts import random_frames, random_patches
+from tests.media_views import batch_image_times, run_model, sample_media
 
 
 def _sample(cfg, seed: int, text: int, grids=(), clips=(), times=()) -> Sample:
@@ -27,7 +29,7 @@ def _sample(cfg, seed: int, text: int, grids=(), clips=(), times=()) -> Sample:
     audios = [random_frames(cfg, [n], seed=seed + 20 + i) for i, n in enumerate(clips)]
     return Sample(key=f"s{seed}", tokens=tokens, labels=torch.randint(0, VOCAB, tokens.shape, generator=gen),
                   loss_mask=torch.rand(tokens.shape, generator=gen, dtype=torch.float64).round().float(),
-                  images=images, image_times=list(times), audios=audios)
+                  media=sample_media(images, audios, times, merge, down))
 
 
 def test_packed_row_equals_samples_alone(built):  # noqa: F811
@@ -41,20 +43,20 @@ def test_packed_row_equals_samples_alone(built):  # noqa: F811
     ]
     lengths = [s.tokens.numel() for s in samples]
     packed = collate_packed(samples, pad_id=0, length=sum(lengths) + 5)
-    assert packed.image_times.tolist() == [0, 0, 0, 0, 1, 2, 0]  # still images 0; the video's frames 0..2
+    assert batch_image_times(packed).tolist() == [0, 0, 0, 0, 1, 2, 0]  # still images 0; the video's frames 0..2
     weights = torch.rand(packed.labels.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     weights[:, sum(lengths):] = 0  # the padding segment's losses are never trained
     params = dict(model.named_parameters())
 
     model.zero_grad(set_to_none=True)
-    loss = model(packed)
+    loss = run_model(model, packed)
     (loss * weights).sum().backward()
     packed_grads = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
 
     model.zero_grad(set_to_none=True)
     start = 0
     for sample, n in zip(samples, lengths):
-        alone = model(collate([sample], pad_id=0, length=n))
+        alone = run_model(model, collate([sample], pad_id=0, length=n))
         assert_close_ref(loss[:, start:start + n], alone.detach(), what=f"loss of {sample.key}")
         (alone * weights[:, start:start + n]).sum().backward()  # gradients accumulate over samples
         start += n
@@ -73,8 +75,8 @@ def test_packing_changes_nothing_only_because_boundaries_hold(built):  # noqa: F
     packed = collate_packed(samples, pad_id=0, length=sum(s.tokens.numel() for s in samples))
     first = samples[0].tokens.numel()
     with torch.no_grad():
-        bounded = model(packed)
+        bounded = run_model(model, packed)
         packed.cu_seqlens = None
-        leaking = model(packed)
+        leaking = run_model(model, packed)
     assert torch.equal(bounded[:, :first], leaking[:, :first])  # causal: the first sample sees only itself
     assert not torch.allclose(bounded[:, first:], leaking[:, first:])

@@ -4,7 +4,7 @@ The megatron-core model is built by megaomni's own ``build_model`` with small ra
 weights perturbed away from 1 so they matter), cast to float64, and its outputs / loss / gradients
 are compared with the reference fed the same ``state_dict()`` tensors.
 
-Tolerances: the model runs in float64, but megatron (and megaomni.models.rotary) compute the rotary
+Tolerances: the model runs in float64, but megatron (and megaomni.layers.rotary) compute the rotary
 angles (and the video frames' temporal embedding) in float32 before taking cos/sin, so a rotated
 q/k entry carries a relative error of up to ~1e-6 (angle ``pos * inv_freq`` rounded to float32
 precision). Everything downstream of rotary is therefore compared at ``RTOL = 1e-5`` with
@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from megaomni.config import AudioConfig, LLMConfig, OmniConfig, VisionConfig
+from tests.media_views import audio_batch, audio_features, image_patches, make_media, run_model, vision_batch
 from tests.models import reference as ref
 
 RTOL = 1e-5  # float64 model with float32 rotary angles (see module docstring)
@@ -70,7 +71,7 @@ def built(megatron_cpu):
 
     cfg = small_config()
     torch.manual_seed(0)
-    model = build_model(cfg, VOCAB, {"image": IMAGE_PAD, "audio": AUDIO_PAD}.__getitem__)
+    model = build_model(cfg, VOCAB, {"vision": IMAGE_PAD, "audio": AUDIO_PAD}.__getitem__)
     randomize_(model)
     model.double().eval()
     return cfg, model
@@ -110,8 +111,8 @@ def random_frames(cfg: OmniConfig, lengths, seed: int) -> torch.Tensor:
 
 
 def test_rope_tables_match_reference_angles():
-    from megaomni.models.media_layout import patch_positions
-    from megaomni.models.rotary import rope_1d, rope_2d
+    from megaomni.media.images import patch_positions
+    from megaomni.layers.rotary import rope_1d, rope_2d
 
     pos = torch.tensor([0, 1, 2, 7, 3, 0, 40])
     got = rope_1d(pos, 16, 10000.0)
@@ -183,7 +184,7 @@ def test_sdpa_module_layouts(megatron_cpu, layout):
     from megatron.core.packed_seq_params import PackedSeqParams
     from megatron.core.transformer.enums import AttnMaskType
 
-    from megaomni.models.transformer_config import make_transformer_config
+    from megaomni.layers.transformer_config import make_transformer_config
     from megaomni.ops.attention import SDPAttention
 
     config = make_transformer_config(num_layers=1, hidden_size=32, num_attention_heads=4, num_query_groups=2,
@@ -219,7 +220,7 @@ def test_sdpa_module_layouts(megatron_cpu, layout):
 
 
 def test_projector_matches_reference():
-    from megaomni.models.projector import MLPProjector
+    from megaomni.layers.projector import MLPProjector
 
     torch.manual_seed(0)
     proj = MLPProjector(6, 5, merge=4).double()
@@ -259,7 +260,7 @@ def test_vision_encoder_matches_reference(built):
     cfg, model = built
     patches = random_patches(cfg, VISION_GRIDS, seed=1)
     with torch.no_grad():
-        out = model.vision_encoder(patches, torch.tensor(VISION_GRIDS))
+        out = model.vision_encoder(vision_batch(patches, VISION_GRIDS))
     assert out.shape == (2 + 6, cfg.model.llm.hidden_size)
     assert_close_ref(out, vision_ref(cfg, state(model), patches, VISION_GRIDS), what="vision")
 
@@ -267,7 +268,8 @@ def test_vision_encoder_matches_reference(built):
 def test_vision_images_are_isolated(built):
     """Image 1's tokens do not depend on image 2 (its pixels or its size), and vice versa."""
     cfg, model = built
-    enc = model.vision_encoder
+    def enc(*args):
+        return model.vision_encoder(vision_batch(*args))
     patches = random_patches(cfg, VISION_GRIDS, seed=1)
     other = torch.cat([patches[:8], random_patches(cfg, [[4, 4]], seed=2)])
     with torch.no_grad():
@@ -288,7 +290,7 @@ VIDEO_GRIDS, VIDEO_TIMES = [[2, 4]] * 4 + [[6, 4]], [0, 1, 2, 11, 0]
 
 
 def test_temporal_embedding_matches_reference():
-    from megaomni.models.vision import temporal_embedding
+    from megaomni.media.vision_encoder import temporal_embedding
 
     times = torch.tensor([0, 1, 2, 11, 40])
     got = temporal_embedding(times, 16)
@@ -303,7 +305,7 @@ def test_vision_encoder_with_frame_times_matches_reference(built):
     cfg, model = built
     patches = random_patches(cfg, VIDEO_GRIDS, seed=11)
     with torch.no_grad():
-        out = model.vision_encoder(patches, torch.tensor(VIDEO_GRIDS), torch.tensor(VIDEO_TIMES))
+        out = model.vision_encoder(vision_batch(patches, VIDEO_GRIDS, VIDEO_TIMES))
     assert out.shape == (4 * 2 + 6, cfg.model.llm.hidden_size)
     want = vision_ref(cfg, state(model), patches, VIDEO_GRIDS, VIDEO_TIMES)
     assert_close_ref(out, want, what="vision with frame times")
@@ -315,7 +317,8 @@ def test_still_images_are_unchanged_by_frame_times(built):
     """t = 0 everywhere gives bit for bit the output without times (the encoder before video
     support); another t changes that frame's tokens and no other image's."""
     cfg, model = built
-    enc = model.vision_encoder
+    def enc(*args):
+        return model.vision_encoder(vision_batch(*args))
     patches, grids = random_patches(cfg, VIDEO_GRIDS, seed=12), torch.tensor(VIDEO_GRIDS)
     with torch.no_grad():
         without = enc(patches, grids)
@@ -344,7 +347,7 @@ def test_audio_encoder_matches_reference(built, lengths):
     cfg, model = built
     frames = random_frames(cfg, lengths, seed=3)
     with torch.no_grad():
-        out = model.audio_encoder(frames, torch.tensor(lengths))
+        out = model.audio_encoder(audio_batch(frames, lengths))
     assert out.shape == (sum(-(-n // 4) for n in lengths), cfg.model.llm.hidden_size)
     assert_close_ref(out, audio_ref(cfg, state(model), frames, lengths), what=f"audio {lengths}")
 
@@ -366,7 +369,8 @@ def test_audio_stem_matches_per_clip_convolution(built):
 def test_audio_clips_are_isolated(built, second):
     """Clip 1 (odd length 7) gives the same tokens alone or next to another clip of any length."""
     cfg, model = built
-    enc = model.audio_encoder
+    def enc(*args):
+        return model.audio_encoder(audio_batch(*args))
     first = random_frames(cfg, [7], seed=5)
     with torch.no_grad():
         alone = enc(first, torch.tensor([7]))
@@ -395,8 +399,8 @@ def omni_batch(cfg: OmniConfig, seed: int = 7):
     grids, audio_lengths = [[2, 4], [6, 4]], [9, 6]
     return Batch(
         tokens=tokens, labels=labels, loss_mask=torch.ones(2, s), position_ids=torch.arange(s).expand(2, s),
-        image_patches=random_patches(cfg, grids, seed=seed + 1), image_grids=torch.tensor(grids),
-        audio_features=random_frames(cfg, audio_lengths, seed=seed + 2), audio_lengths=torch.tensor(audio_lengths),
+        media=make_media(image_patches=random_patches(cfg, grids, seed=seed + 1), image_grids=grids,
+                         audio_features=random_frames(cfg, audio_lengths, seed=seed + 2), audio_lengths=audio_lengths),
         num_samples=2,
     ), grids, audio_lengths
 
@@ -404,8 +408,8 @@ def omni_batch(cfg: OmniConfig, seed: int = 7):
 def omni_ref(cfg: OmniConfig, sd, batch, grids, audio_lengths) -> torch.Tensor:
     llm = cfg.model.llm
     emb = sd["llm.embedding.word_embeddings.weight"][batch.tokens]  # [b, s, h]
-    emb = ref.merge_features(emb, batch.tokens, IMAGE_PAD, vision_ref(cfg, sd, batch.image_patches, grids))
-    emb = ref.merge_features(emb, batch.tokens, AUDIO_PAD, audio_ref(cfg, sd, batch.audio_features, audio_lengths))
+    emb = ref.merge_features(emb, batch.tokens, IMAGE_PAD, vision_ref(cfg, sd, image_patches(batch), grids))
+    emb = ref.merge_features(emb, batch.tokens, AUDIO_PAD, audio_ref(cfg, sd, audio_features(batch), audio_lengths))
     return ref.llm_token_loss(sd, "llm.", emb, batch.labels, num_layers=llm.num_layers,
                               heads=llm.num_attention_heads, groups=llm.num_query_groups, eps=llm.norm_eps,
                               base=llm.rotary_base)
@@ -415,16 +419,16 @@ def test_omni_per_token_loss_matches_reference(built):
     cfg, model = built
     batch, grids, audio_lengths = omni_batch(cfg)
     with torch.no_grad():
-        loss = model(batch)
+        loss = run_model(model, batch)
     # megatron's vocab_parallel_cross_entropy casts the logits to float32: the loss is float32
     # even for a float64 model, hence RTOL (float32 eps ~6e-8 on losses of a few nats).
     assert loss.shape == (2, 20) and loss.dtype == torch.float32
     want = omni_ref(cfg, state(model), batch, grids, audio_lengths)
     assert_close_ref(loss.double(), want, what="per-token loss")
     # the media matter: zeroing them changes the loss at the tokens after them
-    batch.image_patches = torch.zeros_like(batch.image_patches)
+    batch.media["vision"].values = torch.zeros_like(image_patches(batch))
     with torch.no_grad():
-        assert not torch.allclose(model(batch), loss)
+        assert not torch.allclose(run_model(model, batch), loss)
 
 
 GRAD_PARAMS = [
@@ -447,7 +451,7 @@ def test_omni_gradients_match_reference_autograd(built):
     weights = torch.rand(batch.labels.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
 
     model.zero_grad(set_to_none=True)
-    (model(batch) * weights).sum().backward()
+    (run_model(model, batch) * weights).sum().backward()
     params = dict(model.named_parameters())
 
     sd = state(model)
@@ -482,11 +486,11 @@ def test_one_encoder_call_over_several_shares_matches_one_call_each(built):
         tokens = torch.zeros(1, 8, dtype=torch.long)
         batches.append(Batch(
             tokens=tokens, labels=tokens, loss_mask=torch.ones(1, 8), position_ids=torch.arange(8)[None],
-            image_patches=random_patches(cfg, grids, seed), image_grids=torch.tensor(grids),
-            image_times=torch.tensor([seed + 1] * len(grids)) if timed else None,
-            audio_features=random_frames(cfg, clips, seed) if clips else None,
-            audio_lengths=torch.tensor(clips) if clips else None))
-    items = [media_items(b, cfg.model.vision.merge_size, cfg.model.audio.downsample) for b in batches]
+            media=make_media(image_patches=random_patches(cfg, grids, seed), image_grids=grids,
+                             image_times=[seed + 1] * len(grids) if timed else None,
+                             audio_features=random_frames(cfg, clips, seed) if clips else None,
+                             audio_lengths=clips if clips else None)))
+    items = [media_items(b.media) for b in batches]
     shares = [tuple(range(len(its)))[::2] or tuple(range(len(its))) for its in items]  # a share of each
     grads = [{n: torch.randn(rows, cfg.model.llm.hidden_size, dtype=torch.float64)
               for n, rows in share_outputs(its, share).items()} for its, share in zip(items, shares)]
@@ -495,8 +499,8 @@ def test_one_encoder_call_over_several_shares_matches_one_call_each(built):
         model.zero_grad(set_to_none=True)
         outputs = []
         for call in calls:
-            inputs = merge_inputs([share_inputs(batches[m], items[m], shares[m]) for m in call])
-            out = {n: encoders[n](*args) for n, args in sorted(inputs.items())}
+            inputs = merge_inputs([share_inputs(batches[m].media, items[m], shares[m]) for m in call])
+            out = {n: encoders[n](media) for n, media in sorted(inputs.items())}
             torch.autograd.backward([out[n] for n in sorted(out)],
                                     [torch.cat([grads[m][n] for m in call if n in grads[m]]) for n in sorted(out)])
             outputs += split_outputs({n: t.detach() for n, t in out.items()},

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from megaomni.data.collate import collate_packed
 from tests.models.test_packed import _sample
+from tests.media_views import run_model
 from tests.models.test_parts import AUDIO_PAD, IMAGE_PAD, VOCAB, randomize_, small_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -40,7 +41,7 @@ def test_packed_micro_batch_runs_without_host_sync(cuda_state, dtype, tol):
 
     cfg = cuda_state
     torch.manual_seed(0)
-    pads = {"image": IMAGE_PAD, "audio": AUDIO_PAD}.__getitem__
+    pads = {"vision": IMAGE_PAD, "audio": AUDIO_PAD}.__getitem__
     model = build_model(cfg, VOCAB, pads)
     randomize_(model)
     reference = build_model(cfg, VOCAB, pads)
@@ -56,12 +57,12 @@ def test_packed_micro_batch_runs_without_host_sync(cuda_state, dtype, tol):
     ]
     batch = collate_packed(samples, pad_id=0, length=sum(s.tokens.numel() for s in samples) + 5)
     with torch.no_grad():
-        expected = reference(batch.to("cuda"))
+        expected = run_model(reference, batch.to("cuda"))
     on_gpu = batch.to("cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss = model(on_gpu)
+        loss = run_model(model, on_gpu)
         loss.float().sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")

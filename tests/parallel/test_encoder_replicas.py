@@ -38,7 +38,7 @@ def _worker(rank: int, port: int, layout: dict, out: str) -> None:
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
     torch.manual_seed(1000 + rank)
     model_parallel_cuda_manual_seed(1000 + rank)
-    chunks = build_model_chunks(cfg, VOCAB, {"image": 5, "audio": 6}.__getitem__)
+    chunks = build_model_chunks(cfg, VOCAB, {"vision": 5, "audio": 6}.__getitem__)
 
     def encoders():
         return {f"{name}.{key}": value.detach().clone() for chunk in chunks for name in chunk.encoder_names

@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from megaomni.pipeline.costs import BACKWARD_RATIO, FlopModel, Rates, StepCosts, fit_rates
+from megaomni.flops import BACKWARD_RATIO, FlopModel
+from megaomni.pipeline.costs import Rates, StepCosts, fit_rates
 from megaomni.pipeline.megatron_plan import megatron_plan
 from megaomni.pipeline.plan import ENC_B, ENC_F, LLM_B, LLM_F
 from megaomni.pipeline.shares import Item
@@ -51,8 +52,8 @@ def test_flop_model():
     first = 2 * (10 + 20) * tokens + 2 * 4 * 4 * pairs
     last = 2 * 30 * tokens + 4 * 4 * pairs + 2 * 4 * 50 * tokens
     assert model.llm_forward(seq) == pytest.approx([first, last], rel=1e-15)
-    assert model.item_forward(Item("vision", 0, 6, 1)) == 2 * 7.0 * 6 + 8.0 * 36
-    assert model.item_forward(Item("audio", 0, 6, 2)) == 2 * 3.0 * 3 + 2.0 * 9
+    assert model.item_forward("vision", 6) == 2 * 7.0 * 6 + 8.0 * 36
+    assert model.item_forward("audio", 6) == 2 * 3.0 * 3 + 2.0 * 9
     costs = StepCosts([[1.0, 2.0]], [[5.0, 7.0, 11.0]], [1.0], [[1.0, 1.0, 1.0]])
     assert costs.flops(LLM_B, 0, 1) == BACKWARD_RATIO * 2.0
     assert costs.flops(ENC_B, 0, share=(0, 2)) == BACKWARD_RATIO * 16.0
@@ -117,15 +118,15 @@ def test_flop_model_from_config_counts_audio_rows_after_the_stem():
     """An audio clip of n frames runs n/2 transformer rows (the stride-2 stem) through every
     encoder matmul: 2 * params * n/2 FLOPs, plus attention over (n/2)^2 pairs."""
     from megaomni.config import OmniConfig
-    from megaomni.parallel.stages import encoder_params
+    from megaomni.media.modality import EncoderFlops
 
     cfg = OmniConfig()
-    model = FlopModel.from_config(cfg, [cfg.model.llm.num_layers], 256)
+    model = FlopModel.from_config(cfg.model, 256)
     audio = cfg.model.audio
     rows = 500
-    expected = (2 * encoder_params(audio, cfg.model.llm.hidden_size) * rows
+    expected = (2 * EncoderFlops.transformer(audio, cfg.model.llm.hidden_size).params * rows
                 + 4 * audio.num_layers * audio.hidden_size * rows * rows)
-    assert model.item_forward(Item("audio", 0, 2 * rows, rows // 2)) == pytest.approx(expected, rel=1e-12)
+    assert model.item_forward("audio", 2 * rows) == pytest.approx(expected, rel=1e-12)
 
 
 def test_encoder_call_pays_a_floor_per_modality_once_per_call():

@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from megaomni.data.batch import Batch
-from megaomni.models.media_layout import audio_tokens, vision_tokens
+from megaomni.media.audio import audio_tokens
+from megaomni.media.vision import vision_tokens
 from megaomni.pipeline.shares import assemble, media_items, share_inputs, share_outputs, split_shares, whole_shares
+
+from tests.media_views import (audio_features, audio_fields, audio_lengths, batch_image_times, image_grids,
+                               image_patches, make_media, vision_fields)
 
 MERGE, DOWNSAMPLE = 2, 4
 GRIDS = [(2, 4), (4, 4), (2, 2), (6, 2), (4, 2)]
@@ -24,9 +28,10 @@ def make_batch(seed: int, with_times: bool = True) -> Batch:
     tokens = torch.randint(0, 100, (2, 16), generator=g)
     return Batch(tokens=tokens, labels=tokens.clone(), loss_mask=torch.ones(2, 16),
                  position_ids=torch.arange(16).expand(2, -1),
-                 image_patches=patches, image_grids=grids,
-                 image_times=torch.randint(0, 7, (len(GRIDS),), generator=g) if with_times else None,
-                 audio_features=torch.randn(int(lengths.sum()), 8, generator=g), audio_lengths=lengths)
+                 media=make_media(image_patches=patches, image_grids=grids,
+                                  image_times=torch.randint(0, 7, (len(GRIDS),), generator=g) if with_times else None,
+                                  audio_features=torch.randn(int(lengths.sum()), 8, generator=g), audio_lengths=lengths,
+                                  merge=MERGE, downsample=DOWNSAMPLE))
 
 
 def random_split(rng: random.Random, n: int, pp: int) -> list[tuple[int, ...]]:
@@ -35,7 +40,7 @@ def random_split(rng: random.Random, n: int, pp: int) -> list[tuple[int, ...]]:
 
 
 def test_media_items():
-    items = media_items(make_batch(0), MERGE, DOWNSAMPLE)
+    items = media_items(make_batch(0).media)
     assert [(it.modality, it.index) for it in items] == (
         [("vision", i) for i in range(len(GRIDS))] + [("audio", i) for i in range(len(CLIPS))])
     assert [it.size for it in items] == [h * w for h, w in GRIDS] + CLIPS
@@ -48,51 +53,51 @@ def test_media_items():
 def test_share_inputs_reassemble_the_batch(seed):
     rng = random.Random(seed)
     batch = make_batch(seed, with_times=seed % 3 != 0)
-    items = media_items(batch, MERGE, DOWNSAMPLE)
+    items = media_items(batch.media)
     shares = random_split(rng, len(items), rng.choice([1, 2, 3, 4]))
     images, clips = {}, {}  # item index -> its rows / grid / time, cut from each share's inputs
     for share in shares:
-        inputs = share_inputs(batch, items, share)
+        inputs = share_inputs(batch.media, items, share)
         modalities = {items[i].modality for i in share}
         assert set(inputs) == modalities
         if "vision" in inputs:
-            patches, grids, times = inputs["vision"]
+            patches, grids, times = vision_fields(inputs["vision"])
             indices = [items[i].index for i in share if items[i].modality == "vision"]
             assert grids.tolist() == [list(GRIDS[i]) for i in indices]
             assert patches.shape[0] == int(grids.prod(-1).sum())
-            assert (times is None) == (batch.image_times is None)
+            assert (times is None) == (batch_image_times(batch) is None)
             for k, rows in enumerate(patches.split(grids.prod(-1).tolist())):
                 images[indices[k]] = (rows, grids[k], None if times is None else times[k])
         if "audio" in inputs:
-            features, lengths = inputs["audio"]
+            features, lengths = audio_fields(inputs["audio"])
             indices = [items[i].index for i in share if items[i].modality == "audio"]
             assert lengths.tolist() == [CLIPS[i] for i in indices]
             for k, rows in enumerate(features.split(lengths.tolist())):
                 clips[indices[k]] = rows
     assert sorted(images) == list(range(len(GRIDS))) and sorted(clips) == list(range(len(CLIPS)))
-    assert torch.equal(torch.cat([images[i][0] for i in range(len(GRIDS))]), batch.image_patches)
-    assert torch.equal(torch.stack([images[i][1] for i in range(len(GRIDS))]), batch.image_grids)
-    if batch.image_times is not None:
-        assert torch.equal(torch.stack([images[i][2] for i in range(len(GRIDS))]), batch.image_times)
-    assert torch.equal(torch.cat([clips[i] for i in range(len(CLIPS))]), batch.audio_features)
+    assert torch.equal(torch.cat([images[i][0] for i in range(len(GRIDS))]), image_patches(batch))
+    assert torch.equal(torch.stack([images[i][1] for i in range(len(GRIDS))]), image_grids(batch))
+    if batch_image_times(batch) is not None:
+        assert torch.equal(torch.stack([images[i][2] for i in range(len(GRIDS))]), batch_image_times(batch))
+    assert torch.equal(torch.cat([clips[i] for i in range(len(CLIPS))]), audio_features(batch))
 
 
 def test_share_inputs_of_everything_is_the_batch():
     batch = make_batch(1)
-    items = media_items(batch, MERGE, DOWNSAMPLE)
-    inputs = share_inputs(batch, items, tuple(range(len(items))))
-    assert torch.equal(inputs["vision"][0], batch.image_patches)
-    assert torch.equal(inputs["vision"][1], batch.image_grids)
-    assert torch.equal(inputs["vision"][2], batch.image_times)
-    assert torch.equal(inputs["audio"][0], batch.audio_features)
-    assert torch.equal(inputs["audio"][1], batch.audio_lengths)
-    assert share_inputs(batch, items, ()) == {}
+    items = media_items(batch.media)
+    inputs = share_inputs(batch.media, items, tuple(range(len(items))))
+    assert torch.equal(vision_fields(inputs["vision"])[0], image_patches(batch))
+    assert torch.equal(vision_fields(inputs["vision"])[1], image_grids(batch))
+    assert torch.equal(vision_fields(inputs["vision"])[2], batch_image_times(batch))
+    assert torch.equal(audio_fields(inputs["audio"])[0], audio_features(batch))
+    assert torch.equal(audio_fields(inputs["audio"])[1], audio_lengths(batch))
+    assert share_inputs(batch.media, items, ()) == {}
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_assemble_puts_rows_in_batch_order_and_is_differentiable(seed):
     rng = random.Random(seed)
-    items = media_items(make_batch(seed), MERGE, DOWNSAMPLE)
+    items = media_items(make_batch(seed).media)
     shares = random_split(rng, len(items), rng.choice([1, 2, 3, 4]))
     width = 3
     leaves, outputs = [], []
@@ -135,7 +140,7 @@ def test_assemble_puts_rows_in_batch_order_and_is_differentiable(seed):
 
 
 def test_share_outputs():
-    items = media_items(make_batch(0), MERGE, DOWNSAMPLE)
+    items = media_items(make_batch(0).media)
     everything = share_outputs(items, tuple(range(len(items))))
     assert everything == {"vision": sum(vision_tokens(h, w, MERGE) for h, w in GRIDS),
                           "audio": sum(audio_tokens(n, DOWNSAMPLE) for n in CLIPS)}

@@ -15,6 +15,8 @@ from megaomni.data.loader import OmniDataLoader
 from megaomni.data.tokenizer import OmniTokenizer
 from megaomni.validation import validate
 
+from tests.media_views import audios, image_times, images
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "make_synthetic_data.py")
 CONFIG = os.path.join(ROOT, "examples", "configs", "omni_2b.yaml")
@@ -88,26 +90,26 @@ def test_reads_back_whole_at_the_sizes_asked(synthetic, capsys):
     texts = conversations(synthetic)
     for sample in loader.samples:
         kind = kinds[sample.key]
-        grids = [grid for _, grid in sample.images]
+        grids = [grid for _, grid in images(sample)]
         assert all(2 <= side <= 6 for grid in grids for side in grid)  # 28-84 px in 14-px patches
         if kind == "image":
-            assert 1 <= len(grids) <= 2 and sample.image_times == [0] * len(grids) and not sample.audios
+            assert 1 <= len(grids) <= 2 and image_times(sample) == [0] * len(grids) and not audios(sample)
         elif kind == "video":  # frames of one size, 28-56 px, in time order
             assert 2 <= len(grids) <= 4 and len(set(grids)) == 1 and max(grids[0]) <= 4
-            assert sample.image_times == list(range(len(grids))) and not sample.audios
+            assert image_times(sample) == list(range(len(grids))) and not audios(sample)
         elif kind == "audio":  # 0.5-2 s at 100 log-mel frames a second
-            (clip,) = sample.audios
+            (clip,) = audios(sample)
             assert not grids and 51 <= clip.shape[0] <= 201 and clip.shape[1] == cfg.model.audio.n_mels
         else:
-            assert not grids and not sample.audios
+            assert not grids and not audios(sample)
             passage = texts[sample.key][0]["content"].rsplit("\n", 1)[0]
             assert 20 <= len(tokenizer.encode(passage)) <= 120
         assert sample.loss_mask.sum() > 0  # an answer to learn
     # The summary counts what the pipeline makes of the samples.
     mean = meta["mean_per_sample"]
     assert mean["llm_tokens"] == round(sum(s.tokens.numel() for s in loader.samples) / SAMPLES, 1)
-    assert mean["patches"] == round(sum(len(p) for s in loader.samples for p, _ in s.images) / SAMPLES, 1)
-    assert mean["audio_frames"] == round(sum(len(f) for s in loader.samples for f in s.audios) / SAMPLES, 1)
+    assert mean["patches"] == round(sum(len(p) for s in loader.samples for p, _ in images(s)) / SAMPLES, 1)
+    assert mean["audio_frames"] == round(sum(len(f) for s in loader.samples for f in audios(s)) / SAMPLES, 1)
     assert meta["longest_llm_tokens"] == max(s.tokens.numel() for s in loader.samples)
     # One packed step of the recipe's budgets.
     assert sum(batch.num_samples for batch in loader.next_step()) == cfg.data.global_batch_size

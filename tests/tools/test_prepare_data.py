@@ -20,6 +20,9 @@ from megaomni.config import OmniConfig
 from megaomni.data.sample import build_sample, parse_conversation
 from megaomni.data.shards import index_shards, list_shards
 from megaomni.data.tokenizer import OmniTokenizer
+
+from tests.media_views import image_times, raw_audios, raw_images, raw_videos
+from tests.media_views import images as decoded_images
 from tests.data.helpers import png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -145,10 +148,10 @@ def test_round_trip_through_the_data_layer(tool, inputs, tmp_path):
     for raw, (key, turns, images, audios) in zip(raws, inputs["expected"], strict=True):
         assert raw.key == key and "." not in raw.key
         assert parse_conversation(raw.conversation) == turns
-        assert raw.images == images
+        assert raw_images(raw) == images
         if audios is not None:
-            assert raw.audios == audios
-        assert raw.videos == ([inputs["frames"]] if key.endswith("_v") else [])
+            assert raw_audios(raw) == audios
+        assert raw_videos(raw) == ([inputs["frames"]] if key.endswith("_v") else [])
     with tarfile.open(shards[0]) as tar:  # one medium: KEY.ext; several: KEY.N.ext, placeholder order
         names = tar.getnames()
     assert names == ["00000000_img_1_a.json", "00000000_img_1_a.png", "00000001_b.json", "00000001_b.jpg",
@@ -158,7 +161,7 @@ def test_round_trip_through_the_data_layer(tool, inputs, tmp_path):
                                       "00000003_v.video.1.png", "00000003_v.video.2.png"]
 
     # 8-bit WAV became 16-bit with the same samples, scaled (as the GIF became PNG above).
-    ((ext, converted),) = raws[4].audios
+    ((ext, converted),) = raw_audios(raws[4])
     with wave.open(io.BytesIO(converted)) as f, wave.open(io.BytesIO(inputs["tone8"])) as g:
         assert (ext, f.getsampwidth(), f.getframerate()) == ("wav", 2, g.getframerate())
         new = np.frombuffer(f.readframes(f.getnframes()), "<i2")
@@ -170,7 +173,7 @@ def test_round_trip_through_the_data_layer(tool, inputs, tmp_path):
     cfg = OmniConfig()
     cfg.data.path = str(tmp_path)
     samples = [build_sample(raw, tokenizer, cfg) for raw in raws]
-    assert len(samples[3].images) == 4 and samples[3].image_times == [0, 1, 2, 0]  # the frames, then the image
+    assert len(decoded_images(samples[3])) == 4 and image_times(samples[3]) == [0, 1, 2, 0]  # the frames, then the image
     for sample, text in zip(samples[7:], TEXTS):
         trained = sample.labels[sample.loss_mask.bool()].tolist()
         assert trained == [*tokenizer.encode(text), tokenizer.end_id]

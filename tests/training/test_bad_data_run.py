@@ -11,6 +11,8 @@ import tarfile
 import pytest
 
 from megaomni.data.shards import iter_shard, list_shards
+
+from tests.media_views import raw_audios
 from tests.conftest import read_metrics, run_pretrain
 from tests.data.helpers import bad_samples, conversation, members, write_shard
 
@@ -22,7 +24,7 @@ def test_bad_samples_are_counted_in_metrics(toy_data, tmp_path):
     shards = list_shards(toy_data)
     for path in [*shards, os.path.join(toy_data, "tokenizer.model")]:
         shutil.copy(path, data)
-    bad = bad_samples(next(raw.audios[0][1] for raw in iter_shard(shards[0]) if raw.audios))
+    bad = bad_samples(next(raw_audios(raw)[0][1] for raw in iter_shard(shards[0]) if raw_audios(raw)))
     long_answer = {"json": conversation(("user", "What is shown?"), ("assistant", "red square " * 100))}
     write_shard(str(data / "zz-bad.tar"), members({**{key: parts for key, (_, parts) in bad.items()},
                                                    "long_answer": long_answer}))

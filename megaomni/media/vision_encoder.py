@@ -17,8 +17,6 @@ that buries what the frame shows.
 from __future__ import annotations
 
 import math
-from typing import Optional
-
 import torch
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import TransformerBlock
@@ -26,10 +24,11 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
 from megaomni.config import VisionConfig
-from megaomni.models.media_layout import patch_positions
-from megaomni.models.projector import MLPProjector
-from megaomni.models.rotary import rope_2d, sinusoid_from_zero
-from megaomni.models.specs import encoder_layer_spec
+from megaomni.layers.projector import MLPProjector
+from megaomni.layers.rotary import rope_2d, sinusoid_from_zero
+from megaomni.layers.specs import encoder_layer_spec
+from megaomni.media.images import patch_positions
+from megaomni.media.modality import MediaBatch
 from megaomni.ops.attention import segment_params
 from megaomni.platform.transfer import to_device
 
@@ -42,11 +41,9 @@ def temporal_embedding(times: torch.Tensor, hidden: int) -> torch.Tensor:
 
 
 class VisionEncoder(MegatronModule):
-    """``patches [N, C*p*p]`` + ``grids [n_images, 2]`` (+ ``times [n_images]``, each image's frame
-    index in its video; None: all 0) -> ``[N / merge^2, llm_hidden]``."""
-
-    placeholder = "image"
-    batch_fields = ("image_patches", "image_grids", "image_times")
+    """A :class:`MediaBatch` of images -> ``[N / merge^2, llm_hidden]``: ``values`` the patches
+    ``[N, C*p*p]``, ``sizes`` the grids ``[n_images, 2]``, ``info["time"]`` each image's frame index
+    in its video (absent: all 0)."""
 
     def __init__(self, cfg: VisionConfig, config: TransformerConfig, llm_hidden: int, pg_collection=None):
         super().__init__(config=config)
@@ -57,8 +54,9 @@ class VisionEncoder(MegatronModule):
                                        pg_collection=pg_collection)
         self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=cfg.merge_size**2)
 
-    def forward(self, patches: torch.Tensor, grids: torch.Tensor, times: Optional[torch.Tensor] = None) -> torch.Tensor:
-        # grids, times: host tensors (Batch.to leaves shape metadata there), read without a sync.
+    def forward(self, media: MediaBatch) -> torch.Tensor:
+        # grids, times: host tensors (MediaBatch.to leaves shape metadata there), read without a sync.
+        patches, grids, times = media.values, media.sizes, media.info.get("time")
         device = patches.device
         positions = torch.cat([patch_positions(h, w, self.cfg.merge_size) for h, w in grids.tolist()])
         angles = rope_2d(to_device(positions, device), self.head_dim, self.cfg.rotary_base)

@@ -14,13 +14,13 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
 from megaomni.config import AudioConfig
-from megaomni.models.projector import MLPProjector
-from megaomni.models.rotary import rope_1d
-from megaomni.models.specs import encoder_layer_spec
+from megaomni.layers.projector import MLPProjector
+from megaomni.layers.rotary import rope_1d
+from megaomni.layers.specs import encoder_layer_spec
+from megaomni.media.modality import MediaBatch
 from megaomni.ops.attention import segment_params
 from megaomni.platform.transfer import to_device
 
-STEM_STRIDE = 2  # the second convolution halves the frame rate; the projector merges the rest
 
 
 def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
@@ -28,18 +28,16 @@ def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
 
 
 class AudioEncoder(MegatronModule):
-    """``features [F, n_mels]`` + ``lengths [n_clips]`` -> ``[sum ceil(len/downsample), llm_hidden]``."""
-
-    placeholder = "audio"
-    batch_fields = ("audio_features", "audio_lengths")
+    """A :class:`MediaBatch` of clips (``values`` log-mel features ``[F, n_mels]``, ``sizes``
+    ``[n_clips, 1]`` their frames) -> ``[sum ceil(len/downsample), llm_hidden]``."""
 
     def __init__(self, cfg: AudioConfig, config: TransformerConfig, llm_hidden: int, pg_collection=None):
         super().__init__(config=config)
         self.cfg = cfg
-        self.merge = cfg.downsample // STEM_STRIDE
+        self.merge = cfg.downsample // cfg.stem_stride
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.hidden_size, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, kernel_size=3, stride=STEM_STRIDE, padding=1)
+        self.conv2 = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, kernel_size=3, stride=cfg.stem_stride, padding=1)
         self.blocks = TransformerBlock(config, encoder_layer_spec(), post_layer_norm=True,
                                        pg_collection=pg_collection)
         self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=self.merge)
@@ -57,12 +55,12 @@ class AudioEncoder(MegatronModule):
         valid = torch.arange(hidden.shape[-1], device=hidden.device)[None, :] < to_device(lengths, hidden.device)[:, None]
         hidden = hidden * valid[:, None, :].to(hidden.dtype)
         out = F.gelu(self.conv2(hidden)).transpose(1, 2)  # [n, T', hidden]
-        out_lengths = _ceil_div(lengths, STEM_STRIDE)
+        out_lengths = _ceil_div(lengths, self.cfg.stem_stride)
         return torch.cat([out[i, :n] for i, n in enumerate(out_lengths.tolist())]), out_lengths
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # lengths: a host tensor (Batch.to leaves shape metadata there), read without a sync.
-        hidden, stem_lengths = self.stem(features, lengths)
+    def forward(self, media: MediaBatch) -> torch.Tensor:
+        # lengths: a host tensor (MediaBatch.to leaves shape metadata there), read without a sync.
+        hidden, stem_lengths = self.stem(media.values, media.sizes[:, 0])
         # Pad every clip to a multiple of the projector's merge so merging never mixes clips.
         padded_lengths = _ceil_div(stem_lengths, self.merge) * self.merge
         pieces = torch.split(hidden, stem_lengths.tolist())

@@ -1,8 +1,7 @@
-"""The one exception a sample can fail with, and the tally the loader keeps of them."""
+"""The one exception a sample can fail with: raised by the shard reader, the media decoders and the
+sample builder, counted by the loader (megaomni.data.skip_tally)."""
 
 from __future__ import annotations
-
-import collections
 
 
 class BadSample(Exception):
@@ -24,20 +23,3 @@ class BadSample(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
-
-
-class SkipTally:
-    """Skips counted by reason, with the first case of each (where and why): enough for a user
-    to find the bad file from one log line."""
-
-    def __init__(self) -> None:
-        self.counts: collections.Counter = collections.Counter()
-        self.first: dict[str, str] = {}
-
-    def add(self, where: str, error: BadSample) -> None:
-        self.counts[error.reason] += 1
-        self.first.setdefault(error.reason, f"{where}: {error.detail}" if error.detail else where)
-
-    def summary(self) -> str:
-        """``reason count (first WHERE: DETAIL); ...`` in reason order; ``""`` when nothing was skipped."""
-        return "; ".join(f"{reason} {n} (first {self.first[reason]})" for reason, n in sorted(self.counts.items()))

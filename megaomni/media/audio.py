@@ -1,0 +1,78 @@
+"""Audio clips, through the audio encoder: log-mel frames, ``model.audio.downsample`` of them per
+LLM token (the encoder's stem strides by ``model.audio.stem_stride``, its projector merges the rest)."""
+
+from __future__ import annotations
+
+from megaomni.checks import require, require_heads, require_positive
+from megaomni.config import AudioConfig
+from megaomni.errors import BadSample
+from megaomni.media.modality import EncoderFlops, MediaItem, Modality, Source
+from megaomni.media.sounds import clip_length, load_audio, log_mel, log_mel_frames, resample, resampled_length
+
+AUDIO = "<audio>"  # the placeholder as written in conversation text
+AUDIO_EXTS = ("wav", "flac")
+
+
+def audio_tokens(frames: int, downsample: int) -> int:
+    """LLM tokens a clip of ``frames`` log-mel frames turns into (frames are padded up)."""
+    return -(-frames // downsample)
+
+
+class Audio(Modality):
+    name = "audio"
+    pad = "<|audio_pad|>"
+    section = AudioConfig
+    budget, rows_name = "max_audio_frames", "audio frames"
+
+    @property
+    def encoder(self):
+        # Imported on use: megatron-core loads in seconds, and configs are checked before it.
+        from megaomni.media.audio_encoder import AudioEncoder
+        return AudioEncoder
+    sources = (Source(AUDIO, AUDIO_EXTS, "audio", unread_exts=("mp3", "ogg", "opus", "m4a", "aac", "wma")),)
+
+    def _item(self, frames: int, cfg, values=None) -> MediaItem:
+        return MediaItem((frames,), frames, audio_tokens(frames, cfg.model.audio.downsample), {}, values)
+
+    def _check_seconds(self, samples: int, cfg) -> None:
+        seconds = samples / cfg.model.audio.sample_rate
+        if seconds > cfg.data.max_audio_seconds:
+            raise BadSample("audio_too_long", f"{seconds:.2f} s clip > data.max_audio_seconds={cfg.data.max_audio_seconds}")
+
+    def decode(self, source, members, cfg):
+        audio, items = cfg.model.audio, []
+        for ext, data in members:
+            waveform, rate = load_audio(data, ext)
+            waveform = resample(waveform, rate, audio.sample_rate)
+            self._check_seconds(waveform.numel(), cfg)
+            features = log_mel(waveform, sample_rate=audio.sample_rate, n_fft=audio.n_fft,
+                               hop_length=audio.hop_length, n_mels=audio.n_mels)
+            items.append([self._item(features.shape[0], cfg, features)])
+        return items
+
+    def measure(self, source, members, cfg):
+        audio, items = cfg.model.audio, []
+        for ext, data in members:
+            samples, rate = clip_length(data, ext)
+            if rate <= 0:
+                raise BadSample("bad_audio", f"a sample rate of {rate} Hz")
+            samples = resampled_length(samples, rate, audio.sample_rate)
+            self._check_seconds(samples, cfg)
+            items.append([self._item(log_mel_frames(samples, audio.hop_length), cfg)])
+        return items
+
+    def flops(self, section, llm_hidden):
+        return EncoderFlops.transformer(section, llm_hidden, rows_per_input=1 / section.stem_stride)
+
+    def check(self, cfg):
+        audio = cfg.model.audio
+        require_positive("model.audio", audio, ("num_layers", "hidden_size", "num_attention_heads",
+                                                "ffn_hidden_size", "n_mels", "sample_rate", "n_fft", "hop_length"))
+        require_heads("model.audio", audio.hidden_size, audio.num_attention_heads, 2)
+        require(audio.stem_stride >= 1, f"model.audio.stem_stride={audio.stem_stride}: must be a positive integer")
+        require(audio.downsample >= audio.stem_stride and audio.downsample % audio.stem_stride == 0,
+                f"model.audio.downsample={audio.downsample}: must be a multiple of model.audio.stem_stride="
+                f"{audio.stem_stride} (the stem strides, the projector merges the rest)")
+
+
+AUDIO_MODALITY = Audio()

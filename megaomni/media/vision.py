@@ -1,0 +1,98 @@
+"""Images and videos, through the vision encoder.
+
+A still image is one item; a video is a sequence of frames, each an image with its temporal
+index ``t = 0..T-1`` (at most ``data.max_video_frames`` frames, picked evenly), and its
+``<video>`` placeholder expands to the image pads of all its frames, frame after frame. Every
+item becomes ``(gh / merge) * (gw / merge)`` LLM tokens."""
+
+from __future__ import annotations
+
+from megaomni.checks import require, require_heads, require_positive
+from megaomni.config import VisionConfig
+from megaomni.errors import BadSample
+from megaomni.media.images import image_grid, load_image
+from megaomni.media.modality import EncoderFlops, MediaItem, Modality, Source
+
+IMAGE, VIDEO = "<image>", "<video>"  # placeholders as written in conversation text
+IMAGE_EXTS = ("png", "jpg", "jpeg")
+VIDEO_FIELD = "video"  # frame N of the video: KEY.video.N.png
+
+
+def vision_tokens(grid_h: int, grid_w: int, merge: int) -> int:
+    """LLM tokens an image of ``grid_h x grid_w`` patches turns into."""
+    return (grid_h // merge) * (grid_w // merge)
+
+
+def video_frame_indices(count: int, cap: int) -> list[int]:
+    """The frames of a ``count``-frame video that are kept under ``data.max_video_frames=cap``:
+    all of them, or the middle frame of each of ``cap`` equal stretches of the video."""
+    if not 0 < cap < count:
+        return list(range(count))
+    return [(2 * i + 1) * count // (2 * cap) for i in range(cap)]
+
+
+class Vision(Modality):
+    name = "vision"
+    pad = "<|image_pad|>"
+    section = VisionConfig
+    budget, rows_name = "max_patches", "patches"
+
+    @property
+    def encoder(self):
+        # Imported on use: megatron-core loads in seconds, and configs are checked before it.
+        from megaomni.media.vision_encoder import VisionEncoder
+        return VisionEncoder
+    sources = (
+        Source(IMAGE, IMAGE_EXTS, "image", unread_exts=("gif", "webp", "bmp", "tif", "tiff", "heic", "avif")),
+        # Tokenizers trained before video support lack <video>; their video samples are skipped.
+        Source(VIDEO, IMAGE_EXTS, "video frame", field=VIDEO_FIELD, one_medium="video",
+               unread_exts=("mp4", "webm", "mkv", "avi", "mov"), optional=True),
+    )
+
+    def _item(self, grid: tuple[int, int], cfg, time: int = 0, values=None) -> MediaItem:
+        gh, gw = grid
+        return MediaItem((gh, gw), gh * gw, vision_tokens(gh, gw, cfg.model.vision.merge_size), {"time": time}, values)
+
+    def _pictures(self, source: Source, members: list[tuple[str, bytes]], cfg, read) -> list[list[MediaItem]]:
+        """``read(bytes)``: (patches or None, grid). A video's kept frames must share one grid."""
+        if not source.one_medium:
+            return [[self._item(grid, cfg, 0, patches)] for patches, grid in (read(data) for _, data in members)]
+        if not members:
+            return []
+        kept = video_frame_indices(len(members), cfg.data.max_video_frames)
+        frames = [self._item(grid, cfg, t, patches) for t, (patches, grid) in
+                  enumerate(read(members[i][1]) for i in kept)]
+        for i, frame in zip(kept, frames):
+            if frame.size != frames[0].size:
+                raise BadSample("bad_video", f"frame {i} fits {frame.size[0]}x{frame.size[1]} patches, frame "
+                                f"{kept[0]} {frames[0].size[0]}x{frames[0].size[1]}: a video's frames must share one size")
+        return [frames]
+
+    def decode(self, source, members, cfg):
+        vision, data = cfg.model.vision, cfg.data
+        return self._pictures(source, members, cfg, lambda b: load_image(
+            b, patch_size=vision.patch_size, merge_size=vision.merge_size, min_pixels=data.min_pixels,
+            max_pixels=data.max_pixels, in_channels=vision.in_channels, decoder=data.decoder))
+
+    def measure(self, source, members, cfg):
+        vision, data = cfg.model.vision, cfg.data
+        return self._pictures(source, members, cfg, lambda b: (None, image_grid(
+            b, patch_size=vision.patch_size, merge_size=vision.merge_size, min_pixels=data.min_pixels,
+            max_pixels=data.max_pixels)))
+
+    def flops(self, section, llm_hidden):
+        return EncoderFlops.transformer(section, llm_hidden)
+
+    def check(self, cfg):
+        vision, data = cfg.model.vision, cfg.data
+        require_positive("model.vision", vision, ("num_layers", "hidden_size", "num_attention_heads",
+                                                  "ffn_hidden_size", "patch_size", "merge_size"))
+        require_heads("model.vision", vision.hidden_size, vision.num_attention_heads, 4)
+        cell = (vision.patch_size * vision.merge_size) ** 2
+        require(data.max_pixels >= cell, f"data.max_pixels={data.max_pixels}: must hold one merged patch, "
+                f"(model.vision.patch_size*merge_size)^2={cell}")
+        require(data.min_pixels <= data.max_pixels,
+                f"data.min_pixels={data.min_pixels}: must not exceed data.max_pixels={data.max_pixels}")
+
+
+VISION = Vision()
