@@ -28,7 +28,9 @@ from report import write_result  # noqa: E402
 from megaomni.config import load_config  # noqa: E402
 from megaomni.parallel.model_chunks import build_model_chunks  # noqa: E402
 from megaomni.flops import FlopModel  # noqa: E402
-from megaomni.pipeline.shares import Item  # noqa: E402
+from megaomni.media.audio import audio_tokens  # noqa: E402
+from megaomni.media.modality import MediaBatch  # noqa: E402
+from megaomni.media.vision import vision_tokens  # noqa: E402
 from megaomni.platform.distributed import init_distributed, shutdown  # noqa: E402
 
 
@@ -44,7 +46,10 @@ def vision_inputs(cfg, rng: torch.Generator, device):
         total += h * w
     dim = cfg.model.vision.in_channels * cfg.model.vision.patch_size ** 2
     patches = torch.randn(total, dim, device=device)
-    return (patches, torch.tensor(grids), torch.zeros(len(grids), device=device)), [h * w for h, w in grids]
+    rows = tuple(h * w for h, w in grids)
+    tokens = tuple(vision_tokens(h, w, cfg.model.vision.merge_size) for h, w in grids)
+    return MediaBatch(patches, torch.tensor(grids), {"time": torch.zeros(len(grids), dtype=torch.long)}, rows,
+                      tokens), list(rows)
 
 
 def audio_inputs(cfg, rng: torch.Generator, device):
@@ -56,7 +61,8 @@ def audio_inputs(cfg, rng: torch.Generator, device):
         lengths.append(n)
         total += n
     features = torch.randn(total, cfg.model.audio.n_mels, device=device)
-    return (features, torch.tensor(lengths, device=device)), lengths
+    tokens = tuple(audio_tokens(n, cfg.model.audio.downsample) for n in lengths)
+    return MediaBatch(features, torch.tensor(lengths)[:, None], {}, tuple(lengths), tokens), lengths
 
 
 def time_it(fn, repeats: int, device) -> float:
@@ -118,10 +124,10 @@ def main() -> None:
 
         def forward():
             with torch.no_grad():
-                encoder(*inputs)
+                encoder(inputs)
 
         def both():
-            encoder(*inputs).float().sum().backward()
+            encoder(inputs).float().sum().backward()
 
         fwd, fwd_bwd = time_it(forward, args.repeats, device), time_it(both, args.repeats, device)
         row = {"encoder": name, "inputs": len(sizes), "rows": sum(sizes), "forward_tflop": forward_flops / 1e12,

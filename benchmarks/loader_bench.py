@@ -25,11 +25,13 @@ import time
 import torch
 
 from megaomni.config import OmniConfig, load_config
-from megaomni.data.balance import CostModel, contiguous_split, imbalance
+from megaomni.data.balance import contiguous_split, imbalance
 from megaomni.data.loader import OmniDataLoader
 from megaomni.data.sample import Sample
-from megaomni.data.step_plan import plan_step
+from megaomni.data.step_plan import plan_step, sample_cost
 from megaomni.data.tokenizer import OmniTokenizer
+from megaomni.flops import FlopModel
+from megaomni.media.modality import MediaItem
 from report import cpu_model, write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,13 +65,15 @@ def _synthetic_samples(n: int, g: torch.Generator) -> list[Sample]:
     samples = []
     for i in range(n):
         r = torch.rand(3, generator=g).tolist()
-        images = [(torch.empty(int(torch.randint(64, 1025, (1,), generator=g)), 0), (0, 0))
+        # Only sizes matter here: items without values (as Modality.measure makes them).
+        images = [MediaItem((0, 0), int(torch.randint(64, 1025, (1,), generator=g)), 0)
                   for _ in range(int(1 + 6 * r[1]) if r[0] < 0.5 else 0)]
-        audios = [torch.empty(int(100 * (1 + 29 * r[2])), 0)] if r[0] > 0.75 else []
-        length = int(text[i]) + sum(len(p) // 4 for p, _ in images) + sum(len(a) // 4 for a in audios)
+        audios = [MediaItem((0,), int(100 * (1 + 29 * r[2])), 0)] if r[0] > 0.75 else []
+        length = int(text[i]) + sum(item.rows // 4 for item in images + audios)
         length = min(length, 8192)
+        media = {name: items for name, items in (("vision", images), ("audio", audios)) if items}
         samples.append(Sample(key=str(i), tokens=torch.empty(length, dtype=torch.long), labels=torch.empty(0),
-                              loss_mask=torch.empty(0), images=images, audios=audios))
+                              loss_mask=torch.empty(0), media=media))
     return samples
 
 
@@ -78,7 +82,7 @@ def _synthetic(steps: int, step_samples: int, ranks: int) -> dict:
     cfg.data.seq_length, cfg.data.max_tokens = 8192, 8192
     cfg.model.llm.num_layers, cfg.model.llm.hidden_size, cfg.model.llm.ffn_hidden_size = 28, 1536, 8960
     cfg.model.llm.num_attention_heads, cfg.model.llm.num_query_groups = 12, 2
-    costs = CostModel.from_config(cfg)
+    flops = FlopModel.from_config(cfg.model)
     g = torch.Generator().manual_seed(0)
     totals = {"padded_padding": 0.0, "packed_padding": 0.0, "padded_imbalance": 0.0,
               "packed_unbalanced_imbalance": 0.0, "packed_balanced_imbalance": 0.0, "plan_s": 0.0}
@@ -89,12 +93,12 @@ def _synthetic(steps: int, step_samples: int, ranks: int) -> dict:
         batches = [list(range(i, i + micro)) for i in range(0, step_samples, micro)]
         longest = max(lengths)
         totals["padded_padding"] += 1 - sum(lengths) / (longest * step_samples)
-        sample_costs = [costs.sample(s) for s in samples]
+        sample_costs = [sample_cost(s, flops) for s in samples]
         batch_costs = [sum(sample_costs[i] for i in b) for b in batches]
         totals["padded_imbalance"] += imbalance([sum(batch_costs[i] for i in mine)
                                                  for mine in contiguous_split(len(batches), ranks)])
         started = time.perf_counter()
-        plan = plan_step(samples, cfg.data, costs, ranks=ranks, minimum=1, pad_multiple=8)
+        plan = plan_step(samples, cfg.data, flops, ranks=ranks, minimum=1, pad_multiple=8)
         totals["plan_s"] += time.perf_counter() - started
         totals["packed_padding"] += plan.padding
         totals["packed_unbalanced_imbalance"] += plan.imbalance_before

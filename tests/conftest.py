@@ -21,14 +21,14 @@ def toy_data(tmp_path_factory) -> str:
     return str(out)
 
 
-def run_pretrain(*overrides: str, nproc: int = 1, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run pretrain_omni.py with the tiny recipe (torchrun when ``nproc > 1``)."""
+def run_pretrain(*overrides: str, nproc: int = 1, timeout: int = 900,
+                 script: str = os.path.join(ROOT, "pretrain_omni.py")) -> subprocess.CompletedProcess:
+    """Run ``script`` (pretrain_omni.py) with the tiny recipe (torchrun when ``nproc > 1``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if nproc == 1:
-        cmd = [sys.executable, os.path.join(ROOT, "pretrain_omni.py")]
+        cmd = [sys.executable, script]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", os.path.join(ROOT, "pretrain_omni.py")]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", script]
     proc = subprocess.run([*cmd, "--config", TINY_CONFIG, *overrides], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=timeout)
     return proc

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from megaomni.config import OmniConfig
+from megaomni.config import DataConfig, OmniConfig
 from megaomni.data.shards import RawSample
 from megaomni.data.tokenizer import CHAT_TOKENS, OmniTokenizer
 from megaomni.errors import BadSample
@@ -92,14 +92,14 @@ def _readable() -> str:
     return "; ".join(f"{source.kind}: {', '.join(source.exts)}" for _, source in registry.sources())
 
 
-def _kept_length(length: int, runs: list[Run], answer: list[bool], cfg: OmniConfig) -> int:
+def _kept_length(length: int, runs: list[Run], answer: list[bool], data: DataConfig) -> int:
     """All ``length`` tokens, or ``data.seq_length`` of them under ``data.truncate`` where that cut
     leaves every media run whole (half an image is a wrong sample) and an answer token to learn."""
-    limit = cfg.data.seq_length
+    limit = data.seq_length
     if length <= limit:
         return length
     why = f"{length} tokens > data.seq_length={limit}"
-    if not cfg.data.truncate:
+    if not data.truncate:
         raise BadSample("too_long", why)
     if any(start < limit < end for _, start, end, _ in runs):
         raise BadSample("too_long", f"{why}; data.truncate would cut a media placeholder run in two")
@@ -147,7 +147,7 @@ def build_sample(raw: RawSample, tokenizer: OmniTokenizer, cfg: OmniConfig) -> S
             pad = tokenizer.media_pad_id(modality.name)
             expand[token] = iter([(modality.name, pad, items) for items in media])
     tokens, answer, runs = _chat_tokens(turns, tokenizer, expand)
-    keep = _kept_length(len(tokens), runs, answer, cfg)
+    keep = _kept_length(len(tokens), runs, answer, cfg.data)
     # A cut keeps the labels of the whole sample: the last kept token still predicts the next one.
     labels, loss = tokens[1:] + [tokenizer.pad_id], answer[1:] + [False]
     media: dict[str, list[MediaItem]] = {m.name: [] for m in registry.modalities()}

@@ -10,6 +10,7 @@ shard unreadable from some point on keeps the samples before that point.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import tarfile
@@ -69,7 +70,7 @@ def _split_name(name: str) -> tuple[str, Optional[int], str]:
         number, _, ext = ext.rpartition(".")
         kind, _, number = number.rpartition(".")  # "video.3": frame 3 of the video
         # -1: not a media index (``KEY.meta.json``, ``KEY.video.png``: another field), ignored by the caller
-        index = int(number) if kind in ("", *_fields()) and number.isascii() and number.isdigit() else -1
+        index = int(number) if kind in ("", *_kinds().fields) and number.isascii() and number.isdigit() else -1
         ext = f"{kind}.{ext}" if kind else ext
     return os.path.join(head, stem), index, ext.lower()
 
@@ -100,29 +101,44 @@ def _media_order(stem: str, kind: str, found: list[tuple[Optional[int], str]]) -
     return None
 
 
-def _fields() -> set[str]:
-    return {s.field for _, s in registry.sources() if s.field}
+@dataclass(frozen=True)
+class _Kinds:
+    """What the registered modalities' sources make of member extensions."""
+
+    sources: tuple[Source, ...]
+    fields: frozenset[str]  # KEY.FIELD.N.EXT: the FIELDs
+    read: frozenset[str]  # extensions read (KEY.json and every source's)
+    unread: frozenset[str]  # extensions of media this reader does not decode
+
+    def is_unread(self, ext: str) -> bool:
+        """A medium this reader does not decode (a source's ``unread_exts``), or such a part
+        (``KEY.video.3.webp``). They are not read, but named when their sample's placeholders
+        lack files, so the skip says why (unsupported_media, not placeholder_mismatch)."""
+        return any(ext.removeprefix(f"{f}.") in self.unread for f in ("", *self.fields)
+                   if not f or ext.startswith(f"{f}."))
 
 
-def _unread(ext: str) -> bool:
-    """A medium this reader does not decode (a source's ``unread_exts``), or such a part
-    (``KEY.video.3.webp``). They are not read, but named when their sample's placeholders lack
-    files, so the skip says why (unsupported_media, not placeholder_mismatch)."""
-    unread = {e for _, s in registry.sources() for e in s.unread_exts}
-    return any(ext.removeprefix(f"{f}.") in unread for f in ("", *_fields()) if not f or ext.startswith(f"{f}."))
+@functools.lru_cache(maxsize=8)
+def _kinds_of(modalities: tuple) -> _Kinds:
+    sources = tuple(s for m in modalities for s in m.sources)
+    return _Kinds(sources, frozenset(s.field for s in sources if s.field),
+                  frozenset(("json", *(e for s in sources for e in s.member_exts))),
+                  frozenset(e for s in sources for e in s.unread_exts))
 
 
-def _read_exts() -> set[str]:
-    return {"json", *(e for _, s in registry.sources() for e in s.member_exts)}
+def _kinds() -> _Kinds:
+    """For the modalities registered now (computed once for each registry state)."""
+    return _kinds_of(tuple(registry.modalities()))
 
 
 def _sample(key: str, path: str, members: list[tuple[str, Optional[int], str, bytes]]) -> RawSample:
     """One key's members as a RawSample, with ``error`` set where they do not make one sample."""
     conversations = [data for _, _, ext, data in members if ext == "json"]
     media = sorted(members, key=lambda m: -1 if m[1] is None else m[1])  # KEY.png first, then KEY.0.png, ...
-    sources = [s for _, s in registry.sources()]
+    kinds = _kinds()
+    sources = kinds.sources
     sample = RawSample(key=key, shard=path, conversation=conversations[0] if conversations else None,
-                       unread=[name for name, _, ext, _ in members if _unread(ext)])
+                       unread=[name for name, _, ext, _ in members if kinds.is_unread(ext)])
     for source in sources:
         found = [(ext.removeprefix(f"{source.field}."), data) for _, _, ext, data in media if ext in source.member_exts]
         if found:
@@ -132,7 +148,7 @@ def _sample(key: str, path: str, members: list[tuple[str, Optional[int], str, by
     # Not an unread part: the other parts would make a shorter medium that still matches its placeholder.
     for source in sources:
         if source.one_medium and (unread_parts := [name for name, _, ext, _ in members
-                                                   if _unread(ext) and ext.startswith(f"{source.field}.")]):
+                                                   if kinds.is_unread(ext) and ext.startswith(f"{source.field}.")]):
             sample.error = sample.error or BadSample(
                 "unsupported_media", f"{source.kind}s not read: {', '.join(unread_parts)} "
                 f"({source.kind}s: {', '.join(source.exts)})")
@@ -158,7 +174,7 @@ def iter_shard(path: str) -> Iterator[RawSample]:
         return
     members: dict[str, list[tuple[str, Optional[int], str, bytes]]] = {}  # key -> (name, index, ext, bytes)
     key, name, broken = "", "", None
-    read = _read_exts()
+    kinds = _kinds()
     try:
         with tarfile.open(path) as tar:
             for member in tar:
@@ -166,9 +182,9 @@ def iter_shard(path: str) -> Iterator[RawSample]:
                 name = member.name
                 if not member.isfile() or index == -1:
                     continue
-                if ext in read:
+                if ext in kinds.read:
                     members.setdefault(key, []).append((name, index, ext, tar.extractfile(member).read()))
-                elif _unread(ext):
+                elif kinds.is_unread(ext):
                     members.setdefault(key, []).append((name, index, ext, b""))
             _check_end(tar)
     except SHARD_ERRORS as e:

@@ -37,7 +37,8 @@ class Audio(Modality):
     def _check_seconds(self, samples: int, cfg) -> None:
         seconds = samples / cfg.model.audio.sample_rate
         if seconds > cfg.data.max_audio_seconds:
-            raise BadSample("audio_too_long", f"{seconds:.2f} s clip > data.max_audio_seconds={cfg.data.max_audio_seconds}")
+            raise BadSample("audio_too_long",
+                            f"{seconds:.2f} s clip > data.max_audio_seconds={cfg.data.max_audio_seconds}")
 
     def decode(self, source, members, cfg):
         audio, items = cfg.model.audio, []

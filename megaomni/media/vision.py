@@ -64,8 +64,9 @@ class Vision(Modality):
                   enumerate(read(members[i][1]) for i in kept)]
         for i, frame in zip(kept, frames):
             if frame.size != frames[0].size:
+                first = frames[0].size
                 raise BadSample("bad_video", f"frame {i} fits {frame.size[0]}x{frame.size[1]} patches, frame "
-                                f"{kept[0]} {frames[0].size[0]}x{frames[0].size[1]}: a video's frames must share one size")
+                                f"{kept[0]} {first[0]}x{first[1]}: a video's frames must share one size")
         return [frames]
 
     def decode(self, source, members, cfg):

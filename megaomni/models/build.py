@@ -11,14 +11,14 @@ from megaomni.media import registry
 from megaomni.models.omni import OmniModel, whole_sequence
 
 
-def _stack_config(part, cfg: OmniConfig, **extra):
+def _stack_config(part, bf16: bool, **extra):
     return make_transformer_config(
         num_layers=part.num_layers,
         hidden_size=part.hidden_size,
         num_attention_heads=part.num_attention_heads,
         ffn_hidden_size=part.ffn_hidden_size,
         norm_eps=part.norm_eps,
-        bf16=cfg.train.bf16,
+        bf16=bf16,
         **extra,
     )
 
@@ -41,14 +41,14 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     fields = {**moe_config_fields(llm_cfg.moe, llm_cfg.ffn_hidden_size), **(llm_parallel or {})}
     # All rotary frequencies from the first position axis: plain 1D RoPE over batch.position_ids.
     rotary_half = llm_cfg.hidden_size // llm_cfg.num_attention_heads // 2
-    llm_config = _stack_config(llm_cfg, cfg, num_query_groups=llm_cfg.num_query_groups,
+    llm_config = _stack_config(llm_cfg, cfg.train.bf16, num_query_groups=llm_cfg.num_query_groups,
                                init_std=llm_cfg.init_std, mrope_section=[rotary_half, 0, 0], **fields)
     llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage)
     encoders, encoder_pads = {}, {}
     if pre_process if with_encoders is None else with_encoders:
         for modality in registry.enabled(cfg.model):
             part = getattr(cfg.model, modality.name)
-            config = _stack_config(part, cfg, init_std=llm_cfg.init_std, **(encoder_parallel or {}))
+            config = _stack_config(part, cfg.train.bf16, init_std=llm_cfg.init_std, **(encoder_parallel or {}))
             encoders[modality.name] = modality.encoder(part, config, llm_cfg.hidden_size, encoder_pg_collection)
             encoder_pads[modality.name] = media_pad_id(modality.name)
     return OmniModel(cfg.model, llm, encoders, encoder_pads, shard_sequence)

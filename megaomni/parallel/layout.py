@@ -4,7 +4,7 @@ LLM and of the encoders, and the process-group sizes. One place turns ``parallel
 
 from __future__ import annotations
 
-from megaomni.config import OmniConfig
+from megaomni.config import OmniConfig, ParallelConfig
 from megaomni.parallel.stages import layers_per_stage, megatron_layout
 
 
@@ -40,7 +40,7 @@ def llm_parallel_fields(cfg: OmniConfig, vocab_size: int) -> dict:
     return fields
 
 
-def encoder_parallel_fields(cfg: OmniConfig) -> dict:
+def encoder_parallel_fields(par: ParallelConfig) -> dict:
     """Encoders: tensor parallel by ``parallel.encoder.tp``, no pipeline, context or sequence
     parallelism (their inputs are whole images/clips on the first stage)."""
-    return dict(tensor_model_parallel_size=cfg.parallel.encoder.tp)
+    return dict(tensor_model_parallel_size=par.encoder.tp)

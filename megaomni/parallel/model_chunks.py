@@ -94,7 +94,7 @@ def build_model_chunks(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[
         vp_stage = vp if vpp > 1 else None
         model = build_model(
             cfg, vocab_size, media_pad_id, llm_parallel=llm_fields,
-            encoder_parallel=encoder_parallel_fields(cfg), encoder_pg_collection=encoder_groups,
+            encoder_parallel=encoder_parallel_fields(cfg.parallel), encoder_pg_collection=encoder_groups,
             pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
             post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
             vp_stage=vp_stage, shard_sequence=shard, with_encoders=(vp == 0) if joint else None,

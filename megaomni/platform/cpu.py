@@ -148,7 +148,3 @@ def activate() -> None:
     torch.distributed.all_to_all_single = _with_list_splits(torch.distributed.all_to_all_single)
     _CudaToCpuMode().__enter__()  # process-wide: stays on for the life of the process
     _ACTIVE = True
-
-
-def is_active() -> bool:
-    return _ACTIVE

@@ -27,10 +27,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def world_size_from_env() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
 def init_distributed(cfg: OmniConfig) -> torch.device:
     """Start (or join) the process group and build megatron-core's parallel state."""
     from megatron.core import parallel_state

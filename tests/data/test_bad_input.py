@@ -88,7 +88,8 @@ def test_truncation_is_a_prefix_that_keeps_media_runs_whole(cfg, tokenizer, clip
                               ("user", "And <image> with <audio>?"), ("assistant", "low")),
                  images=[png(84, 56)], audios=[clip])
     full = build_sample(sample, tokenizer, cfg)
-    runs = media_runs(full, (tokenizer.media_pad_id("vision"), tokenizer.media_pad_id("audio")))
+    pads = (tokenizer.media_pad_id("vision"), tokenizer.media_pad_id("audio"))
+    runs = media_runs(full, pads)
     assert [end - start for start, end in runs] == [6, 26]
     cfg.data.truncate = True
     outcomes = collections.Counter()
@@ -107,7 +108,7 @@ def test_truncation_is_a_prefix_that_keeps_media_runs_whole(cfg, tokenizer, clip
             assert torch.equal(getattr(cut, f), getattr(full, f)[:length]), (length, f)
         # Media whose run was cut off go with it; the others stay whole.
         assert len(images(cut)) + len(audios(cut)) == sum(end <= length for _, end in runs)
-        assert media_runs(cut, (tokenizer.media_pad_id("vision"), tokenizer.media_pad_id("audio"))) == [r for r in runs if r[1] <= length]
+        assert media_runs(cut, pads) == [r for r in runs if r[1] <= length]
         outcomes[len(images(cut)) + len(audios(cut))] += 1
     assert outcomes["split"] == 5 + 25 and outcomes["no answer"] > 0 and all(outcomes[n] > 0 for n in (0, 1, 2))
 

@@ -120,7 +120,8 @@ def test_balancing_beats_the_contiguous_split(cfg):
     assert plan.imbalance_after < 1.1
     assert sorted(p for mine in plan.ranks for p in mine) == list(range(len(plan.packs)))
     cfg.data.micro_batch_multiple = 8
-    even = plan_step(samples, cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8, equal=True)
+    even = plan_step(samples, cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8,
+                     equal=True)
     assert len(even.packs) % 8 == 0 and len(even.packs) >= len(plan.packs)
     assert {len(mine) for mine in even.ranks} == {len(even.packs) // 4}
 

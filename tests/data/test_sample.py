@@ -23,7 +23,8 @@ def test_placeholders_expand_to_encoder_output_counts(cfg, tokenizer, toy):
     assert int((sample.tokens == tokenizer.media_pad_id("vision")).sum()) == n_image
     (features,) = audios(sample)
     assert features.shape == (101, cfg.model.audio.n_mels)  # 1 s at hop 160
-    assert int((sample.tokens == tokenizer.media_pad_id("audio")).sum()) == audio_tokens(101, cfg.model.audio.downsample) == 26
+    audio_pad = tokenizer.media_pad_id("audio")
+    assert int((sample.tokens == audio_pad).sum()) == audio_tokens(101, cfg.model.audio.downsample) == 26
     assert tokenizer.token_id(IMAGE) not in sample.tokens and tokenizer.token_id(AUDIO) not in sample.tokens
     # Each placeholder's pads are contiguous, in text order: image 6, image 2, audio 26.
     runs, previous = [], None
@@ -34,7 +35,8 @@ def test_placeholders_expand_to_encoder_output_counts(cfg, tokenizer, toy):
             else:
                 runs.append([t, 1])
         previous = t
-    assert runs == [[tokenizer.media_pad_id("vision"), 6], [tokenizer.media_pad_id("vision"), 2], [tokenizer.media_pad_id("audio"), 26]]
+    image_pad, audio_pad = tokenizer.media_pad_id("vision"), tokenizer.media_pad_id("audio")
+    assert runs == [[image_pad, 6], [image_pad, 2], [audio_pad, 26]]
 
 
 def test_chat_format_labels_and_loss_mask(cfg, tokenizer):

@@ -14,7 +14,8 @@ def test_members_grouped_by_key_and_media_ordered(tmp_path):
         "s2.png": b"only", "s2.json": b"{}", "s2.0.flac": b"f0", "s2.1.wav": b"w1",
     })
     s1, s2 = iter_shard(str(tmp_path / "a.tar"))
-    assert (s1.key, s1.conversation, raw_images(s1), raw_audios(s1)) == ("s1", b"[]", [b"first", b"second"], [("wav", b"clip")])
+    assert (s1.key, s1.conversation, raw_images(s1), raw_audios(s1)) == (
+        "s1", b"[]", [b"first", b"second"], [("wav", b"clip")])
     assert (s2.key, raw_images(s2), raw_audios(s2)) == ("s2", [b"only"], [("flac", b"f0"), ("wav", b"w1")])
     assert s1.shard == str(tmp_path / "a.tar")
 

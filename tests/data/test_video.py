@@ -74,7 +74,8 @@ def test_video_round_trips_from_a_shard(cfg, tokenizer, tmp_path):
     assert ids.count(tokenizer.media_pad_id("vision")) == 4 * vision_tokens(2, 4, 2) + 1 == 9
     assert len(runs) == 2 and ids[runs[0]:runs[0] + 8] == [tokenizer.media_pad_id("vision")] * 8
     assert ids[runs[0] + 8] != tokenizer.media_pad_id("vision")
-    assert tokenizer.token_id(VIDEO) is not None and tokenizer.token_id(VIDEO) not in ids and tokenizer.token_id(IMAGE) not in ids
+    video_id, image_id = tokenizer.token_id(VIDEO), tokenizer.token_id(IMAGE)
+    assert video_id is not None and video_id not in ids and image_id not in ids
 
 
 def test_frame_subsampling_is_even_and_fixed():
@@ -143,7 +144,8 @@ def test_tokenizer_without_the_video_token(cfg, tokenizer, tmp_path, monkeypatch
         path = train_tokenizer(["<image> What is shown? a red square", "<audio> low"] * 10,
                                str(tmp_path / "old"), vocab_size=60)
     before = OmniTokenizer(path)
-    assert before.token_id(VIDEO) is None and before.token_id(IMAGE) == tokenizer.token_id(IMAGE)  # new ids unchanged by <video>
+    # new ids unchanged by <video>
+    assert before.token_id(VIDEO) is None and before.token_id(IMAGE) == tokenizer.token_id(IMAGE)
     with pytest.raises(BadSample) as e:
         build_sample(raw_video(frames(2)), before, cfg)
     assert e.value.reason == "unsupported_media" and "has no <video> token" in e.value.detail

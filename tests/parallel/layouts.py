@@ -54,13 +54,13 @@ CASES = [pytest.param(model, nproc, overrides, id=f"{model.name}-{name}")
          for name, nproc, overrides, models in LAYOUTS for model in models]
 
 
-def launch(out, *overrides: str, nproc: int = 1) -> None:
-    proc = run_pretrain(f"train.output_dir={out}", *overrides, nproc=nproc)
+def launch(out, *overrides: str, nproc: int = 1, **kwargs) -> None:
+    proc = run_pretrain(f"train.output_dir={out}", *overrides, nproc=nproc, **kwargs)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
-def train(out, *overrides: str, nproc: int = 1) -> list[dict]:
-    launch(out, *overrides, nproc=nproc)
+def train(out, *overrides: str, nproc: int = 1, **kwargs) -> list[dict]:
+    launch(out, *overrides, nproc=nproc, **kwargs)
     return read_metrics(str(out))
 
 
@@ -79,10 +79,12 @@ def assert_same_run(reference: list[dict], records: list[dict], rel: float) -> N
 
 
 class ParitySetup:
-    """``extra`` overrides apply to every run (the initial weights' too), e.g. ``train.bf16=true``."""
+    """``extra`` overrides apply to every run (the initial weights' too), e.g. ``train.bf16=true``;
+    ``launcher`` keyword arguments go to every launch (``script``: an entry point other than
+    pretrain_omni.py)."""
 
-    def __init__(self, toy_data: str, root, extra: tuple[str, ...] = ()):
-        self.toy_data, self.root, self.extra = toy_data, root, extra
+    def __init__(self, toy_data: str, root, extra: tuple[str, ...] = (), **launcher):
+        self.toy_data, self.root, self.extra, self.launcher = toy_data, root, extra, launcher
         self._references: dict[str, list[dict]] = {}
 
     def init_weights(self, model: Model) -> str:
@@ -90,13 +92,13 @@ class ParitySetup:
         path = self.root / f"{model.name}_init"
         if not path.exists():
             launch(self.root / f"{model.name}_init_run", f"data.path={self.toy_data}", *COMMON, *self.extra,
-                   *model.overrides, "train.iters=0", f"checkpoint.save={path}")
+                   *model.overrides, "train.iters=0", f"checkpoint.save={path}", **self.launcher)
         return str(path / "iter_0000000")
 
     def run(self, model: Model, out, *overrides: str, nproc: int = 1) -> list[dict]:
         """A ``model`` run from the shared initial weights; ``overrides`` win over COMMON."""
         return train(out, f"data.path={self.toy_data}", *COMMON, *self.extra, *model.overrides,
-                     f"checkpoint.load={self.init_weights(model)}", *overrides, nproc=nproc)
+                     f"checkpoint.load={self.init_weights(model)}", *overrides, nproc=nproc, **self.launcher)
 
     def reference(self, model: Model) -> list[dict]:
         if model.name not in self._references:

@@ -173,7 +173,8 @@ def test_round_trip_through_the_data_layer(tool, inputs, tmp_path):
     cfg = OmniConfig()
     cfg.data.path = str(tmp_path)
     samples = [build_sample(raw, tokenizer, cfg) for raw in raws]
-    assert len(decoded_images(samples[3])) == 4 and image_times(samples[3]) == [0, 1, 2, 0]  # the frames, then the image
+    # the frames, then the image
+    assert len(decoded_images(samples[3])) == 4 and image_times(samples[3]) == [0, 1, 2, 0]
     for sample, text in zip(samples[7:], TEXTS):
         trained = sample.labels[sample.loss_mask.bool()].tolist()
         assert trained == [*tokenizer.encode(text), tokenizer.end_id]
