@@ -26,11 +26,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from report import write_result  # noqa: E402
 
 from megaomni.config import load_config  # noqa: E402
-from megaomni.parallel.model_chunks import build_model_chunks  # noqa: E402
 from megaomni.flops import FlopModel  # noqa: E402
 from megaomni.media.audio import audio_tokens  # noqa: E402
 from megaomni.media.modality import MediaBatch  # noqa: E402
 from megaomni.media.vision import vision_tokens  # noqa: E402
+from megaomni.parallel.model_chunks import build_model_chunks  # noqa: E402
 from megaomni.platform.distributed import init_distributed, shutdown  # noqa: E402
 
 

@@ -23,6 +23,7 @@ import platform
 import time
 
 import torch
+from report import cpu_model, write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
 
 from megaomni.config import OmniConfig, load_config
 from megaomni.data.balance import contiguous_split, imbalance
@@ -32,7 +33,6 @@ from megaomni.data.step_plan import plan_step, sample_cost
 from megaomni.data.tokenizer import OmniTokenizer
 from megaomni.flops import FlopModel
 from megaomni.media.modality import MediaItem
-from report import cpu_model, write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -103,14 +103,14 @@ if HERE not in sys.path:
 from report import cpu_model, write_result  # noqa: E402  (benchmarks/report.py)
 
 from megaomni.config import OmniConfig, load_config  # noqa: E402
-from megaomni.parallel.stages import layers_per_stage  # noqa: E402
 from megaomni.flops import FlopModel  # noqa: E402
+from megaomni.models.build import padded_vocab_size  # noqa: E402
+from megaomni.parallel.stages import layers_per_stage  # noqa: E402
 from megaomni.pipeline.costs import Rates, step_costs  # noqa: E402
 from megaomni.pipeline.joint_plan import joint_plan  # noqa: E402
+from megaomni.pipeline.llm_order import interleave_group  # noqa: E402
 from megaomni.pipeline.megatron_plan import megatron_plan  # noqa: E402
 from megaomni.pipeline.replay import load_records, micro_batches  # noqa: E402
-from megaomni.models.build import padded_vocab_size  # noqa: E402
-from megaomni.pipeline.llm_order import interleave_group  # noqa: E402
 from megaomni.pipeline.simulate import simulate  # noqa: E402
 
 POLICIES = ("megatron", "joint")

@@ -11,7 +11,6 @@ from megaomni.flops import FlopModel
 from megaomni.media.audio import audio_tokens
 from megaomni.media.vision import vision_tokens
 from megaomni.pipeline.shares import Item
-
 from tests.media_views import sample_media
 
 

@@ -22,7 +22,6 @@ from megaomni.pipeline.costs import Rates, step_costs
 from megaomni.pipeline.joint_plan import joint_plan
 from megaomni.pipeline.llm_order import interleave_group
 from megaomni.pipeline.plan import ENC_B, ENC_F, LLM_B, LLM_F
-
 from tests.cost_cases import item_list, make_samples, pipeline_flops, plan_dp_step
 
 RECORD = os.path.join(os.path.dirname(__file__), "cost_model_record.json")

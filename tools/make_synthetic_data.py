@@ -35,10 +35,10 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tools/ is scripts, not a package
 from make_toy_data import PATTERNS, SAMPLE_RATE, ShardWriter, tone  # noqa: E402
 
+from megaomni.data.tokenizer import OmniTokenizer, train_tokenizer  # noqa: E402
 from megaomni.media.audio import AUDIO  # noqa: E402
 from megaomni.media.images import fit_size  # noqa: E402
 from megaomni.media.vision import IMAGE, VIDEO  # noqa: E402
-from megaomni.data.tokenizer import OmniTokenizer, train_tokenizer  # noqa: E402
 
 KINDS = ("image", "audio", "video", "text")
 DEFAULT_MIX = "image:0.4,audio:0.2,video:0.1,text:0.3"

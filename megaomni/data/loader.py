@@ -18,14 +18,14 @@ from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
 from megaomni.data.blend import SampleStream
 from megaomni.data.collate import PAD_MULTIPLE, collate, collate_packed, padded_length
-from megaomni.data.skip_tally import SkipTally
-from megaomni.errors import BadSample
 from megaomni.data.prefetch import Prefetcher
 from megaomni.data.sample import Sample
 from megaomni.data.shards import list_shards
+from megaomni.data.skip_tally import SkipTally
 from megaomni.data.step_plan import StepPlan, plan_step
 from megaomni.data.tokenizer import OmniTokenizer
 from megaomni.data.workers import Decoder, shard_decoder
+from megaomni.errors import BadSample
 from megaomni.flops import FlopModel
 from megaomni.validation import check_batch_sizes, equal_micro_batches
 

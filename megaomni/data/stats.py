@@ -5,9 +5,9 @@ from __future__ import annotations
 import collections
 import math
 
-from megaomni.errors import BadSample
 from megaomni.data.sample import parse_conversation
 from megaomni.data.shards import iter_shard, list_shards
+from megaomni.errors import BadSample
 
 
 def text_only_entropy(data_dir: str) -> float:

@@ -15,11 +15,11 @@ from typing import Callable, Iterator, Union
 import torch
 
 from megaomni.config import OmniConfig
-from megaomni.errors import BadSample
 from megaomni.data.sample import Sample, build_sample
 from megaomni.data.shards import iter_shard
 from megaomni.data.step_plan import over_budget
 from megaomni.data.tokenizer import OmniTokenizer
+from megaomni.errors import BadSample
 
 # A shard's samples in order: a Sample, or (where, reason, detail) for one skipped.
 Outcome = Union[Sample, tuple[str, str, str]]

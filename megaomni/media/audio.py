@@ -6,7 +6,7 @@ from __future__ import annotations
 from megaomni.checks import require, require_heads, require_positive
 from megaomni.config import AudioConfig
 from megaomni.errors import BadSample
-from megaomni.media.modality import EncoderFlops, MediaItem, Modality, Source
+from megaomni.media.modality import EncoderFlops, ImportedOnUse, MediaItem, Modality, Source
 from megaomni.media.sounds import clip_length, load_audio, log_mel, log_mel_frames, resample, resampled_length
 
 AUDIO = "<audio>"  # the placeholder as written in conversation text
@@ -23,12 +23,7 @@ class Audio(Modality):
     pad = "<|audio_pad|>"
     section = AudioConfig
     budget, rows_name = "max_audio_frames", "audio frames"
-
-    @property
-    def encoder(self):
-        # Imported on use: megatron-core loads in seconds, and configs are checked before it.
-        from megaomni.media.audio_encoder import AudioEncoder
-        return AudioEncoder
+    encoder = ImportedOnUse("megaomni.media.audio_encoder:AudioEncoder")
     sources = (Source(AUDIO, AUDIO_EXTS, "audio", unread_exts=("mp3", "ogg", "opus", "m4a", "aac", "wma")),)
 
     def _item(self, frames: int, cfg, values=None) -> MediaItem:

@@ -22,7 +22,6 @@ from megaomni.ops.attention import segment_params
 from megaomni.platform.transfer import to_device
 
 
-
 def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
     return (a + b - 1) // b
 

@@ -9,6 +9,7 @@ cost model and the pipeline planner ask it; none of them names a modality.
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Optional
@@ -120,6 +121,19 @@ class EncoderFlops:
         params = (section.num_layers * (4 * h * h + 3 * h * section.ffn_hidden_size)
                   + h * llm_hidden + llm_hidden * llm_hidden)
         return cls(params, 4 * section.num_layers * h, rows_per_input)
+
+
+class ImportedOnUse:
+    """A class attribute naming a class (``"module:Name"``) that is imported when first read:
+    encoders pull in megatron-core, which takes seconds to load, and configurations are checked
+    (one-line errors) before it is."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __get__(self, obj, owner=None):
+        module, _, name = self.path.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
 class Modality(ABC):

@@ -11,7 +11,7 @@ from megaomni.checks import require, require_heads, require_positive
 from megaomni.config import VisionConfig
 from megaomni.errors import BadSample
 from megaomni.media.images import image_grid, load_image
-from megaomni.media.modality import EncoderFlops, MediaItem, Modality, Source
+from megaomni.media.modality import EncoderFlops, ImportedOnUse, MediaItem, Modality, Source
 
 IMAGE, VIDEO = "<image>", "<video>"  # placeholders as written in conversation text
 IMAGE_EXTS = ("png", "jpg", "jpeg")
@@ -36,12 +36,7 @@ class Vision(Modality):
     pad = "<|image_pad|>"
     section = VisionConfig
     budget, rows_name = "max_patches", "patches"
-
-    @property
-    def encoder(self):
-        # Imported on use: megatron-core loads in seconds, and configs are checked before it.
-        from megaomni.media.vision_encoder import VisionEncoder
-        return VisionEncoder
+    encoder = ImportedOnUse("megaomni.media.vision_encoder:VisionEncoder")
     sources = (
         Source(IMAGE, IMAGE_EXTS, "image", unread_exts=("gif", "webp", "bmp", "tif", "tiff", "heic", "avif")),
         # Tokenizers trained before video support lack <video>; their video samples are skipped.

@@ -17,6 +17,7 @@ that buries what the frame shows.
 from __future__ import annotations
 
 import math
+
 import torch
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_block import TransformerBlock

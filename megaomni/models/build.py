@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from megaomni.config import OmniConfig
-from megaomni.models.llm import build_llm
 from megaomni.layers.transformer_config import make_transformer_config, moe_config_fields
 from megaomni.media import registry
+from megaomni.models.llm import build_llm
 from megaomni.models.omni import OmniModel, whole_sequence
 
 

@@ -22,10 +22,22 @@ from megatron.core.utils import get_model_type
 
 from megaomni.data.batch import Batch
 from megaomni.pipeline.channels import Channels
-from megaomni.pipeline.plan import (COMPUTE, ENC_B, ENC_F, LLM_B, LLM_F, RECV, SEND, Action, Plan,
-                                    PlanError, check_plan, makes, needs)
-from megaomni.pipeline.shares import (Item, assemble, merge_inputs, share_inputs, share_outputs,
-                                      split_outputs)
+from megaomni.pipeline.plan import (
+    COMPUTE,
+    ENC_B,
+    ENC_F,
+    LLM_B,
+    LLM_F,
+    RECV,
+    SEND,
+    Action,
+    Plan,
+    PlanError,
+    check_plan,
+    makes,
+    needs,
+)
+from megaomni.pipeline.shares import Item, assemble, merge_inputs, share_inputs, share_outputs, split_outputs
 from megaomni.pipeline.timeline import Event, Timeline
 
 

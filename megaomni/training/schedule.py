@@ -16,8 +16,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
-from megaomni.parallel.stages import layers_per_stage
 from megaomni.flops import FlopModel
+from megaomni.parallel.stages import layers_per_stage
 from megaomni.pipeline.costs import Rates, StepCosts, fit_rates, step_costs
 from megaomni.pipeline.executor import PlanExecutor
 from megaomni.pipeline.joint_plan import joint_plan

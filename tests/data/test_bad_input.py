@@ -9,12 +9,21 @@ import collections
 import pytest
 import torch
 
-from megaomni.errors import BadSample
 from megaomni.data.sample import build_sample
-
+from megaomni.errors import BadSample
+from tests.data.helpers import (
+    assert_same_samples,
+    bad_samples,
+    conversation,
+    good_samples,
+    load,
+    members,
+    png,
+    raw,
+    shard_of_images,
+    write_shard,
+)
 from tests.media_views import audios, images
-from tests.data.helpers import (assert_same_samples, bad_samples, conversation, good_samples, load, members, png,
-                                raw, shard_of_images, write_shard)
 
 
 def test_each_bad_sample_is_skipped_under_its_reason(cfg, tokenizer, clip, tmp_path, caplog):

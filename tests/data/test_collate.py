@@ -4,9 +4,8 @@ import torch
 
 from megaomni.data.collate import collate
 from megaomni.data.sample import build_sample
-
-from tests.media_views import audio_features, audio_lengths, image_grids, image_patches, images
 from tests.data.helpers import conversation, png, raw, rng
+from tests.media_views import audio_features, audio_lengths, image_grids, image_patches, images
 
 
 def test_collate_pads_and_packs_media(cfg, tokenizer, toy):

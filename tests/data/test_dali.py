@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from megaomni.config import ConfigError, load_config
-from megaomni.media import dali_decode
 from megaomni.errors import BadSample
+from megaomni.media import dali_decode
 from megaomni.media.images import decode_image, load_image
 from megaomni.validation import validate
 

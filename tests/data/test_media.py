@@ -11,9 +11,8 @@ import torch
 from PIL import Image
 
 from megaomni.errors import BadSample
-from megaomni.media.images import load_image
+from megaomni.media.images import load_image, patch_positions
 from megaomni.media.sounds import load_audio, log_mel, resample
-from megaomni.media.images import patch_positions
 
 PATCH, MERGE = 14, 2
 FACTOR = PATCH * MERGE

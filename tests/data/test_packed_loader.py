@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from megaomni.data.balance import assign_to_ranks, contiguous_split, imbalance
-from megaomni.flops import TRAINING_RATIO, FlopModel
 from megaomni.data.loader import OmniDataLoader
 from megaomni.data.sample import Sample
 from megaomni.data.step_plan import pack, plan_step, sample_cost, sample_sizes, split_to
-
+from megaomni.flops import TRAINING_RATIO, FlopModel
 from tests.media_views import sample_media
 
 

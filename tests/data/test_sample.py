@@ -3,13 +3,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megaomni.errors import BadSample
 from megaomni.data.sample import build_sample
+from megaomni.errors import BadSample
 from megaomni.media.audio import AUDIO, audio_tokens
 from megaomni.media.vision import IMAGE, vision_tokens
-
-from tests.media_views import audios, images
 from tests.data.helpers import conversation, png, raw, rng
+from tests.media_views import audios, images
 
 
 def test_placeholders_expand_to_encoder_output_counts(cfg, tokenizer, toy):

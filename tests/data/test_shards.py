@@ -3,9 +3,8 @@ from __future__ import annotations
 import pytest
 
 from megaomni.data.shards import index_shards, iter_shard, list_shards
-
-from tests.media_views import raw_audios, raw_images
 from tests.data.helpers import write_shard
+from tests.media_views import raw_audios, raw_images
 
 
 def test_members_grouped_by_key_and_media_ordered(tmp_path):

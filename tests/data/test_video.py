@@ -8,17 +8,14 @@ import torch
 
 from megaomni.data import tokenizer as tokenizer_module
 from megaomni.data.collate import collate, collate_packed
-from megaomni.errors import BadSample
-from megaomni.media.images import load_image
 from megaomni.data.sample import build_sample
-from megaomni.media.vision import video_frame_indices
 from megaomni.data.shards import _split_name, index_shards
 from megaomni.data.tokenizer import OmniTokenizer, train_tokenizer
-from megaomni.media.vision import IMAGE, VIDEO
-from megaomni.media.vision import vision_tokens
-
-from tests.media_views import batch_image_times, image_grids, image_times, images, raw_images, raw_members, raw_videos
+from megaomni.errors import BadSample
+from megaomni.media.images import load_image
+from megaomni.media.vision import IMAGE, VIDEO, video_frame_indices, vision_tokens
 from tests.data.helpers import conversation, load, members, png, raw, write_shard
+from tests.media_views import batch_image_times, image_grids, image_times, images, raw_images, raw_members, raw_videos
 
 FRAME = (56, 28)  # 2x4 patches of 14 pixels: 2 LLM tokens at merge 2
 QUESTION = conversation(("user", "<video>\nWhat moves, and what is <image>?"), ("assistant", "a square; red"))

@@ -10,9 +10,8 @@ from megaomni.data.collate import collate, collate_packed
 from megaomni.data.sample import Sample
 from megaomni.media.audio import audio_tokens
 from megaomni.media.vision import vision_tokens
-from tests.models.test_parts import AUDIO_PAD, IMAGE_PAD, VOCAB, assert_close_ref, built  # noqa: F401
-from tests.models.test_parts import random_frames, random_patches
 from tests.media_views import batch_image_times, run_model, sample_media
+from tests.models.test_parts import AUDIO_PAD, IMAGE_PAD, VOCAB, assert_close_ref, built, random_frames, random_patches  # noqa: F401
 
 
 def _sample(cfg, seed: int, text: int, grids=(), clips=(), times=()) -> Sample:

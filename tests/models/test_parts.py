@@ -111,8 +111,8 @@ def random_frames(cfg: OmniConfig, lengths, seed: int) -> torch.Tensor:
 
 
 def test_rope_tables_match_reference_angles():
-    from megaomni.media.images import patch_positions
     from megaomni.layers.rotary import rope_1d, rope_2d
+    from megaomni.media.images import patch_positions
 
     pos = torch.tensor([0, 1, 2, 7, 3, 0, 40])
     got = rope_1d(pos, 16, 10000.0)

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 from megaomni.data.collate import collate_packed
-from tests.models.test_packed import _sample
 from tests.media_views import run_model
+from tests.models.test_packed import _sample
 from tests.models.test_parts import AUDIO_PAD, IMAGE_PAD, VOCAB, randomize_, small_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -12,7 +12,6 @@ from megaomni.flops import BACKWARD_RATIO, FlopModel
 from megaomni.pipeline.costs import Rates, StepCosts, fit_rates
 from megaomni.pipeline.megatron_plan import megatron_plan
 from megaomni.pipeline.plan import ENC_B, ENC_F, LLM_B, LLM_F
-from megaomni.pipeline.shares import Item
 from megaomni.pipeline.simulate import simulate
 from megaomni.pipeline.timeline import COLOURS, Event, Timeline
 

@@ -11,9 +11,16 @@ from megaomni.data.batch import Batch
 from megaomni.media.audio import audio_tokens
 from megaomni.media.vision import vision_tokens
 from megaomni.pipeline.shares import assemble, media_items, share_inputs, share_outputs, split_shares, whole_shares
-
-from tests.media_views import (audio_features, audio_fields, audio_lengths, batch_image_times, image_grids,
-                               image_patches, make_media, vision_fields)
+from tests.media_views import (
+    audio_features,
+    audio_fields,
+    audio_lengths,
+    batch_image_times,
+    image_grids,
+    image_patches,
+    make_media,
+    vision_fields,
+)
 
 MERGE, DOWNSAMPLE = 2, 4
 GRIDS = [(2, 4), (4, 4), (2, 2), (6, 2), (4, 2)]

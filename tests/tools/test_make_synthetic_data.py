@@ -14,7 +14,6 @@ from megaomni.config import load_config
 from megaomni.data.loader import OmniDataLoader
 from megaomni.data.tokenizer import OmniTokenizer
 from megaomni.validation import validate
-
 from tests.media_views import audios, image_times, images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

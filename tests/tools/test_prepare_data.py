@@ -20,10 +20,9 @@ from megaomni.config import OmniConfig
 from megaomni.data.sample import build_sample, parse_conversation
 from megaomni.data.shards import index_shards, list_shards
 from megaomni.data.tokenizer import OmniTokenizer
-
+from tests.data.helpers import png
 from tests.media_views import image_times, raw_audios, raw_images, raw_videos
 from tests.media_views import images as decoded_images
-from tests.data.helpers import png
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "prepare_data.py")

@@ -11,10 +11,9 @@ import tarfile
 import pytest
 
 from megaomni.data.shards import iter_shard, list_shards
-
-from tests.media_views import raw_audios
 from tests.conftest import read_metrics, run_pretrain
 from tests.data.helpers import bad_samples, conversation, members, write_shard
+from tests.media_views import raw_audios
 
 
 @pytest.mark.slow
