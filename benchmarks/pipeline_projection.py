@@ -108,7 +108,7 @@ from megaomni.models.build import padded_vocab_size  # noqa: E402
 from megaomni.parallel.stages import layers_per_stage  # noqa: E402
 from megaomni.pipeline.costs import Rates, step_costs  # noqa: E402
 from megaomni.pipeline.joint_plan import joint_plan  # noqa: E402
-from megaomni.pipeline.llm_order import interleave_group  # noqa: E402
+from megaomni.pipeline.llm_order import chunk_run_length  # noqa: E402
 from megaomni.pipeline.megatron_plan import megatron_plan  # noqa: E402
 from megaomni.pipeline.replay import load_records, micro_batches  # noqa: E402
 from megaomni.pipeline.simulate import simulate  # noqa: E402
@@ -314,12 +314,12 @@ def sample_replica(pool: list[dict], micro: int, seed: int, step: int, replica: 
 def simulate_replica(policy: str, model: FlopModel, micro_batches: list[dict], pp: int, vpp: int,
                      rates: Rates, bytes_per_value: int) -> dict:
     """One replica's step under ``policy``: the plan the trainer would run, priced by the simulator."""
-    group = interleave_group(len(micro_batches), pp) if vpp > 1 else 0
+    chunk_run = chunk_run_length(len(micro_batches), pp) if vpp > 1 else 0
     costs = step_costs(model, micro_batches, bytes_per_value)
     if policy == "joint":
-        plan = joint_plan(pp, vpp, costs, rates, group)
+        plan = joint_plan(pp, vpp, costs, rates, chunk_run)
     else:
-        plan = megatron_plan(pp, vpp, [len(mb["items"]) for mb in micro_batches], group)
+        plan = megatron_plan(pp, vpp, [len(mb["items"]) for mb in micro_batches], chunk_run)
     timeline = simulate(plan, costs, rates)
     return {"step_time_s": timeline.step_time, "bubble": timeline.bubble, "busy_s": sum(timeline.busy()),
             "tokens": sum(mb["tokens"] for mb in micro_batches)}

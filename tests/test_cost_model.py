@@ -20,7 +20,7 @@ from megaomni.config import DataConfig, OmniConfig
 from megaomni.parallel.stages import layers_per_stage
 from megaomni.pipeline.costs import Rates, step_costs
 from megaomni.pipeline.joint_plan import joint_plan
-from megaomni.pipeline.llm_order import interleave_group
+from megaomni.pipeline.llm_order import chunk_run_length
 from megaomni.pipeline.plan import ENC_B, ENC_F, LLM_B, LLM_F
 from tests.cost_cases import item_list, make_samples, pipeline_flops, plan_dp_step
 
@@ -88,7 +88,7 @@ def outcome(case: dict) -> dict:
         costs = step_costs(flops, described, 2)
         kinds = (ENC_F, ENC_B, LLM_F, LLM_B)
         rates = Rates(per_flop={k: 1e-12 for k in kinds}, floor={k: case["floor"] for k in kinds})
-        plan = joint_plan(pp, vpp, costs, rates, group=interleave_group(len(step.packs), pp) if vpp > 1 else 0)
+        plan = joint_plan(pp, vpp, costs, rates, chunk_run=chunk_run_length(len(step.packs), pp) if vpp > 1 else 0)
         digest = hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
         out.update(plan=digest, llm=costs.llm, items=costs.items)
     del data

@@ -53,6 +53,6 @@ class Channels:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def group(self, src: int, dst: int, kind: str):
+    def channel(self, src: int, dst: int, kind: str):
         """The channel's process group and the global rank of the other end (from this rank)."""
         return self.groups[(src, dst, kind)], self.ranks[dst if self.me == src else src]

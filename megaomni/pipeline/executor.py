@@ -71,7 +71,7 @@ class _Clock:
                          host_start - host_origin, host_end - host_origin)
             else:
                 times = (start - origin, end - origin)
-            events.append(Event(rank, a.kind, a.micro, a.stage, *times, group=a.group))
+            events.append(Event(rank, a.kind, a.micro, a.stage, *times, call=a.call))
         return events
 
 
@@ -87,7 +87,7 @@ class PlanExecutor:
         self.joint = joint
         self.rank = ps.get_pipeline_model_parallel_rank()
         self.pp = ps.get_pipeline_model_parallel_world_size()
-        self.group = ps.get_pipeline_model_parallel_group()
+        self.pp_group = ps.get_pipeline_model_parallel_group()
         self.channels = Channels(self.pp, len(ddp_chunks), device)
         self.encoders = {name: getattr(first, f"{name}_encoder") for name in first.encoder_names}
         self.dtype = next(first.parameters()).dtype
@@ -119,7 +119,7 @@ class PlanExecutor:
         batches = [b.to(self.device) for b in batches]
         clock = None
         if record:
-            dist.barrier(group=self.group)
+            dist.barrier(group=self.pp_group)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             clock = _Clock(self.device)
@@ -133,7 +133,7 @@ class PlanExecutor:
         if clock is not None:
             events = clock.events()
             gathered = [None] * self.pp
-            dist.all_gather_object(gathered, events, group=self.group)
+            dist.all_gather_object(gathered, events, group=self.pp_group)
             merged = [e for rank_events in gathered for e in rank_events]
             timeline = Timeline(self.pp, merged, max((e.end for e in merged), default=0.0))
         return reports, timeline
@@ -166,13 +166,13 @@ class PlanExecutor:
             elif action.kind == LLM_B:
                 self._backward(plan, action, store, saved)
             elif action.kind == SEND:
-                group, peer = self.channels.group(self.rank, action.peer, action.key[0])
+                group, peer = self.channels.channel(self.rank, action.peer, action.key[0])
                 for tensor in _tensors(store.pop(action.key)):
                     tensor = tensor.detach().contiguous()
                     sends.append((dist.isend(tensor, dst=peer, group=group), tensor))
             elif action.kind == RECV:
                 value = self._buffers(plan, action.key, batch, items[m])
-                group, peer = self.channels.group(action.peer, self.rank, action.key[0])
+                group, peer = self.channels.channel(action.peer, self.rank, action.key[0])
                 for tensor in _tensors(value):
                     dist.irecv(tensor, src=peer, group=group).wait()
                     if action.key[0] in ("act", "feat"):
@@ -237,7 +237,7 @@ class PlanExecutor:
         the encoders takes the same optimizer step."""
         grads = [p.main_grad for e in self.encoders.values() for p in e.parameters()]
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, group=self.group)
+        dist.all_reduce(flat, group=self.pp_group)
         offset = 0
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))

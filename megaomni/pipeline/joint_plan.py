@@ -33,7 +33,7 @@ from megaomni.pipeline.shares import split_shares, whole_shares
 from megaomni.pipeline.simulate import action_seconds, simulate, transfer_arrival
 
 INF = float("inf")
-MAX_GROUP = 3  # micro-batches an encoder call may cover, at most
+MAX_CALL = 3  # micro-batches an encoder call may cover, at most
 VARIANTS = [(1, True), (2, True), (1, False), (2, False)]  # (lookahead, fit) of the scheduler
 
 
@@ -48,12 +48,12 @@ def encoder_calls(shares: list[list[tuple[int, ...]]], pp: int, size: int) -> li
 
 
 class _Scheduler:
-    def __init__(self, plan: Plan, costs: StepCosts, rates: Rates, group: int, lookahead: int, fit: bool,
+    def __init__(self, plan: Plan, costs: StepCosts, rates: Rates, chunk_run: int, lookahead: int, fit: bool,
                  calls: list[list[tuple[int, ...]]]):
         self.plan, self.costs, self.rates = plan, costs, rates
         self.lookahead, self.window, self.fit = lookahead, lookahead + plan.pp, fit
         pp, m = plan.pp, plan.num_micro
-        self.llm = [llm_order(pp, plan.vpp, r, m, group) for r in range(pp)]
+        self.llm = [llm_order(pp, plan.vpp, r, m, chunk_run) for r in range(pp)]
         self.next_llm = [0] * pp
         self.calls = calls
         self.next_call = [0] * pp
@@ -70,7 +70,7 @@ class _Scheduler:
         return calls[self.next_call[rank]][0] if self.next_call[rank] < len(calls) else self.plan.num_micro
 
     def call_action(self, kind: str, call: tuple[int, ...]) -> Action:
-        return Action(kind, call[0], group=call if len(call) > 1 else ())
+        return Action(kind, call[0], call=call if len(call) > 1 else ())
 
     def first_stage_next(self) -> int:
         """The micro-batch whose stage-0 forward rank 0 has not run yet."""
@@ -209,32 +209,33 @@ class _Scheduler:
         return self.plan
 
 
-def joint_plan(pp: int, vpp: int, costs: StepCosts, rates: Rates, group: int = 0,
-               fallback: bool = True, encoder_group: int = 0) -> Plan:
+def joint_plan(pp: int, vpp: int, costs: StepCosts, rates: Rates, chunk_run: int = 0,
+               fallback: bool = True, call_size: int = 0) -> Plan:
     """The fastest (by simulation on ``costs``) of the joint plans tried for this step, and of
     the baseline's (with ``fallback``). Shares are tried item by item (finest balance) and whole
-    micro-batches; encoder calls of 1 to ``MAX_GROUP`` micro-batches (``encoder_group``: only
+    micro-batches; encoder calls of 1 to ``MAX_CALL`` micro-batches (``call_size``: only
     that many). Each encoder call has a floor, the host's time to launch it, which ``rates``
-    carry: fewer, larger calls pay it less often but hold more activations and start later."""
+    carry: fewer, larger calls pay it less often but hold more activations and start later.
+    ``chunk_run``: micro-batches a virtual stage runs in a row (interleaved only; 0: ``pp``)."""
     num_micro = len(costs.llm)
     # The baseline's placement is a candidate too: a step whose media cannot spread (one huge
     # image) then costs no more than under megatron.
     best, best_time = None, INF
     if fallback:
-        best = megatron_plan(pp, vpp, [len(items) for items in costs.items], group)
+        best = megatron_plan(pp, vpp, [len(items) for items in costs.items], chunk_run)
         best_time = simulate(best, costs, rates).step_time
     layouts = []  # (shares, calls): who encodes what, and in which calls
     for split in (split_shares, whole_shares):
         loads = [0.0] * pp
         shares = [split(items, [1.0] * pp, loads) for items in costs.items]
-        for size in ((encoder_group,) if encoder_group else range(1, MAX_GROUP + 1)):
+        for size in ((call_size,) if call_size else range(1, MAX_CALL + 1)):
             layout = (shares, encoder_calls(shares, pp, size))
             if layout not in layouts:
                 layouts.append(layout)
 
     def planned(layout, lookahead: int, fit: bool):
         plan = Plan("joint", pp, vpp, num_micro, [[] for _ in range(pp)], layout[0])
-        _Scheduler(plan, costs, rates, group, lookahead, fit, layout[1]).run()
+        _Scheduler(plan, costs, rates, chunk_run, lookahead, fit, layout[1]).run()
         return simulate(plan, costs, rates).step_time, plan
 
     # Every layout with the first scheduler setting, the other settings only for the three best

@@ -31,15 +31,16 @@ def llm_backward(plan: Plan, rank: int, micro: int, stage: int) -> list[Action]:
     return actions
 
 
-def megatron_plan(pp: int, vpp: int, items_per_micro: list[int], group: int = 0) -> Plan:
+def megatron_plan(pp: int, vpp: int, items_per_micro: list[int], chunk_run: int = 0) -> Plan:
     """``items_per_micro[m]``: media items of micro-batch ``m``, all encoded on rank 0 right
-    before the first stage's forward, their backward right after the first stage's backward."""
+    before the first stage's forward, their backward right after the first stage's backward.
+    ``chunk_run``: micro-batches a virtual stage runs in a row (interleaved only; 0: ``pp``)."""
     num_micro = len(items_per_micro)
     shares = [[tuple(range(n))] + [()] * (pp - 1) for n in items_per_micro]
     plan = Plan("megatron", pp, vpp, num_micro, [[] for _ in range(pp)], shares)
     for rank in range(pp):
         actions = plan.actions[rank]
-        for kind, micro, stage in llm_order(pp, vpp, rank, num_micro, group):
+        for kind, micro, stage in llm_order(pp, vpp, rank, num_micro, chunk_run):
             media = stage == 0 and items_per_micro[micro] > 0
             if kind == FORWARD:
                 actions += ([Action(ENC_F, micro)] if media else []) + llm_forward(plan, rank, micro, stage)

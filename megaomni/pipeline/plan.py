@@ -10,7 +10,7 @@ Actions exchange named values (:data:`Key`):
 - ``("feat", m, r)``: rank ``r``'s share of micro-batch ``m``'s encoder outputs;
 - ``("feat_grad", m, r)``: its gradient, from the first stage's rank.
 
-An encoder action may cover several micro-batches (``Action.group``): one encoder call on their
+An encoder action may cover several micro-batches (``Action.call``): one encoder call on their
 shares together, so the host launches the encoder's kernels once for all of them.
 
 Stage ``s`` (of ``pp * vpp``) lives on rank ``s % pp`` as its model chunk ``s // pp``
@@ -40,11 +40,11 @@ class Action:
     stage: int = -1  # LLM actions
     key: Key = ()  # send / recv: the value moved
     peer: int = -1  # send / recv: the other pipeline rank
-    group: tuple[int, ...] = ()  # encoder actions: the micro-batches of the call (empty: just ``micro``)
+    call: tuple[int, ...] = ()  # encoder actions: the micro-batches of the call (empty: just ``micro``)
 
     @property
     def micros(self) -> tuple[int, ...]:
-        return self.group or (self.micro,)
+        return self.call or (self.micro,)
 
     def __str__(self) -> str:
         if self.kind in (SEND, RECV):
@@ -81,13 +81,13 @@ class Plan:
     def to_dict(self) -> dict:
         return {"policy": self.policy, "pp": self.pp, "vpp": self.vpp, "num_micro": self.num_micro,
                 "shares": [[list(s) for s in m] for m in self.shares],
-                "actions": [[[a.kind, a.micro, a.stage, list(a.key), a.peer, list(a.group)] for a in rank]
+                "actions": [[[a.kind, a.micro, a.stage, list(a.key), a.peer, list(a.call)] for a in rank]
                             for rank in self.actions]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
-        actions = [[Action(k, m, s, tuple(key), peer, tuple(group[0]) if group else ())
-                    for k, m, s, key, peer, *group in rank] for rank in data["actions"]]
+        actions = [[Action(k, m, s, tuple(key), peer, tuple(call[0]) if call else ())
+                    for k, m, s, key, peer, *call in rank] for rank in data["actions"]]
         shares = [[tuple(s) for s in m] for m in data["shares"]]
         return cls(data["policy"], data["pp"], data["vpp"], data["num_micro"], actions, shares)
 

@@ -64,7 +64,7 @@ def simulate(plan: Plan, costs: StepCosts, rates: Rates) -> Timeline:
             seconds = action_seconds(plan, rank, action, costs, rates)
             if seconds > 0:
                 events.append(Event(rank, action.kind, action.micro, action.stage, clock[rank], clock[rank] + seconds,
-                                    group=action.group))
+                                    call=action.call))
             clock[rank] += seconds
         return True
 

@@ -25,11 +25,11 @@ class Event:
     # was waiting on the host (launch-bound); one issued well before its start was queued.
     host_start: float | None = None
     host_end: float | None = None
-    group: tuple[int, ...] = ()  # an encoder call's micro-batches, when it covers several
+    call: tuple[int, ...] = ()  # an encoder call's micro-batches, when it covers several
 
     @property
     def label(self) -> str:
-        return "+".join(map(str, self.group or (self.micro,)))
+        return "+".join(map(str, self.call or (self.micro,)))
 
 
 @dataclass
@@ -62,8 +62,10 @@ class Timeline:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Timeline":
-        return cls(data["pp"], [Event(**{**e, "group": tuple(e.get("group", ()))}) for e in data["events"]],
-                   data["step_time_s"])
+        # Timelines recorded before Event.group was renamed Event.call hold the key "group".
+        events = [Event(**{k: v for k, v in e.items() if k not in ("call", "group")},
+                        call=tuple(e.get("call", e.get("group", ())))) for e in data["events"]]
+        return cls(data["pp"], events, data["step_time_s"])
 
     def draw(self, path: str, title: str = "", width: int = 1400, row: int = 36) -> None:
         """Write the timeline as a PNG at ``path``."""

@@ -21,7 +21,7 @@ from megaomni.parallel.stages import layers_per_stage
 from megaomni.pipeline.costs import Rates, StepCosts, fit_rates, step_costs
 from megaomni.pipeline.executor import PlanExecutor
 from megaomni.pipeline.joint_plan import joint_plan
-from megaomni.pipeline.llm_order import interleave_group
+from megaomni.pipeline.llm_order import chunk_run_length
 from megaomni.pipeline.megatron_plan import megatron_plan
 from megaomni.pipeline.replay import action_samples
 from megaomni.pipeline.shares import media_items
@@ -58,11 +58,11 @@ class StepRunner:
             self.forward_backward = get_forward_backward_func()
 
     def plan(self, described: list[dict], costs: StepCosts):
-        group = interleave_group(len(described), self.pp) if self.vpp > 1 else 0
+        chunk_run = chunk_run_length(len(described), self.pp) if self.vpp > 1 else 0
         if self.schedule == "joint":
             pipe = self.cfg.pipeline
-            return joint_plan(self.pp, self.vpp, costs, self.rates, group, pipe.joint_fallback, pipe.encoder_group)
-        return megatron_plan(self.pp, self.vpp, [len(d["items"]) for d in described], group)
+            return joint_plan(self.pp, self.vpp, costs, self.rates, chunk_run, pipe.joint_fallback, pipe.encoder_group)
+        return megatron_plan(self.pp, self.vpp, [len(d["items"]) for d in described], chunk_run)
 
     def run(self, iteration: int, batches: list[Batch], forward_step) -> list:
         """Forward and backward of the step's micro-batches; megatron-core's loss reports."""
@@ -112,7 +112,7 @@ class StepRunner:
         # Every model chunk (virtual stage) walks the same micro-batches.
         iterators = [iter(batches) for _ in chunks]
         if len(chunks) > 1:
-            chunks[0].config.microbatch_group_size_per_vp_stage = interleave_group(len(batches), self.pp)
+            chunks[0].config.microbatch_group_size_per_vp_stage = chunk_run_length(len(batches), self.pp)
         return self.forward_backward(
             forward_step_func=forward_step,
             data_iterator=iterators if len(iterators) > 1 else iterators[0],

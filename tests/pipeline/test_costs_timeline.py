@@ -148,14 +148,23 @@ def test_samples_of_a_grouped_call_are_per_model_call():
 
     costs = StepCosts([[1.0], [1.0]], [[5.0, 7.0], [11.0]], [1.0, 1.0], [[1.0, 1.0], [1.0]],
                       modalities=[["vision", "audio"], ["vision"]])
-    call = Action(ENC_F, 0, group=(0, 1))
+    call = Action(ENC_F, 0, call=(0, 1))
     plan = Plan("joint", 1, 1, 2, [[call]], shares=[[(0, 1)], [(0,)]])
-    samples = action_samples(plan, costs, [Event(0, ENC_F, 0, -1, 0.0, 0.5, group=(0, 1))], {})
+    samples = action_samples(plan, costs, [Event(0, ENC_F, 0, -1, 0.0, 0.5, call=(0, 1))], {})
     assert samples == {ENC_F: [(23.0 / 2, 0.25)]}
 
 
 def test_grouped_event_round_trip_and_label():
-    timeline = Timeline(2, [Event(1, ENC_F, 1, -1, 0.0, 1.0, group=(1, 3)), Event(0, LLM_F, 0, 0, 0.0, 1.0)], 1.0)
+    timeline = Timeline(2, [Event(1, ENC_F, 1, -1, 0.0, 1.0, call=(1, 3)), Event(0, LLM_F, 0, 0, 0.0, 1.0)], 1.0)
     again = Timeline.from_dict(json.loads(json.dumps(timeline.to_dict())))
     assert again == timeline
     assert [e.label for e in again.events] == ["1+3", "0"]
+
+
+def test_timeline_recorded_before_the_rename_loads():
+    """Events written before ``Event.group`` became ``Event.call`` hold the key "group"."""
+    timeline = Timeline(2, [Event(1, ENC_F, 1, -1, 0.0, 1.0, call=(1, 3)), Event(0, LLM_F, 0, 0, 0.0, 1.0)], 1.0)
+    data = timeline.to_dict()
+    for e in data["events"]:
+        e["group"] = e.pop("call")
+    assert Timeline.from_dict(json.loads(json.dumps(data))) == timeline

@@ -134,7 +134,7 @@ def test_joint_keeps_micro_batches_whole_when_encoder_calls_have_a_floor(pp):
     for floor, whole in ((0.0, False), (2.0, True)):  # floors of >= half a micro-batch's encoder forward
         rates = ideal_rates()
         rates.floor.update({ENC_F: floor, ENC_B: floor})
-        joint = joint_plan(pp, 1, costs, rates, fallback=False, encoder_group=1)
+        joint = joint_plan(pp, 1, costs, rates, fallback=False, call_size=1)
         check_plan(joint)
         busy = [sum(1 for share in shares if share) for shares in joint.shares]
         assert (max(busy) == 1) == whole, (floor, busy)
@@ -154,7 +154,7 @@ def test_joint_groups_micro_batches_into_encoder_calls_when_calls_have_a_floor(p
         rates = ideal_rates()
         rates.floor.update({ENC_F: floor, ENC_B: floor})
         grouped = joint_plan(pp, 1, costs, rates, fallback=False)
-        single = joint_plan(pp, 1, costs, rates, fallback=False, encoder_group=1)
+        single = joint_plan(pp, 1, costs, rates, fallback=False, call_size=1)
         check_plan(grouped)
         calls = [a for actions in grouped.actions for a in actions if a.kind == ENC_F]
         t_grouped = simulate(grouped, costs, rates).step_time

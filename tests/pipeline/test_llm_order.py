@@ -88,4 +88,4 @@ def test_one_f_one_b_memory(pp, num_micro):
 
 
 def test_default_group_is_pp():
-    assert llm_order(4, 2, 1, 8) == llm_order(4, 2, 1, 8, group=4)
+    assert llm_order(4, 2, 1, 8) == llm_order(4, 2, 1, 8, chunk_run=4)
