@@ -27,12 +27,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "examples", "configs", "tiny_omni.yaml")
 
 
-def _run(work: str, name: str, data: str, iters: int, *overrides: str) -> list[dict]:
+def _run(work: str, name: str, data: str, iters: int, *overrides: str, root: str = ROOT) -> list[dict]:
+    """The tiny recipe trained by the code of checkout ``root`` (this one by default)."""
     out = os.path.join(work, name)
-    cmd = [sys.executable, os.path.join(ROOT, "pretrain_omni.py"), "--config", CONFIG,
+    cmd = [sys.executable, os.path.join(root, "pretrain_omni.py"), "--config", CONFIG,
            f"data.path={data}", f"train.output_dir={out}", f"train.iters={iters}",
            f"checkpoint.save={os.path.join(work, 'ckpt_' + name)}", "logging.log_interval=50", *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root, env=env)
     if proc.returncode:
         sys.exit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     with open(os.path.join(out, "metrics.jsonl")) as f:
