@@ -4,7 +4,7 @@ commit before the change), in fp32 and bf16, and compares every iteration's metr
 Prints a table and writes ``benchmarks/results/same_run_<device>.json``.
 
     git worktree add /tmp/before COMMIT
-    python benchmarks/same_run.py --other /tmp/before [--iters 50]
+    python benchmarks/same_run.py --other /tmp/before [--iters 50] [--labels NEW OLD]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--other", required=True, help="another checkout of megaomni (the code before a change)")
     parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--labels", nargs=2, default=("this", "other"), metavar=("THIS", "OTHER"),
+                        help="what the two checkouts are, for the record (e.g. their commits)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = parser.parse_args()
 
@@ -43,9 +45,7 @@ def main() -> None:
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     other = os.path.abspath(args.other)
-    commits = {name: subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip() or os.path.basename(path)
-               for name, path in (("this", ROOT), ("other", other))}
+    labels = dict(zip(("this", "other"), args.labels))
     runs = {}
     with tempfile.TemporaryDirectory() as work:
         data = os.path.join(work, "toy")
@@ -58,11 +58,11 @@ def main() -> None:
             diffs = differences(this, before)
             runs[precision] = {"iterations": len(this), "identical": not diffs, "differences": diffs[:20],
                                "final_loss": [this[-1]["loss"], before[-1]["loss"]]}
-    result = {"benchmark": "same_run", "device": device, "commits": commits,
+    result = {"benchmark": "same_run", "device": device, "checkouts": labels,
               "versions": {"torch": torch.__version__, "megatron_core": megatron.core.__version__,
                            "python": platform.python_version()},
               "config": {"recipe": "examples/configs/tiny_omni.yaml", "iters": args.iters}, "runs": runs}
-    print(f"device: {device}; this {commits['this']} vs other {commits['other']}; {args.iters} iterations")
+    print(f"device: {device}; {labels['this']} vs {labels['other']}; {args.iters} iterations")
     print(f"{'run':<6}{'identical':>10}{'final loss (this / other)':>34}")
     for name, r in runs.items():
         print(f"{name:<6}{str(r['identical']):>10}{r['final_loss'][0]:>17.6f} / {r['final_loss'][1]:.6f}")
