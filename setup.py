@@ -38,7 +38,9 @@ setup(
         "flash": ["flash-attn"],
         "apex": ["apex"],
         "dali": ["nvidia-dali-cuda120"],
-        "test": ["pytest"],
+        # Hugging Face models in and out (megaomni.checkpoint.hf, tools/convert_hf.py).
+        "hf": ["transformers>=5", "safetensors", "tokenizers"],
+        "test": ["pytest", "transformers>=5", "safetensors", "tokenizers"],
     },
     **packing_extension(),
 )

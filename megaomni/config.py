@@ -6,6 +6,7 @@ what would be valid, before any process group or model exists.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -52,6 +53,7 @@ class LLMConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     tie_embeddings: bool = False
+    qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
     moe: MoEConfig = field(default_factory=MoEConfig)
 
 
@@ -372,6 +374,18 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def config_from_dict(tree: dict, overrides: tuple[str, ...] | list[str] = ()) -> OmniConfig:
+    """An OmniConfig from a mapping (``OmniConfig.to_dict``'s, a checkpoint's) and overrides."""
+    tree = copy.deepcopy(tree)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{item}: overrides are KEY=VALUE, e.g. train.iters=20")
+        key, raw = item.split("=", 1)
+        # YAML parsing gives ints, floats, bools and strings the same way the file does.
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return _build(OmniConfig, tree, "")
+
+
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> OmniConfig:
     """YAML file (optional) + ``KEY=VALUE`` overrides -> validated-by-type OmniConfig."""
     tree: dict = {}
@@ -380,13 +394,7 @@ def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[st
             raise ConfigError(f"--config {path}: no such file")
         with open(path) as f:
             tree = yaml.safe_load(f) or {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{item}: overrides are KEY=VALUE, e.g. train.iters=20")
-        key, raw = item.split("=", 1)
-        # YAML parsing gives ints, floats, bools and strings the same way the file does.
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
-    return _build(OmniConfig, tree, "")
+    return config_from_dict(tree, overrides)
 
 
 def describe_fields(cls=OmniConfig, prefix: str = "") -> list[str]:

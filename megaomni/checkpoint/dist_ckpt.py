@@ -107,15 +107,23 @@ def resolve_checkpoint(path: str) -> str:
     return path
 
 
+def load_weights(path: str, chunks: list) -> dict:
+    """Collective. The model's weights alone, from any checkpoint (``path`` resolved); returns its
+    common state (``config``, ...)."""
+    path = resolve_checkpoint(path)
+    state = dist_checkpointing.load(_model_state(chunks), path)
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(state.pop(f"model{i}"))
+    return dist_checkpointing.load_common_state_dict(path)
+
+
 def load_checkpoint(path: str, chunks: list, optimizer, scheduler) -> dict:
     """Collective. Restores the model, and from a full checkpoint the optimizer, scheduler and
     (same layout only) RNG; returns the common state saved with it (``iteration``, data-loader
     position, ...). A weights-only checkpoint starts training from its weights at iteration 0."""
     path = resolve_checkpoint(path)
     if dist_checkpointing.load_common_state_dict(path).get("weights_only"):
-        state = dist_checkpointing.load(_model_state(chunks), path)
-        for i, chunk in enumerate(chunks):
-            chunk.load_state_dict(state.pop(f"model{i}"))
+        load_weights(path, chunks)
         optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
         log.info("initialised from weights %s", path)
         return {"iteration": 0}

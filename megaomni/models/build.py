@@ -42,7 +42,8 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     # All rotary frequencies from the first position axis: plain 1D RoPE over batch.position_ids.
     rotary_half = llm_cfg.hidden_size // llm_cfg.num_attention_heads // 2
     llm_config = _stack_config(llm_cfg, cfg.train.bf16, num_query_groups=llm_cfg.num_query_groups,
-                               init_std=llm_cfg.init_std, mrope_section=[rotary_half, 0, 0], **fields)
+                               init_std=llm_cfg.init_std, mrope_section=[rotary_half, 0, 0],
+                               add_qkv_bias=llm_cfg.qkv_bias, **fields)
     llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage)
     encoders, encoder_pads = {}, {}
     if pre_process if with_encoders is None else with_encoders:

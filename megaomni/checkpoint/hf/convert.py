@@ -1,0 +1,75 @@
+"""Hugging Face checkpoint folders (``config.json`` + safetensors) to megaomni's state dict and
+back, through the family's table (megaomni.checkpoint.hf.families)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from megaomni.checkpoint.hf.families import family
+from megaomni.checkpoint.hf.mapping import MappingError, expand, to_ours, to_theirs
+from megaomni.config import LLMConfig
+from megaomni.models.build import padded_vocab_size
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+def read_hf(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``config.json`` and every tensor of the folder's safetensors (one file, or shards by index)."""
+    from safetensors.torch import load_file
+
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise MappingError(f"{folder}: no config.json (a Hugging Face model folder has one)")
+    with open(path) as f:
+        config = json.load(f)
+    if os.path.isfile(os.path.join(folder, INDEX)):
+        with open(os.path.join(folder, INDEX)) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(folder, SINGLE)):
+        files = [SINGLE]
+    else:
+        raise MappingError(f"{folder}: neither {SINGLE} nor {INDEX}")
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise MappingError(f"{folder}: shard {name} (listed in {INDEX}) is missing")
+        tensors.update(load_file(os.path.join(folder, name)))
+    return config, tensors
+
+
+def write_hf(folder: str, config: dict, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(folder, SINGLE), metadata={"format": "pt"})
+
+
+def import_hf(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(``model.llm`` fields, megaomni's state dict) of a Hugging Face model folder."""
+    config, theirs = read_hf(folder)
+    fam = family(config)
+    fields = fam.llm_fields(config)
+    vocab = fields["vocab_size"]
+    if padded_vocab_size(vocab, vocab) != vocab:
+        raise MappingError(f"vocab_size={vocab}: megaomni pads the vocabulary to {padded_vocab_size(vocab, vocab)} "
+                           "rows; padding an imported one is not supported yet")
+    llm = LLMConfig(**fields)
+    ours = to_ours(expand(fam.rules(llm), llm.num_layers), theirs, fam.heads(llm))
+    # megaomni keeps fp32 weights (bf16 training casts them): bf16 -> fp32 -> bf16 is exact.
+    return fields, {name: tensor.float() for name, tensor in ours.items()}
+
+
+def export_hf(llm, state: dict[str, torch.Tensor], folder: str, architecture: str) -> None:
+    """Write megaomni's ``state`` (``model.llm`` ``llm``; a module's ``state_dict``, its
+    ``_extra_state`` entries aside) as a Hugging Face ``architecture`` folder."""
+    config = {"architectures": [architecture]}
+    fam = family(config)
+    tensors = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
+    theirs = to_theirs(expand(fam.rules(llm), llm.num_layers), tensors, fam.heads(llm))
+    write_hf(folder, fam.hf_config(llm, architecture), theirs)

@@ -1,0 +1,117 @@
+"""Hugging Face Llama-style LLMs (Qwen2, Llama) in and out: a tiny random model built from a
+``transformers`` config (no download), imported into megaomni, gives the Hugging Face model's
+logits (fp32, 1e-4); exported back, every tensor is bit-exact and ``from_pretrained`` loads it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from megaomni.checkpoint.hf.convert import export_hf, import_hf, read_hf  # noqa: E402
+from megaomni.checkpoint.hf.mapping import MappingError  # noqa: E402
+from megaomni.config import LLMConfig, OmniConfig  # noqa: E402
+
+VOCAB = 256
+SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6)
+FAMILIES = {
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(rope_theta=1000000.0)),
+    "qwen2_tied": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(tie_word_embeddings=True)),
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(rope_theta=500000.0)),
+}
+
+
+def hf_model(name: str, folder) -> torch.nn.Module:
+    config_cls, model_cls, extra = FAMILIES[name]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(**SHAPE, **extra)).float().eval()
+    with torch.no_grad():  # biases start at 0: give them values, so a wrong map shows
+        for param_name, param in model.named_parameters():
+            if param_name.endswith("bias") or "norm" in param_name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(folder)
+    return model
+
+
+def megaomni_llm(fields: dict, state: dict):
+    from megaomni.models.build import build_model
+
+    cfg = OmniConfig()
+    cfg.model.vision.enabled = cfg.model.audio.enabled = False
+    cfg.model.llm = LLMConfig(**fields)
+    model = build_model(cfg, fields["vocab_size"], lambda name: 0)
+    extra = {k: v for k, v in model.state_dict().items() if k.endswith("_extra_state")}
+    model.load_state_dict({**state, **extra}, strict=True)
+    return cfg, model.eval()
+
+
+def logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    with torch.no_grad():
+        return model.llm(input_ids=tokens, position_ids=positions.unsqueeze(0).expand(3, -1, -1), attention_mask=None)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu, tmp_path, name):
+    hf = hf_model(name, tmp_path / "hf")
+    fields, state = import_hf(str(tmp_path / "hf"))
+    cfg, model = megaomni_llm(fields, state)
+    tokens = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = hf(tokens).logits
+    got = logits(model, tokens)
+    assert got.shape == want.shape
+    assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
+
+    architecture = json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"][0]
+    export_hf(cfg.model.llm, model.state_dict(), str(tmp_path / "out"), architecture)
+    _, original = read_hf(str(tmp_path / "hf"))
+    _, exported = read_hf(str(tmp_path / "out"))
+    assert exported.keys() == original.keys()
+    assert all(torch.equal(exported[k], original[k]) for k in original)
+    reloaded = type(hf).from_pretrained(str(tmp_path / "out")).float().eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(tokens).logits, want)
+
+
+def test_bad_checkpoints_fail_with_one_line(tmp_path):
+    hf_model("qwen2", tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    _, tensors = read_hf(str(tmp_path / "hf"))
+
+    def folder(name: str, cfg: dict, weights: dict) -> str:
+        from megaomni.checkpoint.hf.convert import write_hf
+        write_hf(str(tmp_path / name), cfg, weights)
+        return str(tmp_path / name)
+
+    cases = [
+        (folder("arch", {**config, "architectures": ["GPT2LMHeadModel"]}, tensors), "architecture GPT2LMHeadModel"),
+        (folder("lacks", config, {k: v for k, v in tensors.items() if "layers.1.mlp" not in k}),
+         "lacks 3 weights the model needs: model.layers.1.mlp.down_proj.weight"),
+        (folder("extra", config, {**tensors, "model.vision.weight": torch.zeros(1)}),
+         "1 weights of the checkpoint map to nothing: model.vision.weight"),
+        (folder("act", {**config, "hidden_act": "gelu"}, tensors), "hidden_act='gelu'"),
+        (folder("bias", {**config, "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                         "attention_bias": True}, tensors), "attention_bias / mlp_bias=true"),
+        (str(tmp_path / "nowhere"), "no config.json"),
+    ]
+    for path, message in cases:
+        with pytest.raises(MappingError, match=message) as e:
+            import_hf(path)
+        assert "\n" not in str(e.value)
+    os.remove(tmp_path / "lacks" / "model.safetensors")
+    with pytest.raises(MappingError, match="neither model.safetensors"):
+        import_hf(str(tmp_path / "lacks"))
+
+
+def test_a_shape_that_does_not_fit_the_config(megatron_cpu, tmp_path):
+    hf_model("qwen2", tmp_path / "hf")
+    fields, state = import_hf(str(tmp_path / "hf"))
+    fields["ffn_hidden_size"] = 96
+    with pytest.raises(RuntimeError, match="size mismatch for llm.decoder.layers.0.mlp.linear_fc1.weight"):
+        megaomni_llm(fields, state)

@@ -1,0 +1,143 @@
+"""Hugging Face models in and out of megaomni (the LLM families of megaomni.checkpoint.hf).
+
+    python tools/convert_hf.py import HF_DIR OUT     # OUT/checkpoint (weights) + OUT/model.yaml
+    python tools/convert_hf.py export CKPT OUT_DIR   # safetensors + config.json from_pretrained loads
+    python tools/convert_hf.py verify HF_DIR CKPT    # the largest logit difference on a fixed input
+
+The imported checkpoint holds the weights only (``iter_0000000``): ``checkpoint.load=OUT/checkpoint``
+starts a run from them under any parallel layout (checkpoints reshard on load). ``model.yaml`` is
+the recipe's ``model`` section for that checkpoint. Runs on the CPU, in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from megaomni.checkpoint.hf.convert import export_hf, import_hf  # noqa: E402
+from megaomni.checkpoint.hf.mapping import MappingError  # noqa: E402
+from megaomni.config import (  # noqa: E402
+    ConfigError,
+    LLMConfig,
+    OmniConfig,
+    ParallelConfig,
+    PipelineConfig,
+    config_from_dict,  # noqa: E402
+)
+
+
+def _llm_only(llm: LLMConfig) -> OmniConfig:
+    cfg = OmniConfig()
+    cfg.model.llm = llm
+    cfg.model.vision.enabled = cfg.model.audio.enabled = False
+    return cfg
+
+
+def _model(cfg: OmniConfig):
+    """The whole model in this process (one rank, CPU)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|apex).*")
+    from megaomni.parallel.model_chunks import build_model_chunks
+    from megaomni.platform.distributed import init_distributed
+
+    cfg.train.device = "cpu"
+    cfg.parallel, cfg.pipeline = ParallelConfig(), PipelineConfig()
+    init_distributed(cfg)
+    return build_model_chunks(cfg, cfg.model.llm.vocab_size, lambda name: 0)
+
+
+def _load(chunks, state: dict) -> None:
+    """``state`` into the one chunk, every tensor of it filled (strict)."""
+    extra = {k: v for k, v in chunks[0].state_dict().items() if k.endswith("_extra_state")}
+    chunks[0].load_state_dict({**state, **extra}, strict=True)
+
+
+def _from_checkpoint(path: str):
+    """The model of a megaomni checkpoint, its weights loaded, and the checkpoint's common state."""
+    from megatron.core import dist_checkpointing
+
+    from megaomni.checkpoint.dist_ckpt import load_weights, resolve_checkpoint
+
+    path = resolve_checkpoint(path)
+    common = dist_checkpointing.load_common_state_dict(path)
+    cfg = config_from_dict(common["config"])
+    chunks = _model(cfg)
+    load_weights(path, chunks)
+    return cfg, chunks, common
+
+
+def cmd_import(args) -> None:
+    from megaomni.checkpoint.dist_ckpt import save_checkpoint
+
+    fields, state = import_hf(args.hf_dir)
+    cfg = _llm_only(LLMConfig(**fields))
+    chunks = _model(cfg)
+    _load(chunks, state)
+    architecture = yaml.safe_load(open(os.path.join(args.hf_dir, "config.json")))["architectures"][0]
+    path = save_checkpoint(os.path.join(args.out, "checkpoint"), 0, chunks, None, None, weights_only=True,
+                           common={"config": cfg.to_dict(), "hf_architecture": architecture})
+    with open(os.path.join(args.out, "model.yaml"), "w") as f:
+        yaml.safe_dump({"model": cfg.to_dict()["model"]}, f, sort_keys=False)
+    print(f"imported {architecture} ({sum(t.numel() for t in state.values()) / 1e6:.1f}M parameters): {path}, "
+          f"{os.path.join(args.out, 'model.yaml')}")
+
+
+def cmd_export(args) -> None:
+    cfg, chunks, common = _from_checkpoint(args.checkpoint)
+    architecture = args.architecture or common.get("hf_architecture")
+    if not architecture:
+        raise MappingError("the checkpoint was not imported from Hugging Face: name --architecture")
+    export_hf(cfg.model.llm, chunks[0].state_dict(), args.out, architecture)
+    print(f"exported {architecture}: {args.out}")
+
+
+def cmd_verify(args) -> None:
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32).eval()
+    cfg, chunks, _ = _from_checkpoint(args.checkpoint)
+    tokens = torch.randint(0, cfg.model.llm.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    with torch.no_grad():
+        want = hf(tokens).logits
+        got = chunks[0].llm(input_ids=tokens, position_ids=positions.unsqueeze(0).expand(3, -1, -1),
+                            attention_mask=None)
+    print(f"largest logit difference: {(got - want).abs().max().item():.3e} "
+          f"(logits up to {want.abs().max().item():.2f}; 2 x 32 random tokens, fp32)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    imp = verbs.add_parser("import", help="Hugging Face folder -> megaomni checkpoint + model.yaml")
+    imp.add_argument("hf_dir")
+    imp.add_argument("out")
+    exp = verbs.add_parser("export", help="megaomni checkpoint -> Hugging Face folder")
+    exp.add_argument("checkpoint")
+    exp.add_argument("out")
+    exp.add_argument("--architecture", help="e.g. Qwen2ForCausalLM (default: the one imported from)")
+    ver = verbs.add_parser("verify", help="logits of the Hugging Face model against the checkpoint's")
+    ver.add_argument("hf_dir")
+    ver.add_argument("checkpoint")
+    args = parser.parse_args(argv)
+    try:
+        {"import": cmd_import, "export": cmd_export, "verify": cmd_verify}[args.verb](args)
+    except (MappingError, ConfigError, FileNotFoundError) as err:
+        print(f"convert_hf: {err}", file=sys.stderr)
+        return 2
+    finally:
+        from megaomni.platform.distributed import shutdown
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
