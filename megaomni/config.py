@@ -54,6 +54,8 @@ class LLMConfig:
     init_std: float = 0.02
     tie_embeddings: bool = False
     qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
+    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3)
+    head_dim: int = 0  # 0: hidden_size / num_attention_heads (Qwen3 sets it apart)
     moe: MoEConfig = field(default_factory=MoEConfig)
 
 

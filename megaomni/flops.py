@@ -22,7 +22,8 @@ TRAINING_RATIO = 1.0 + BACKWARD_RATIO  # forward and backward
 def llm_layer_costs(llm: LLMConfig) -> list[int]:
     """Matmul parameters touched per token by each LLM layer (active experts only for MoE)."""
     h, heads, groups = llm.hidden_size, llm.num_attention_heads, llm.num_query_groups
-    attention = h * h * 2 + 2 * h * (h // heads) * groups  # q, o and the grouped k, v
+    d = llm.head_dim or h // heads
+    attention = 2 * h * heads * d + 2 * h * d * groups  # q, o and the grouped k, v
     moe = llm.moe
     dense_mlp = 3 * h * llm.ffn_hidden_size  # SwiGLU: gate, up, down
     expert_ffn = moe.ffn_hidden_size or llm.ffn_hidden_size
@@ -43,15 +44,17 @@ class FlopModel:
     encoder_params: dict = field(default_factory=dict)  # modality -> matmul params per transformer row
     encoder_attention: dict = field(default_factory=dict)  # modality -> 4 * layers * hidden
     rows_per_input: dict = field(default_factory=dict)  # modality -> transformer rows per input row
+    attention_width: int = 0  # query heads x head dim (0: hidden; they differ where head_dim is set)
 
     @classmethod
     def from_config(cls, model: ModelConfig, vocab: int = 0, stage_layers: list[int] = ()) -> "FlopModel":
         """``vocab``: the output layer's width (0: not priced); ``stage_layers``: () for one stage."""
         llm = model.llm
         encoders = {m.name: m.flops(getattr(model, m.name), llm.hidden_size) for m in registry.enabled(model)}
+        width = llm.num_attention_heads * llm.head_dim if llm.head_dim else 0
         return cls(tuple(llm_layer_costs(llm)), tuple(stage_layers) or (llm.num_layers,), llm.hidden_size, vocab,
                    {n: e.params for n, e in encoders.items()}, {n: e.attention for n, e in encoders.items()},
-                   {n: e.rows_per_input for n, e in encoders.items()})
+                   {n: e.rows_per_input for n, e in encoders.items()}, width)
 
     def encoder_params_per_row(self) -> int:
         """Matmul parameters of the enabled encoders and projectors (per encoder row): what the
@@ -70,7 +73,8 @@ class FlopModel:
         pairs = sum(n * (n + 1) / 2 for n in seq_lens)
         flops, layer = [], 0
         for count in self.stage_layers:
-            stage = sum(2 * p * tokens + 4 * self.hidden * pairs for p in self.layer_params[layer:layer + count])
+            width = self.attention_width or self.hidden
+            stage = sum(2 * p * tokens + 4 * width * pairs for p in self.layer_params[layer:layer + count])
             flops.append(stage)
             layer += count
         return flops

@@ -21,7 +21,11 @@ def check_model(cfg: OmniConfig) -> None:
     require_positive("model.llm", llm, ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups",
                                         "ffn_hidden_size", "max_seq_len"))
     require_positive("data", cfg.data, ("seq_length", "micro_batch_size", "global_batch_size"))
-    require_heads("model.llm", llm.hidden_size, llm.num_attention_heads, 2)
+    if llm.head_dim:
+        require(llm.head_dim > 0 and llm.head_dim % 2 == 0, f"model.llm.head_dim={llm.head_dim}: must be a positive "
+                "even number (rotary embeddings rotate pairs), or 0 for hidden_size / num_attention_heads")
+    else:
+        require_heads("model.llm", llm.hidden_size, llm.num_attention_heads, 2)
     require(llm.num_attention_heads % llm.num_query_groups == 0,
             f"model.llm.num_query_groups={llm.num_query_groups}: must divide "
             f"num_attention_heads={llm.num_attention_heads} (valid: {divisors(llm.num_attention_heads)})")

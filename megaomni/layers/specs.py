@@ -8,6 +8,7 @@ from typing import Optional
 
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_layer_local_spec
 from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
@@ -35,6 +36,9 @@ def _local(spec: ModuleSpec, mask_type: AttnMaskType) -> ModuleSpec:
     attention = spec.submodules.self_attention
     attention.params = {"attn_mask_type": mask_type}
     attention.submodules.core_attention = SDPAttention
+    for norm in ("q_layernorm", "k_layernorm"):  # QK-norm (config.qk_layernorm): ours too
+        if getattr(attention.submodules, norm, IdentityOp) is not IdentityOp:
+            setattr(attention.submodules, norm, RMSNorm)
     attention.submodules.linear_qkv = PlainColumnLinear
     attention.submodules.linear_proj = PlainRowLinear
     mlp = spec.submodules.mlp

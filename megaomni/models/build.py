@@ -40,10 +40,10 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     # The layout's fields come last: they may adjust MoE settings to the layout.
     fields = {**moe_config_fields(llm_cfg.moe, llm_cfg.ffn_hidden_size), **(llm_parallel or {})}
     # All rotary frequencies from the first position axis: plain 1D RoPE over batch.position_ids.
-    rotary_half = llm_cfg.hidden_size // llm_cfg.num_attention_heads // 2
+    head_dim = llm_cfg.head_dim or llm_cfg.hidden_size // llm_cfg.num_attention_heads
     llm_config = _stack_config(llm_cfg, cfg.train.bf16, num_query_groups=llm_cfg.num_query_groups,
-                               init_std=llm_cfg.init_std, mrope_section=[rotary_half, 0, 0],
-                               add_qkv_bias=llm_cfg.qkv_bias, **fields)
+                               head_dim=head_dim, init_std=llm_cfg.init_std, mrope_section=[head_dim // 2, 0, 0],
+                               add_qkv_bias=llm_cfg.qkv_bias, qk_layernorm=llm_cfg.qk_norm, **fields)
     llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage)
     encoders, encoder_pads = {}, {}
     if pre_process if with_encoders is None else with_encoders:

@@ -1,4 +1,4 @@
-"""Hugging Face Llama-style LLMs (Qwen2, Llama) in and out: a tiny random model built from a
+"""Hugging Face Llama-style LLMs (Llama, Qwen2, Qwen3) in and out: a tiny random model built from a
 ``transformers`` config (no download), imported into megaomni, gives the Hugging Face model's
 logits (fp32, 1e-4); exported back, every tensor is bit-exact and ``from_pretrained`` loads it."""
 
@@ -23,6 +23,9 @@ FAMILIES = {
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(rope_theta=1000000.0)),
     "qwen2_tied": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(tie_word_embeddings=True)),
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(rope_theta=500000.0)),
+    "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(head_dim=16)),
+    # Qwen3's real shapes: query heads x head dim wider than the hidden size (0.6B: 16 x 128 > 1024)
+    "qwen3_wide_heads": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(head_dim=32)),
 }
 
 

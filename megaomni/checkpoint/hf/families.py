@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from megaomni.checkpoint.hf import qwen2
+from megaomni.checkpoint.hf import llama_style
 from megaomni.checkpoint.hf.mapping import MappingError
 
-FAMILIES = {architecture: qwen2 for architecture in qwen2.ARCHITECTURES}
+FAMILIES = {architecture: llama_style for architecture in llama_style.ARCHITECTURES}
 
 
 def family(hf_config: dict):

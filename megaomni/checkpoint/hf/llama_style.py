@@ -1,4 +1,5 @@
-"""Llama-style decoder LLMs: Qwen2 (biases on q, k, v) and Llama (no biases), LLM only.
+"""Llama-style decoder LLMs: Llama (no biases), Qwen2 (biases on q, k, v) and Qwen3 (RMSNorm of
+each query and key head, a head dim of its own), LLM only.
 
 Their decoder is megaomni's: RMSNorm before attention and MLP, grouped-query attention with
 rotate-half RoPE over position ids, SwiGLU, a final RMSNorm, a tied or separate output layer."""
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from megaomni.checkpoint.hf.mapping import QKV, Direct, GatedMLP, Heads, MappingError
 
-ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
 _LAYER = "llm.decoder.layers.{i}."
 _HF = "model.layers.{i}."
@@ -23,10 +24,8 @@ def _rope_theta(hf: dict) -> float:
 
 def llm_fields(hf: dict) -> dict:
     """``model.llm`` fields of the Hugging Face ``config.json`` ``hf``."""
-    heads = hf["num_attention_heads"]
-    if hf.get("head_dim", hf["hidden_size"] // heads) * heads != hf["hidden_size"]:
-        raise MappingError(f"head_dim={hf['head_dim']} * num_attention_heads={heads} != hidden_size="
-                           f"{hf['hidden_size']}: megaomni's attention takes hidden_size / heads")
+    heads, model_type = hf["num_attention_heads"], hf.get("model_type")
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise MappingError("attention_bias / mlp_bias=true: Llama's biases on every projection are not supported "
                            "(Qwen2's q, k, v biases are)")
@@ -39,8 +38,8 @@ def llm_fields(hf: dict) -> dict:
                 num_query_groups=hf.get("num_key_value_heads", heads), ffn_hidden_size=hf["intermediate_size"],
                 vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 4096),
                 rotary_base=int(theta), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                qkv_bias=hf.get("model_type") == "qwen2")
+                tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=model_type == "qwen2",
+                qk_norm=model_type == "qwen3", head_dim=0 if head_dim * heads == hf["hidden_size"] else head_dim)
 
 
 def hf_config(llm, architecture: str) -> dict:
@@ -51,15 +50,17 @@ def hf_config(llm, architecture: str) -> dict:
               "num_attention_heads": llm.num_attention_heads, "num_key_value_heads": llm.num_query_groups,
               "vocab_size": llm.vocab_size, "max_position_embeddings": llm.max_seq_len, "rms_norm_eps": llm.norm_eps,
               "rope_theta": float(llm.rotary_base), "tie_word_embeddings": llm.tie_embeddings, "hidden_act": "silu",
-              "torch_dtype": "float32"}
-    if llm.qkv_bias != (model_type == "qwen2"):
-        raise MappingError(f"model.llm.qkv_bias={str(llm.qkv_bias).lower()}: {architecture} has "
-                           f"{'q, k, v biases' if model_type == 'qwen2' else 'no biases'}")
+              "torch_dtype": "float32", "head_dim": heads(llm).head_dim}
+    for field, wanted in (("qkv_bias", model_type == "qwen2"), ("qk_norm", model_type == "qwen3")):
+        if getattr(llm, field) != wanted:
+            raise MappingError(f"model.llm.{field}={str(getattr(llm, field)).lower()}: {architecture} "
+                               f"{'has' if wanted else 'has no'} {field.replace('_', ' ')}")
     return config
 
 
 def heads(llm) -> Heads:
-    return Heads(llm.num_attention_heads, llm.num_query_groups, llm.hidden_size // llm.num_attention_heads)
+    head_dim = llm.head_dim or llm.hidden_size // llm.num_attention_heads
+    return Heads(llm.num_attention_heads, llm.num_query_groups, head_dim)
 
 
 def rules(llm) -> list:
@@ -75,6 +76,9 @@ def rules(llm) -> list:
         Direct(_LAYER + "mlp.linear_fc2.weight", _HF + "mlp.down_proj.weight"),
         Direct("llm.decoder.final_layernorm.weight", "model.norm.weight"),
     ]
+    if llm.qk_norm:
+        table += [Direct(_LAYER + "self_attention.q_layernorm.weight", _HF + "self_attn.q_norm.weight"),
+                  Direct(_LAYER + "self_attention.k_layernorm.weight", _HF + "self_attn.k_norm.weight")]
     if llm.qkv_bias:
         table.append(QKV(_LAYER + "self_attention.linear_qkv.bias", _HF + "self_attn.q_proj.bias",
                          _HF + "self_attn.k_proj.bias", _HF + "self_attn.v_proj.bias"))
