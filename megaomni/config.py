@@ -34,6 +34,9 @@ class MoEConfig:
     aux_loss_coeff: float = 1e-2
     bias_update_rate: float = 1e-3  # aux_loss_free: expert-bias step per update
     token_dispatcher: str = "alltoall"  # alltoall | allgather
+    # The chosen experts' weights: their softmax renormalised over the top k (true), or the
+    # softmax over all experts taken as it is (false; Qwen3-MoE's norm_topk_prob)
+    normalize_top_k: bool = True
 
     @property
     def enabled(self) -> bool:

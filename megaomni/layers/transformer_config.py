@@ -70,6 +70,8 @@ def moe_config_fields(moe: MoEConfig, ffn_hidden_size: int) -> dict:
         moe_token_dispatcher_type=moe.token_dispatcher,
         moe_grouped_gemm=False,
         moe_router_dtype="fp32",
+        # Softmax over the top-k logits (renormalised top-k weights), or over all before top-k.
+        moe_router_pre_softmax=not moe.normalize_top_k,
         moe_permute_fusion=False,
     )
     if moe.balancing == "aux_loss":

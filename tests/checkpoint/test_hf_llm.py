@@ -1,4 +1,4 @@
-"""Hugging Face Llama-style LLMs (Llama, Qwen2, Qwen3) in and out: a tiny random model built from a
+"""Hugging Face Llama-style LLMs (Llama, Qwen2, Qwen3, Qwen3-MoE) in and out: a tiny random model built from a
 ``transformers`` config (no download), imported into megaomni, gives the Hugging Face model's
 logits (fp32, 1e-4); exported back, every tensor is bit-exact and ``from_pretrained`` loads it."""
 
@@ -26,6 +26,12 @@ FAMILIES = {
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(head_dim=16)),
     # Qwen3's real shapes: query heads x head dim wider than the hidden size (0.6B: 16 x 128 > 1024)
     "qwen3_wide_heads": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM, dict(head_dim=32)),
+    "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM,
+                  dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                       decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True)),
+    "qwen3_moe_unnormalised": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM,
+                               dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                    decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=False)),
 }
 
 

@@ -60,7 +60,7 @@ def import_hf(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
         raise MappingError(f"vocab_size={vocab}: megaomni pads the vocabulary to {padded_vocab_size(vocab, vocab)} "
                            "rows; padding an imported one is not supported yet")
     llm = LLMConfig(**fields)
-    ours = to_ours(expand(fam.rules(llm), llm.num_layers), theirs, fam.heads(llm))
+    ours = to_ours(expand(fam.rules(llm), llm.num_layers, llm.moe.num_experts), theirs, fam.heads(llm))
     # megaomni keeps fp32 weights (bf16 training casts them): bf16 -> fp32 -> bf16 is exact.
     return fields, {name: tensor.float() for name, tensor in ours.items()}
 
@@ -71,5 +71,5 @@ def export_hf(llm, state: dict[str, torch.Tensor], folder: str, architecture: st
     config = {"architectures": [architecture]}
     fam = family(config)
     tensors = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
-    theirs = to_theirs(expand(fam.rules(llm), llm.num_layers), tensors, fam.heads(llm))
+    theirs = to_theirs(expand(fam.rules(llm), llm.num_layers, llm.moe.num_experts), tensors, fam.heads(llm))
     write_hf(folder, fam.hf_config(llm, architecture), theirs)

@@ -1,5 +1,6 @@
-"""Llama-style decoder LLMs: Llama (no biases), Qwen2 (biases on q, k, v) and Qwen3 (RMSNorm of
-each query and key head, a head dim of its own), LLM only.
+"""Llama-style decoder LLMs: Llama (no biases), Qwen2 (biases on q, k, v), Qwen3 (RMSNorm of each
+query and key head, a head dim of its own) and Qwen3-MoE (Qwen3 with a mixture of SwiGLU experts
+behind a softmax top-k router in every layer), LLM only.
 
 Their decoder is megaomni's: RMSNorm before attention and MLP, grouped-query attention with
 rotate-half RoPE over position ids, SwiGLU, a final RMSNorm, a tied or separate output layer."""
@@ -7,8 +8,10 @@ rotate-half RoPE over position ids, SwiGLU, a final RMSNorm, a tied or separate 
 from __future__ import annotations
 
 from megaomni.checkpoint.hf.mapping import QKV, Direct, GatedMLP, Heads, MappingError
+from megaomni.config import MoEConfig
 
-ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                 "Qwen3MoeForCausalLM": "qwen3_moe"}
 
 _LAYER = "llm.decoder.layers.{i}."
 _HF = "model.layers.{i}."
@@ -39,7 +42,21 @@ def llm_fields(hf: dict) -> dict:
                 vocab_size=hf["vocab_size"], max_seq_len=hf.get("max_position_embeddings", 4096),
                 rotary_base=int(theta), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
                 tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=model_type == "qwen2",
-                qk_norm=model_type == "qwen3", head_dim=0 if head_dim * heads == hf["hidden_size"] else head_dim)
+                qk_norm=model_type in ("qwen3", "qwen3_moe"),
+                head_dim=0 if head_dim * heads == hf["hidden_size"] else head_dim, moe=_moe(hf))
+
+
+def _moe(hf: dict) -> MoEConfig:
+    """Qwen3-MoE's experts as ``model.llm.moe`` (a dense model: none)."""
+    if hf.get("model_type") != "qwen3_moe":
+        return MoEConfig()
+    if hf.get("decoder_sparse_step", 1) != 1 or hf.get("mlp_only_layers"):
+        raise MappingError(f"decoder_sparse_step={hf.get('decoder_sparse_step')}, mlp_only_layers="
+                           f"{hf.get('mlp_only_layers')}: only an MoE MLP in every layer is supported")
+    experts = hf.get("num_experts", hf.get("num_local_experts"))  # transformers 5 writes the latter
+    return MoEConfig(num_experts=experts, top_k=hf["num_experts_per_tok"], layer_freq=1,
+                     ffn_hidden_size=hf["moe_intermediate_size"], normalize_top_k=bool(hf.get("norm_topk_prob", True)),
+                     aux_loss_coeff=float(hf.get("router_aux_loss_coef", 1e-3)))
 
 
 def hf_config(llm, architecture: str) -> dict:
@@ -51,7 +68,16 @@ def hf_config(llm, architecture: str) -> dict:
               "vocab_size": llm.vocab_size, "max_position_embeddings": llm.max_seq_len, "rms_norm_eps": llm.norm_eps,
               "rope_theta": float(llm.rotary_base), "tie_word_embeddings": llm.tie_embeddings, "hidden_act": "silu",
               "torch_dtype": "float32", "head_dim": heads(llm).head_dim}
-    for field, wanted in (("qkv_bias", model_type == "qwen2"), ("qk_norm", model_type == "qwen3")):
+    moe = llm.moe
+    if moe.enabled != (model_type == "qwen3_moe") or (moe.enabled and (moe.layer_freq != 1 or
+                                                                        moe.shared_expert_ffn_hidden_size)):
+        raise MappingError(f"model.llm.moe: {architecture} has "
+                           f"{'an MoE MLP, without a shared expert, in every layer' if moe.enabled else 'no experts'}")
+    if moe.enabled:
+        config.update(num_experts=moe.num_experts, num_experts_per_tok=moe.top_k, decoder_sparse_step=1,
+                      moe_intermediate_size=moe.ffn_hidden_size or llm.ffn_hidden_size, mlp_only_layers=[],
+                      norm_topk_prob=moe.normalize_top_k, router_aux_loss_coef=moe.aux_loss_coeff)
+    for field, wanted in (("qkv_bias", model_type == "qwen2"), ("qk_norm", model_type in ("qwen3", "qwen3_moe"))):
         if getattr(llm, field) != wanted:
             raise MappingError(f"model.llm.{field}={str(getattr(llm, field)).lower()}: {architecture} "
                                f"{'has' if wanted else 'has no'} {field.replace('_', ' ')}")
@@ -72,10 +98,16 @@ def rules(llm) -> list:
             _HF + "self_attn.k_proj.weight", _HF + "self_attn.v_proj.weight"),
         Direct(_LAYER + "self_attention.linear_proj.weight", _HF + "self_attn.o_proj.weight"),
         Direct(_LAYER + "pre_mlp_layernorm.weight", _HF + "post_attention_layernorm.weight"),
-        GatedMLP(_LAYER + "mlp.linear_fc1.weight", _HF + "mlp.gate_proj.weight", _HF + "mlp.up_proj.weight"),
-        Direct(_LAYER + "mlp.linear_fc2.weight", _HF + "mlp.down_proj.weight"),
         Direct("llm.decoder.final_layernorm.weight", "model.norm.weight"),
     ]
+    if llm.moe.enabled:  # {e}: every expert
+        expert, theirs = _LAYER + "mlp.experts.local_experts.{e}.", _HF + "mlp.experts.{e}."
+        table += [Direct(_LAYER + "mlp.router.weight", _HF + "mlp.gate.weight"),
+                  GatedMLP(expert + "linear_fc1.weight", theirs + "gate_proj.weight", theirs + "up_proj.weight"),
+                  Direct(expert + "linear_fc2.weight", theirs + "down_proj.weight")]
+    else:
+        table += [GatedMLP(_LAYER + "mlp.linear_fc1.weight", _HF + "mlp.gate_proj.weight", _HF + "mlp.up_proj.weight"),
+                  Direct(_LAYER + "mlp.linear_fc2.weight", _HF + "mlp.down_proj.weight")]
     if llm.qk_norm:
         table += [Direct(_LAYER + "self_attention.q_layernorm.weight", _HF + "self_attn.q_norm.weight"),
                   Direct(_LAYER + "self_attention.k_layernorm.weight", _HF + "self_attn.k_norm.weight")]

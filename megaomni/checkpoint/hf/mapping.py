@@ -90,15 +90,16 @@ class GatedMLP:
         return [t.contiguous() for t in tensor.chunk(2, dim=0)]
 
 
-def expand(table: list, layers: int) -> list:
-    """The rules with ``{i}`` replaced by every layer index (rules without it once)."""
+def expand(table: list, layers: int, experts: int = 0) -> list:
+    """The rules with ``{i}`` replaced by every layer index and ``{e}`` by every expert index
+    (a rule without them once)."""
     out = []
     for rule in table:
         fields = vars(rule)
-        if any("{i}" in name for name in fields.values()):
-            out += [type(rule)(**{k: v.format(i=i) for k, v in fields.items()}) for i in range(layers)]
-        else:
-            out.append(rule)
+        names = " ".join(fields.values())
+        indices = [dict(i=i, e=e) for i in (range(layers) if "{i}" in names else [0])
+                   for e in (range(experts) if "{e}" in names else [0])]
+        out += [type(rule)(**{k: v.format(**index) for k, v in fields.items()}) for index in indices]
     return out
 
 
