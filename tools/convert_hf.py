@@ -21,7 +21,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from megaomni.checkpoint.hf.convert import export_hf, import_hf  # noqa: E402
+from megaomni.checkpoint.hf.convert import export_hf, import_hf, load_state  # noqa: E402
 from megaomni.checkpoint.hf.mapping import MappingError  # noqa: E402
 from megaomni.config import (  # noqa: E402
     ConfigError,
@@ -54,12 +54,6 @@ def _model(cfg: OmniConfig):
     return build_model_chunks(cfg, cfg.model.llm.vocab_size, lambda name: 0)
 
 
-def _load(chunks, state: dict) -> None:
-    """``state`` into the one chunk, every tensor of it filled (strict)."""
-    extra = {k: v for k, v in chunks[0].state_dict().items() if k.endswith("_extra_state")}
-    chunks[0].load_state_dict({**state, **extra}, strict=True)
-
-
 def _from_checkpoint(path: str):
     """The model of a megaomni checkpoint, its weights loaded, and the checkpoint's common state."""
     from megatron.core import dist_checkpointing
@@ -77,11 +71,10 @@ def _from_checkpoint(path: str):
 def cmd_import(args) -> None:
     from megaomni.checkpoint.dist_ckpt import save_checkpoint
 
-    fields, state = import_hf(args.hf_dir)
+    architecture, fields, state = import_hf(args.hf_dir)
     cfg = _llm_only(LLMConfig(**fields))
     chunks = _model(cfg)
-    _load(chunks, state)
-    architecture = yaml.safe_load(open(os.path.join(args.hf_dir, "config.json")))["architectures"][0]
+    load_state(chunks[0], state)
     path = save_checkpoint(os.path.join(args.out, "checkpoint"), 0, chunks, None, None, weights_only=True,
                            common={"config": cfg.to_dict(), "hf_architecture": architecture})
     with open(os.path.join(args.out, "model.yaml"), "w") as f:

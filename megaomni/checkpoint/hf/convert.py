@@ -50,8 +50,8 @@ def write_hf(folder: str, config: dict, tensors: dict[str, torch.Tensor]) -> Non
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(folder, SINGLE), metadata={"format": "pt"})
 
 
-def import_hf(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(``model.llm`` fields, megaomni's state dict) of a Hugging Face model folder."""
+def import_hf(folder: str) -> tuple[str, dict, dict[str, torch.Tensor]]:
+    """(architecture, ``model.llm`` fields, megaomni's state dict) of a Hugging Face model folder."""
     config, theirs = read_hf(folder)
     fam = family(config)
     fields = fam.llm_fields(config)
@@ -62,7 +62,14 @@ def import_hf(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
     llm = LLMConfig(**fields)
     ours = to_ours(expand(fam.rules(llm), llm.num_layers, llm.moe.num_experts), theirs, fam.heads(llm))
     # megaomni keeps fp32 weights (bf16 training casts them): bf16 -> fp32 -> bf16 is exact.
-    return fields, {name: tensor.float() for name, tensor in ours.items()}
+    return config["architectures"][0], fields, {name: tensor.float() for name, tensor in ours.items()}
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``state`` (every tensor of ``module``, as :func:`import_hf` gives them) into ``module``,
+    strictly; megatron-core's ``_extra_state`` entries, which a checkpoint of tensors lacks, stay."""
+    extra = {k: v for k, v in module.state_dict().items() if k.endswith("_extra_state")}
+    module.load_state_dict({**state, **extra}, strict=True)
 
 
 def export_hf(llm, state: dict[str, torch.Tensor], folder: str, architecture: str) -> None:
