@@ -59,7 +59,15 @@ class LLMConfig:
     qkv_bias: bool = False  # biases on the query, key and value projections (Qwen2)
     qk_norm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3)
     head_dim: int = 0  # 0: hidden_size / num_attention_heads (Qwen3 sets it apart)
+    # Multimodal RoPE (Qwen2-VL): rotary frequency pairs driven by the temporal, height and width
+    # position of each token (media tokens: their grid; text: all three equal); sums to head_dim/2.
+    # Empty: plain RoPE over the token's position.
+    mrope_section: list[int] = field(default_factory=list)
     moe: MoEConfig = field(default_factory=MoEConfig)
+
+
+NORMS = ("rmsnorm", "layernorm")  # an encoder's norm (LayerNorm with a bias)
+ACTIVATIONS = ("swiglu", "gelu", "gelu_tanh", "quick_gelu")  # an encoder's MLP (SwiGLU gated, the rest not)
 
 
 @dataclass
@@ -74,6 +82,14 @@ class VisionConfig:
     in_channels: int = 3
     rotary_base: float = 10000.0
     norm_eps: float = 1e-6
+    # The blocks (defaults: megaomni's own encoder; an imported family sets its own).
+    norm: str = "rmsnorm"  # rmsnorm | layernorm (with bias)
+    activation: str = "swiglu"  # swiglu | gelu | gelu_tanh | quick_gelu
+    bias: bool = False  # biases on every linear of the blocks
+    projector_hidden_size: int = 0  # the projector's inner width; 0: the LLM's hidden size
+    temporal_patch_size: int = 1  # frames per patch (Qwen2-VL: 2; a still image is repeated)
+    # Video frames' fixed sinusoidal time offset; off where the LLM's M-RoPE carries time (Qwen2-VL).
+    temporal_embedding: bool = True
 
 
 @dataclass
@@ -91,6 +107,9 @@ class AudioConfig:
     downsample: int = 4  # log-mel frames per LLM token (stem_stride, then the projector merges the rest)
     rotary_base: float = 10000.0
     norm_eps: float = 1e-6
+    norm: str = "rmsnorm"  # rmsnorm | layernorm (with bias)
+    activation: str = "swiglu"  # swiglu | gelu | gelu_tanh | quick_gelu
+    bias: bool = False  # biases on every linear of the blocks
 
 
 # Config sections of modalities registered from outside the library (megaomni.media.register):

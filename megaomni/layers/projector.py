@@ -7,13 +7,14 @@ from torch import nn
 
 
 class MLPProjector(nn.Module):
-    """Concatenate each group of ``merge`` consecutive features, then Linear-GELU-Linear."""
+    """Concatenate each group of ``merge`` consecutive features, then Linear-GELU-Linear, ``hidden``
+    wide (0: ``out_size``; Qwen2-VL's merger: ``in_size * merge``)."""
 
-    def __init__(self, in_size: int, out_size: int, merge: int = 1):
+    def __init__(self, in_size: int, out_size: int, merge: int = 1, hidden: int = 0):
         super().__init__()
         self.merge = merge
-        self.fc1 = nn.Linear(in_size * merge, out_size)
-        self.fc2 = nn.Linear(out_size, out_size)
+        self.fc1 = nn.Linear(in_size * merge, hidden or out_size)
+        self.fc2 = nn.Linear(hidden or out_size, out_size)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``[n * merge, in]`` -> ``[n, out]``."""

@@ -3,7 +3,7 @@ LLM token (the encoder's stem strides by ``model.audio.stem_stride``, its projec
 
 from __future__ import annotations
 
-from megaomni.checks import require, require_heads, require_positive
+from megaomni.checks import require, require_heads, require_positive, require_stack
 from megaomni.config import AudioConfig
 from megaomni.errors import BadSample
 from megaomni.media.modality import EncoderFlops, ImportedOnUse, MediaItem, Modality, Source
@@ -65,6 +65,7 @@ class Audio(Modality):
         require_positive("model.audio", audio, ("num_layers", "hidden_size", "num_attention_heads",
                                                 "ffn_hidden_size", "n_mels", "sample_rate", "n_fft", "hop_length"))
         require_heads("model.audio", audio.hidden_size, audio.num_attention_heads, 2)
+        require_stack("model.audio", audio)
         require(audio.stem_stride >= 1, f"model.audio.stem_stride={audio.stem_stride}: must be a positive integer")
         require(audio.downsample >= audio.stem_stride and audio.downsample % audio.stem_stride == 0,
                 f"model.audio.downsample={audio.downsample}: must be a multiple of model.audio.stem_stride="

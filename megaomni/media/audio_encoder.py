@@ -37,7 +37,7 @@ class AudioEncoder(MegatronModule):
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.hidden_size, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, kernel_size=3, stride=cfg.stem_stride, padding=1)
-        self.blocks = TransformerBlock(config, encoder_layer_spec(), post_layer_norm=True,
+        self.blocks = TransformerBlock(config, encoder_layer_spec(cfg.norm), post_layer_norm=True,
                                        pg_collection=pg_collection)
         self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=self.merge)
 

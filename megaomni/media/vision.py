@@ -7,7 +7,9 @@ item becomes ``(gh / merge) * (gw / merge)`` LLM tokens."""
 
 from __future__ import annotations
 
-from megaomni.checks import require, require_heads, require_positive
+import torch
+
+from megaomni.checks import require, require_heads, require_positive, require_stack
 from megaomni.config import VisionConfig
 from megaomni.errors import BadSample
 from megaomni.media.images import image_grid, load_image
@@ -76,6 +78,17 @@ class Vision(Modality):
             b, patch_size=vision.patch_size, merge_size=vision.merge_size, min_pixels=data.min_pixels,
             max_pixels=data.max_pixels)))
 
+    def positions(self, items, start, cfg):
+        """Qwen2-VL's: each item's merged grid, its rows by height and its columns by width, and its
+        frame index in time (0 for a still image), all offset by ``start``."""
+        grids, merge = [], cfg.model.vision.merge_size
+        for item in items:
+            h, w = (side // merge for side in item.size)
+            rows = torch.arange(h).view(h, 1).expand(h, w).reshape(-1)
+            cols = torch.arange(w).view(1, w).expand(h, w).reshape(-1)
+            grids.append(torch.stack([torch.full_like(rows, item.info["time"]), rows, cols]))
+        return start + torch.cat(grids, dim=1)
+
     def flops(self, section, llm_hidden):
         return EncoderFlops.transformer(section, llm_hidden)
 
@@ -84,6 +97,11 @@ class Vision(Modality):
         require_positive("model.vision", vision, ("num_layers", "hidden_size", "num_attention_heads",
                                                   "ffn_hidden_size", "patch_size", "merge_size"))
         require_heads("model.vision", vision.hidden_size, vision.num_attention_heads, 4)
+        require_stack("model.vision", vision)
+        require(vision.temporal_patch_size >= 1, f"model.vision.temporal_patch_size={vision.temporal_patch_size}: "
+                "must be a positive integer (frames per patch)")
+        require(vision.projector_hidden_size >= 0, f"model.vision.projector_hidden_size="
+                f"{vision.projector_hidden_size}: must be >= 0 (0: the LLM's hidden size)")
         cell = (vision.patch_size * vision.merge_size) ** 2
         require(data.max_pixels >= cell, f"data.max_pixels={data.max_pixels}: must hold one merged patch, "
                 f"(model.vision.patch_size*merge_size)^2={cell}")

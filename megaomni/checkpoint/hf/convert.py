@@ -10,7 +10,7 @@ import torch
 
 from megaomni.checkpoint.hf.families import family
 from megaomni.checkpoint.hf.mapping import MappingError, expand, to_ours, to_theirs
-from megaomni.config import LLMConfig
+from megaomni.config import ModelConfig, config_from_dict
 from megaomni.models.build import padded_vocab_size
 
 INDEX = "model.safetensors.index.json"
@@ -50,19 +50,31 @@ def write_hf(folder: str, config: dict, tensors: dict[str, torch.Tensor]) -> Non
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(folder, SINGLE), metadata={"format": "pt"})
 
 
+def _counts(model: ModelConfig) -> dict[str, int]:
+    """What the tables' ``{x}`` run over: the LLM's layers and experts, each encoder's layers."""
+    return {"i": model.llm.num_layers, "e": model.llm.moe.num_experts, "v": model.vision.num_layers,
+            "a": model.audio.num_layers}
+
+
+def model_config(sections: dict) -> ModelConfig:
+    """A ModelConfig of :func:`import_hf`'s sections."""
+    return config_from_dict({"model": sections}).model
+
+
 def import_hf(folder: str) -> tuple[str, dict, dict[str, torch.Tensor]]:
-    """(architecture, ``model.llm`` fields, megaomni's state dict) of a Hugging Face model folder."""
+    """(architecture, the ``model`` sections (``model.llm``, ``model.vision``, ... fields), megaomni's
+    state dict) of a Hugging Face model folder."""
     config, theirs = read_hf(folder)
     fam = family(config)
-    fields = fam.llm_fields(config)
-    vocab = fields["vocab_size"]
+    sections = fam.model_fields(config)
+    vocab = sections["llm"]["vocab_size"]
     if padded_vocab_size(vocab, vocab) != vocab:
         raise MappingError(f"vocab_size={vocab}: megaomni pads the vocabulary to {padded_vocab_size(vocab, vocab)} "
                            "rows; padding an imported one is not supported yet")
-    llm = LLMConfig(**fields)
-    ours = to_ours(expand(fam.rules(llm), llm.num_layers, llm.moe.num_experts), theirs, fam.heads(llm))
+    model = model_config(sections)
+    ours = to_ours(expand(fam.rules(model), _counts(model)), theirs)
     # megaomni keeps fp32 weights (bf16 training casts them): bf16 -> fp32 -> bf16 is exact.
-    return config["architectures"][0], fields, {name: tensor.float() for name, tensor in ours.items()}
+    return config["architectures"][0], sections, {name: tensor.float() for name, tensor in ours.items()}
 
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -72,11 +84,10 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     module.load_state_dict({**state, **extra}, strict=True)
 
 
-def export_hf(llm, state: dict[str, torch.Tensor], folder: str, architecture: str) -> None:
-    """Write megaomni's ``state`` (``model.llm`` ``llm``; a module's ``state_dict``, its
+def export_hf(model: ModelConfig, state: dict[str, torch.Tensor], folder: str, architecture: str) -> None:
+    """Write megaomni's ``state`` (of a model of ``model``; a module's ``state_dict``, its
     ``_extra_state`` entries aside) as a Hugging Face ``architecture`` folder."""
-    config = {"architectures": [architecture]}
-    fam = family(config)
+    fam = family({"architectures": [architecture]})
     tensors = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
-    theirs = to_theirs(expand(fam.rules(llm), llm.num_layers, llm.moe.num_experts), tensors, fam.heads(llm))
-    write_hf(folder, fam.hf_config(llm, architecture), theirs)
+    theirs = to_theirs(expand(fam.rules(model), _counts(model)), tensors)
+    write_hf(folder, fam.hf_config(model, architecture), theirs)
