@@ -74,6 +74,22 @@ class VisionConfig:
     in_channels: int = 3
     rotary_base: float = 10000.0
     norm_eps: float = 1e-6
+    # How images are sized: fit (within data.min_pixels/max_pixels, sides multiples of
+    # patch_size*merge_size), smart_resize (Qwen2-VL's rule: fit but for sides under half a merge
+    # cell), shortest_edge_crop (CLIP: the short side to image_size, then the centre square),
+    # square (SigLIP: image_size x image_size).
+    resize: str = "fit"
+    image_size: int = 224  # shortest_edge_crop / square: the square's side in pixels
+    # Bicubic as Pillow does it (HF's PIL processors) or torch (HF's torchvision processors: the
+    # fast image processors and every video processor).
+    resample: str = "pil"
+    # Pixels x/255 are normalised (x/255 - mean) / std: one value for every channel, or one per
+    # channel (OpenAI CLIP's for Qwen2-VL and CLIP, 0.5 for SigLIP).
+    image_mean: list[float] = field(default_factory=lambda: [0.5])
+    image_std: list[float] = field(default_factory=lambda: [0.5])
+    # Frames per temporal patch (Qwen2-VL: 2): a still is repeated to fill one, a video's frames
+    # are grouped (the last repeated to fill the final group), each group one encoder item.
+    temporal_patch_size: int = 1
 
 
 @dataclass
