@@ -107,6 +107,9 @@ class AudioConfig:
     downsample: int = 4  # log-mel frames per LLM token (stem_stride, then the projector merges the rest)
     rotary_base: float = 10000.0
     norm_eps: float = 1e-6
+    # megaomni: log-mel frames of the clip as it is (HTK filters). whisper: WhisperFeatureExtractor's
+    # (Qwen2-Audio's, n_mels=128): every clip padded to Whisper's 30 s window, Slaney filters.
+    features: str = "megaomni"
 
 
 # Config sections of modalities registered from outside the library (megaomni.media.register):
