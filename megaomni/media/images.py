@@ -113,13 +113,14 @@ def decode_image(data: bytes, mode: str, decoder: str = "auto") -> Image.Image:
 
 
 def _resample(image: Image.Image, h: int, w: int, channels: int, resample: str) -> torch.Tensor:
-    """``image`` at ``h x w`` (bicubic), as float32 ``[h, w, C]`` of 0..255 values. "torch" is
-    torchvision's uint8 path on the CPU, which HF's fast processors and video processors take:
-    torch's antialiased bicubic rounded back to uint8 (Pillow's differs by a few levels)."""
+    """``image`` at ``h x w`` (bicubic), as float32 ``[h, w, C]`` of 0..255 values. "torch":
+    torch's antialiased bicubic on the uint8 image, as torchvision resizes on the CPU for HF's
+    fast image processors and its video processors (Pillow's differs, by up to ~15 levels when
+    enlarging)."""
     if (h, w) == (image.height, image.width):
         pixels = np.asarray(image, dtype=np.float32)
     elif resample == "torch":
-        uint8 = torch.from_numpy(np.asarray(image, dtype=np.uint8).reshape(image.height, image.width, channels))
+        uint8 = torch.from_numpy(np.array(image, dtype=np.uint8).reshape(image.height, image.width, channels))
         uint8 = F.interpolate(uint8.permute(2, 0, 1)[None], size=(h, w), mode="bicubic", align_corners=False,
                               antialias=True)
         return uint8[0].permute(1, 2, 0).float()
