@@ -134,7 +134,8 @@ def load_pixels(data: bytes, *, patch_size: int, merge_size: int, min_pixels: in
                 resample: str = "pil", mean: tuple[float, ...] = (0.5,), std: tuple[float, ...] = (0.5,)
                 ) -> torch.Tensor:
     """Image bytes -> its normalised pixels ``(x / 255 - mean) / std``, float32 ``[H, W, C]``,
-    sized by ``resize`` (:func:`resized_size`). ``mean`` and ``std``: one value, or one per channel."""
+    sized by ``resize`` (:func:`resized_size`). ``mean`` and ``std``: one value, or one per channel;
+    ``decoder`` is ``data.decoder`` (:func:`use_dali`)."""
     modes = {3: "RGB", 1: "L"}
     if in_channels not in modes:
         raise ValueError(f"in_channels={in_channels}: images can be decoded to 1 or 3 channels")
