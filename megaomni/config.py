@@ -87,9 +87,24 @@ class VisionConfig:
     activation: str = "swiglu"  # swiglu | gelu | gelu_tanh | quick_gelu
     bias: bool = False  # biases on every linear of the blocks
     projector_hidden_size: int = 0  # the projector's inner width; 0: the LLM's hidden size
-    temporal_patch_size: int = 1  # frames per patch (Qwen2-VL: 2; a still image is repeated)
     # Video frames' fixed sinusoidal time offset; off where the LLM's M-RoPE carries time (Qwen2-VL).
     temporal_embedding: bool = True
+    # How images are sized: fit (within data.min_pixels/max_pixels, sides multiples of
+    # patch_size*merge_size), smart_resize (Qwen2-VL's rule: fit but for sides under half a merge
+    # cell), shortest_edge_crop (CLIP: the short side to image_size, then the centre square),
+    # square (SigLIP: image_size x image_size).
+    resize: str = "fit"
+    image_size: int = 224  # shortest_edge_crop / square: the square's side in pixels
+    # Bicubic as Pillow does it (HF's PIL processors) or torch (HF's torchvision processors: the
+    # fast image processors and every video processor).
+    resample: str = "pil"
+    # Pixels x/255 are normalised (x/255 - mean) / std: one value for every channel, or one per
+    # channel (OpenAI CLIP's for Qwen2-VL and CLIP, 0.5 for SigLIP).
+    image_mean: list[float] = field(default_factory=lambda: [0.5])
+    image_std: list[float] = field(default_factory=lambda: [0.5])
+    # Frames per temporal patch (Qwen2-VL: 2): a still is repeated to fill one, a video's frames
+    # are grouped (the last repeated to fill the final group), each group one encoder item.
+    temporal_patch_size: int = 1
 
 
 @dataclass
@@ -110,6 +125,9 @@ class AudioConfig:
     norm: str = "rmsnorm"  # rmsnorm | layernorm (with bias)
     activation: str = "swiglu"  # swiglu | gelu | gelu_tanh | quick_gelu
     bias: bool = False  # biases on every linear of the blocks
+    # megaomni: log-mel frames of the clip as it is (HTK filters). whisper: WhisperFeatureExtractor's
+    # (Qwen2-Audio's, n_mels=128): every clip padded to Whisper's 30 s window, Slaney filters.
+    features: str = "megaomni"
 
 
 # Config sections of modalities registered from outside the library (megaomni.media.register):

@@ -55,6 +55,21 @@ def _valid_cfg(tmp_path, *overrides):
     (["model.audio.downsample=3"], 1, "model.audio.downsample=3: must be a multiple of model.audio.stem_stride=2"),
     (["model.vision.hidden_size=72", "model.vision.num_attention_heads=4"], 1,
      "model.vision.hidden_size/num_attention_heads=18: rotary embeddings need a head dim divisible by 4"),
+    (["model.vision.resize=crop"], 1,
+     "model.vision.resize=crop: must be one of fit, smart_resize, shortest_edge_crop, square"),
+    (["model.vision.resample=lanczos"], 1, "model.vision.resample=lanczos: must be one of pil, torch"),
+    (["model.vision.image_mean=[0.5, 0.5]"], 1, "model.vision.image_mean=[0.5, 0.5]: needs one value, or one per"),
+    (["model.vision.image_std=[0]"], 1, "model.vision.image_std=[0.0]: must be positive"),
+    (["model.vision.temporal_patch_size=0"], 1, "model.vision.temporal_patch_size=0: must be a positive integer"),
+    (["model.vision.resize=square", "model.vision.image_size=230"], 1,
+     "model.vision.image_size=230: must be a positive multiple of model.vision.patch_size*merge_size=28"),
+    (["model.vision.resize=square", "data.max_patches=100"], 1,
+     "data.max_patches=100: must hold one 224-pixel image, 256 patches"),
+    (["model.audio.features=mel"], 1, "model.audio.features=mel: must be one of megaomni, whisper"),
+    (["model.audio.features=whisper", "data.max_audio_seconds=40"], 1,
+     "data.max_audio_seconds=40.0: must be at most Whisper's 30 s window"),
+    (["model.audio.features=whisper", "data.max_audio_seconds=30", "data.max_audio_frames=2000"], 1,
+     "data.max_audio_frames=2000: must hold one Whisper window, 3000 frames"),
 ])
 def test_validation_rules(tmp_path, overrides, world, expected):
     cfg = _valid_cfg(tmp_path, *overrides)

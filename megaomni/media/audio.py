@@ -1,21 +1,47 @@
 """Audio clips, through the audio encoder: log-mel frames, ``model.audio.downsample`` of them per
-LLM token (the encoder's stem strides by ``model.audio.stem_stride``, its projector merges the rest)."""
+LLM token (the encoder's stem strides by ``model.audio.stem_stride``, its projector merges the rest).
+
+``model.audio.features=whisper``: every clip is Whisper's whole padded window (the encoder runs on
+all of it), and its ``valid_frames`` (``info``) say how many frames hold the clip."""
 
 from __future__ import annotations
 
 from megaomni.checks import require, require_heads, require_positive, require_stack
 from megaomni.config import AudioConfig
 from megaomni.errors import BadSample
-from megaomni.media.modality import EncoderFlops, ImportedOnUse, MediaItem, Modality, Source
-from megaomni.media.sounds import clip_length, load_audio, log_mel, log_mel_frames, resample, resampled_length
+from megaomni.media.modality import (
+    EncoderFlops,
+    ImportedOnUse,
+    MediaItem,
+    Modality,
+    Source,
+)
+from megaomni.media.sounds import (
+    WHISPER_SECONDS,
+    clip_length,
+    load_audio,
+    log_mel,
+    log_mel_frames,
+    resample,
+    resampled_length,
+    whisper_frames,
+    whisper_valid_frames,
+)
 
 AUDIO = "<audio>"  # the placeholder as written in conversation text
 AUDIO_EXTS = ("wav", "flac")
+FEATURES = ("megaomni", "whisper")  # model.audio.features
 
 
 def audio_tokens(frames: int, downsample: int) -> int:
     """LLM tokens a clip of ``frames`` log-mel frames turns into (frames are padded up)."""
     return -(-frames // downsample)
+
+
+def whisper_tokens(valid_frames: int, stem_stride: int, downsample: int) -> int:
+    """LLM tokens of a clip with ``valid_frames`` frames in Whisper's window, as Qwen2-Audio counts
+    them: its stem's strided convolution rounds up, its pooling drops a last odd row."""
+    return -(-valid_frames // stem_stride) // (downsample // stem_stride)
 
 
 class Audio(Modality):
@@ -26,8 +52,16 @@ class Audio(Modality):
     encoder = ImportedOnUse("megaomni.media.audio_encoder:AudioEncoder")
     sources = (Source(AUDIO, AUDIO_EXTS, "audio", unread_exts=("mp3", "ogg", "opus", "m4a", "aac", "wma")),)
 
-    def _item(self, frames: int, cfg, values=None) -> MediaItem:
-        return MediaItem((frames,), frames, audio_tokens(frames, cfg.model.audio.downsample), {}, values)
+    def _item(self, samples: int, cfg, values=None) -> MediaItem:
+        """The item of a clip of ``samples`` samples at ``model.audio.sample_rate``."""
+        audio = cfg.model.audio
+        if audio.features == "whisper":
+            window = whisper_frames(audio.sample_rate, audio.hop_length)
+            valid = whisper_valid_frames(samples, audio.sample_rate, audio.hop_length)
+            return MediaItem((window,), window, whisper_tokens(valid, audio.stem_stride, audio.downsample),
+                             {"valid_frames": valid}, values)
+        frames = log_mel_frames(samples, audio.hop_length)
+        return MediaItem((frames,), frames, audio_tokens(frames, audio.downsample), {}, values)
 
     def _check_seconds(self, samples: int, cfg) -> None:
         seconds = samples / cfg.model.audio.sample_rate
@@ -41,9 +75,9 @@ class Audio(Modality):
             waveform, rate = load_audio(data, ext)
             waveform = resample(waveform, rate, audio.sample_rate)
             self._check_seconds(waveform.numel(), cfg)
-            features = log_mel(waveform, sample_rate=audio.sample_rate, n_fft=audio.n_fft,
-                               hop_length=audio.hop_length, n_mels=audio.n_mels)
-            items.append([self._item(features.shape[0], cfg, features)])
+            features = log_mel(waveform, sample_rate=audio.sample_rate, n_fft=audio.n_fft, hop_length=audio.hop_length,
+                               n_mels=audio.n_mels, whisper=audio.features == "whisper")
+            items.append([self._item(waveform.numel(), cfg, features)])
         return items
 
     def measure(self, source, members, cfg):
@@ -54,14 +88,14 @@ class Audio(Modality):
                 raise BadSample("bad_audio", f"a sample rate of {rate} Hz")
             samples = resampled_length(samples, rate, audio.sample_rate)
             self._check_seconds(samples, cfg)
-            items.append([self._item(log_mel_frames(samples, audio.hop_length), cfg)])
+            items.append([self._item(samples, cfg)])
         return items
 
     def flops(self, section, llm_hidden):
         return EncoderFlops.transformer(section, llm_hidden, rows_per_input=1 / section.stem_stride)
 
     def check(self, cfg):
-        audio = cfg.model.audio
+        audio, data = cfg.model.audio, cfg.data
         require_positive("model.audio", audio, ("num_layers", "hidden_size", "num_attention_heads",
                                                 "ffn_hidden_size", "n_mels", "sample_rate", "n_fft", "hop_length"))
         require_heads("model.audio", audio.hidden_size, audio.num_attention_heads, 2)
@@ -70,6 +104,15 @@ class Audio(Modality):
         require(audio.downsample >= audio.stem_stride and audio.downsample % audio.stem_stride == 0,
                 f"model.audio.downsample={audio.downsample}: must be a multiple of model.audio.stem_stride="
                 f"{audio.stem_stride} (the stem strides, the projector merges the rest)")
+        require(audio.features in FEATURES,
+                f"model.audio.features={audio.features}: must be one of {', '.join(FEATURES)}")
+        if audio.features == "whisper":
+            require(data.max_audio_seconds <= WHISPER_SECONDS, f"data.max_audio_seconds={data.max_audio_seconds}: "
+                    f"must be at most Whisper's {WHISPER_SECONDS} s window (model.audio.features=whisper)")
+            window = whisper_frames(audio.sample_rate, audio.hop_length)
+            require(data.max_audio_frames == 0 or data.max_audio_frames >= window,
+                    f"data.max_audio_frames={data.max_audio_frames}: must hold one Whisper window, {window} "
+                    "frames (or 0: no limit)")
 
 
 AUDIO_MODALITY = Audio()
