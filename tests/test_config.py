@@ -53,6 +53,9 @@ def _valid_cfg(tmp_path, *overrides):
     (["data.max_pixels=500"], 1, "data.max_pixels=500: must hold one merged patch"),
     (["data.min_pixels=20000"], 1, "data.min_pixels=20000: must not exceed data.max_pixels"),
     (["model.audio.downsample=3"], 1, "model.audio.downsample=3: must be a multiple of model.audio.stem_stride=2"),
+    (["model.audio.projector=pool"], 1, "model.audio.projector=pool: valid: mlp, pool_linear"),
+    (["model.audio.position_embedding=sinusoidal", "model.audio.max_positions=0"], 1,
+     "model.audio.max_positions=0: must be a positive integer"),
     (["model.vision.hidden_size=72", "model.vision.num_attention_heads=4"], 1,
      "model.vision.hidden_size/num_attention_heads=18: rotary embeddings need a head dim divisible by 4"),
 ])
