@@ -128,6 +128,15 @@ class AudioConfig:
     # megaomni: log-mel frames of the clip as it is (HTK filters). whisper: WhisperFeatureExtractor's
     # (Qwen2-Audio's, n_mels=128): every clip padded to Whisper's 30 s window, Slaney filters.
     features: str = "megaomni"
+    # Positions inside each clip: rotary (rope), or a fixed table of max_positions rows added after
+    # the stem (sinusoidal: Whisper's; a buffer, never trained, loaded from a checkpoint as it is).
+    position_embedding: str = "rope"  # rope | sinusoidal
+    max_positions: int = 1500  # sinusoidal: the table's rows, the most transformer rows of a clip
+    # Each group of downsample / stem_stride transformer rows becomes one LLM token. mlp: a clip's
+    # rows zero-padded to whole groups (attention sees the zeros), the blocks' final norm, a group
+    # concatenated, Linear-GELU-Linear. pool_linear (Qwen2-Audio): a clip's last incomplete group
+    # dropped, a group averaged, then the norm (after pooling: the blocks have none), one Linear.
+    projector: str = "mlp"  # mlp | pool_linear
 
 
 # Config sections of modalities registered from outside the library (megaomni.media.register):

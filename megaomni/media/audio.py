@@ -1,12 +1,13 @@
 """Audio clips, through the audio encoder: log-mel frames, ``model.audio.downsample`` of them per
 LLM token (the encoder's stem strides by ``model.audio.stem_stride``, its projector merges the rest).
 
-``model.audio.features=whisper``: every clip is Whisper's whole padded window (the encoder runs on
-all of it), and its ``valid_frames`` (``info``) say how many frames hold the clip."""
+``model.audio.features=whisper``: every clip is Whisper's whole padded window, the item's rows the
+window's (the stem runs on all of it), and ``info["valid_frames"]`` the clip's own frames (see
+megaomni.media.audio_encoder)."""
 
 from __future__ import annotations
 
-from megaomni.checks import require, require_heads, require_positive, require_stack
+from megaomni.checks import require, require_choice, require_heads, require_positive, require_stack
 from megaomni.config import AudioConfig
 from megaomni.errors import BadSample
 from megaomni.media.modality import (
@@ -38,10 +39,12 @@ def audio_tokens(frames: int, downsample: int) -> int:
     return -(-frames // downsample)
 
 
-def whisper_tokens(valid_frames: int, stem_stride: int, downsample: int) -> int:
-    """LLM tokens of a clip with ``valid_frames`` frames in Whisper's window, as Qwen2-Audio counts
-    them: its stem's strided convolution rounds up, its pooling drops a last odd row."""
-    return -(-valid_frames // stem_stride) // (downsample // stem_stride)
+def clip_tokens(frames: int, audio: AudioConfig) -> int:
+    """LLM tokens of a clip of ``frames`` (its own, not its window's) under ``model.audio``: the
+    pooling projector drops a last incomplete group of rows, as Qwen2-Audio does."""
+    if audio.projector == "pool_linear":
+        return -(-frames // audio.stem_stride) // (audio.downsample // audio.stem_stride)
+    return audio_tokens(frames, audio.downsample)
 
 
 class Audio(Modality):
@@ -58,10 +61,10 @@ class Audio(Modality):
         if audio.features == "whisper":
             window = whisper_frames(audio.sample_rate, audio.hop_length)
             valid = whisper_valid_frames(samples, audio.sample_rate, audio.hop_length)
-            return MediaItem((window,), window, whisper_tokens(valid, audio.stem_stride, audio.downsample),
+            return MediaItem((window,), window, clip_tokens(valid, audio),
                              {"valid_frames": valid}, values)
         frames = log_mel_frames(samples, audio.hop_length)
-        return MediaItem((frames,), frames, audio_tokens(frames, audio.downsample), {}, values)
+        return MediaItem((frames,), frames, clip_tokens(frames, audio), {}, values)
 
     def _check_seconds(self, samples: int, cfg) -> None:
         seconds = samples / cfg.model.audio.sample_rate
@@ -92,13 +95,24 @@ class Audio(Modality):
         return items
 
     def flops(self, section, llm_hidden):
-        return EncoderFlops.transformer(section, llm_hidden, rows_per_input=1 / section.stem_stride)
+        # pool_linear: one Linear per group of downsample / stem_stride rows.
+        pooled = section.hidden_size * llm_hidden * section.stem_stride / section.downsample
+        return EncoderFlops.transformer(section, llm_hidden, rows_per_input=1 / section.stem_stride,
+                                        projector_params=pooled if section.projector == "pool_linear" else None)
 
     def check(self, cfg):
         audio, data = cfg.model.audio, cfg.data
         require_positive("model.audio", audio, ("num_layers", "hidden_size", "num_attention_heads",
                                                 "ffn_hidden_size", "n_mels", "sample_rate", "n_fft", "hop_length"))
-        require_heads("model.audio", audio.hidden_size, audio.num_attention_heads, 2)
+        require_choice("model.audio.position_embedding", audio.position_embedding, ("rope", "sinusoidal"))
+        require_choice("model.audio.projector", audio.projector, ("mlp", "pool_linear"))
+        rope = audio.position_embedding == "rope"
+        require_heads("model.audio", audio.hidden_size, audio.num_attention_heads, 2 if rope else 1)
+        if not rope:
+            require_positive("model.audio", audio, ("max_positions",))
+            require(audio.hidden_size % 2 == 0 and audio.hidden_size >= 4,
+                    f"model.audio.hidden_size={audio.hidden_size}: a sinusoidal position table needs an even "
+                    "width of at least 4")
         require_stack("model.audio", audio)
         require(audio.stem_stride >= 1, f"model.audio.stem_stride={audio.stem_stride}: must be a positive integer")
         require(audio.downsample >= audio.stem_stride and audio.downsample % audio.stem_stride == 0,
