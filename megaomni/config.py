@@ -314,6 +314,8 @@ class TrainConfig:
     seed: int = 1234
     bf16: bool = False
     device: str = "auto"  # auto | cpu | cuda
+    # The GPU's dense bf16 peak, TFLOP/s, for MFU; 0: by the device's name (H100/H200 SXM: 989).
+    peak_tflops: float = 0.0
     output_dir: str = "runs/tiny_omni"
 
 
