@@ -5,7 +5,10 @@ MLP) into a Qwen2 LLM whose RoPE is multimodal (temporal, height, width sections
 In megaomni: the vision encoder with those options as configuration; the merger's LayerNorm is
 the encoder blocks' final norm (it normalises every patch before merging), its MLP the projector.
 Reads both ``config.json`` layouts: transformers 4's (the LLM's fields at the top) and 5's
-(``text_config``)."""
+(``text_config``).
+
+The family's image processing comes with it: Qwen2-VL's ``smart_resize`` and OpenAI CLIP's mean
+and std (its processor's defaults; the pixel budget is ``data.min_pixels`` / ``data.max_pixels``)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from megaomni.checkpoint.hf.mapping import Direct, Heads, MappingError, Reshaped
 ARCHITECTURES = {"Qwen2VLForConditionalGeneration": "qwen2_vl"}
 
 _OURS, _THEIRS = "vision_encoder.blocks.layers.{v}.", "visual.blocks.{v}."
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
 def _text(hf: dict) -> dict:
@@ -45,7 +49,8 @@ def model_fields(hf: dict) -> dict:
         temporal_patch_size=vision.get("temporal_patch_size", 2),
         rotary_base=float((vision.get("rope_parameters") or {}).get("rope_theta", 10000.0)), norm_eps=1e-6,
         norm="layernorm", activation=vision.get("hidden_act", "quick_gelu"), bias=True,
-        projector_hidden_size=width * merge * merge, temporal_embedding=False)}
+        projector_hidden_size=width * merge * merge, temporal_embedding=False, resize="smart_resize",
+        image_mean=CLIP_MEAN, image_std=CLIP_STD)}
 
 
 def hf_config(model, architecture: str) -> dict:
