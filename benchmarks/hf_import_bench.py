@@ -79,8 +79,8 @@ def build_hf(folder: str) -> None:
 def train(work: str, name: str, data: str, iters: int, *overrides: str) -> list[dict]:
     out = os.path.join(work, name)
     if not os.path.isfile(os.path.join(out, "done")):
-        _sh(f"train {name}", sys.executable, os.path.join(ROOT, "pretrain_omni.py"), f"data.path={data}", f"train.output_dir={out}",
-            f"train.iters={iters}", *COMMON, *overrides)
+        _sh(f"train {name}", sys.executable, os.path.join(ROOT, "pretrain_omni.py"), f"data.path={data}",
+            f"train.output_dir={out}", f"train.iters={iters}", *COMMON, *overrides)
         open(os.path.join(out, "done"), "w").close()
     with open(os.path.join(out, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -106,8 +106,8 @@ def main() -> None:
 
     data, hf, imported = (os.path.join(args.work, n) for n in ("data", "hf", "imported"))
     if not os.path.isfile(os.path.join(data, "meta.json")):
-        _sh("synthetic data", sys.executable, os.path.join(ROOT, "tools", "make_synthetic_data.py"), "--out", data, "--samples",
-            str(args.samples), "--mix", "image:0.5,video:0.1,text:0.4")
+        _sh("synthetic data", sys.executable, os.path.join(ROOT, "tools", "make_synthetic_data.py"), "--out", data,
+            "--samples", str(args.samples), "--mix", "image:0.5,video:0.1,text:0.4")
     if not os.path.isfile(os.path.join(hf, "config.json")):
         started = time.perf_counter()
         build_hf(hf)
