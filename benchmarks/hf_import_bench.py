@@ -121,7 +121,8 @@ def main() -> None:
                                   f"checkpoint.load={os.path.join(imported, 'checkpoint')}")),
         "native": summary(train(args.work, "native_run", data, args.iters, *model, *NATIVE)),
     }
-    ratio = {key: runs["imported"][key] / runs["native"][key] for key in ("tokens_per_s", "mfu") if key in runs["native"]}
+    ratio = {key: runs["imported"][key] / runs["native"][key] for key in ("tokens_per_s", "mfu")
+             if key in runs["native"]}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"\n{'run':<10}{'tokens/s':>10}{'MFU':>8}{'TFLOP/s':>9}{'s/step':>8}{'GiB':>7}")
     for name, r in runs.items():

@@ -73,7 +73,8 @@ def hf_config(model, architecture: str) -> dict:
 
 def rules(model) -> list:
     vision = model.vision
-    heads = Heads(vision.num_attention_heads, vision.num_attention_heads, vision.hidden_size // vision.num_attention_heads)
+    count = vision.num_attention_heads
+    heads = Heads(count, count, vision.hidden_size // count)
     shape = (vision.hidden_size, vision.in_channels, vision.temporal_patch_size, vision.patch_size, vision.patch_size)
     table = [Reshaped("vision_encoder.patch_embed.weight", "visual.patch_embed.proj.weight", shape)]
     for kind in ("weight", "bias"):
