@@ -6,7 +6,7 @@
 
 The imported checkpoint holds the weights only (``iter_0000000``): ``checkpoint.load=OUT/checkpoint``
 starts a run from them under any parallel layout (checkpoints reshard on load). ``model.yaml`` is
-the recipe's ``model`` section for that checkpoint. Runs on the CPU, in one process.
+the recipe's ``model`` section for that checkpoint. Runs in one process, on the GPU where there is one.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _model(cfg: OmniConfig):
     from megaomni.parallel.model_chunks import build_model_chunks
     from megaomni.platform.distributed import init_distributed
 
-    cfg.train.device = "cpu"
+    cfg.train.device = "auto"  # the GPU where there is one: megaomni's CPU mode refuses a CUDA machine
     cfg.parallel, cfg.pipeline = ParallelConfig(), PipelineConfig()
     init_distributed(cfg)
     return build_model_chunks(cfg, cfg.model.llm.vocab_size, lambda name: 0)
