@@ -44,7 +44,7 @@ def vision_inputs(cfg, rng: torch.Generator, device):
             break
         grids.append((h, w))
         total += h * w
-    dim = cfg.model.vision.in_channels * cfg.model.vision.patch_size ** 2
+    dim = cfg.model.vision.in_channels * cfg.model.vision.temporal_patch_size * cfg.model.vision.patch_size ** 2
     patches = torch.randn(total, dim, device=device)
     rows = tuple(h * w for h, w in grids)
     tokens = tuple(vision_tokens(h, w, cfg.model.vision.merge_size) for h, w in grids)

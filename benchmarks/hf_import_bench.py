@@ -88,7 +88,8 @@ def train(work: str, name: str, data: str, iters: int, *overrides: str) -> list[
 
 def summary(records: list[dict]) -> dict:
     steady = records[3:]  # warm-up: allocator, first-step planning
-    keys = ("tokens_per_s", "mfu", "tflops_per_gpu", "step_time_s", "max_memory_gib")  # mfu, memory: GPU only
+    keys = ("tokens_per_s", "mfu", "tflops_per_gpu", "step_time_s", "max_memory_gib",  # mfu, memory: GPU only
+            "tokens", "micro_batches", "padding")
     return {key: statistics.median(r[key] for r in steady) for key in keys if key in steady[0]
             } | {"iterations": len(records), "first_loss": records[0]["loss"], "last_loss": records[-1]["loss"]}
 
@@ -120,14 +121,18 @@ def main() -> None:
         "imported": summary(train(args.work, "imported_run", data, args.iters, *model,
                                   f"checkpoint.load={os.path.join(imported, 'checkpoint')}")),
         "native": summary(train(args.work, "native_run", data, args.iters, *model, *NATIVE)),
+        # Where a difference comes from: the same model from random weights (the load's part), and
+        # with megaomni's own encoder blocks (LayerNorm / biases / QuickGELU's part).
+        "imported_from_scratch": summary(train(args.work, "scratch_run", data, args.iters, *model)),
+        "imported_native_blocks": summary(train(args.work, "blocks_run", data, args.iters, *model, *NATIVE[:5])),
     }
     ratio = {key: runs["imported"][key] / runs["native"][key] for key in ("tokens_per_s", "mfu")
              if key in runs["native"]}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"\n{'run':<10}{'tokens/s':>10}{'MFU':>8}{'TFLOP/s':>9}{'s/step':>8}{'GiB':>7}")
+    print(f"\n{'run':<24}{'tokens/s':>10}{'MFU':>8}{'TFLOP/s':>9}{'s/step':>8}{'GiB':>7}{'tokens':>8}{'micro':>6}")
     for name, r in runs.items():
-        print(f"{name:<10}{r['tokens_per_s']:>10.0f}{r.get('mfu', 0):>8.1%}{r['tflops_per_gpu']:>9.1f}"
-              f"{r['step_time_s']:>8.2f}{r.get('max_memory_gib', 0):>7.1f}")
+        print(f"{name:<24}{r['tokens_per_s']:>10.0f}{r.get('mfu', 0):>8.1%}{r['tflops_per_gpu']:>9.1f}"
+              f"{r['step_time_s']:>8.2f}{r.get('max_memory_gib', 0):>7.1f}{r['tokens']:>8.0f}{r['micro_batches']:>6.0f}")
     print("imported / native: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
     write_result({"device": device, "torch": torch.__version__, "megatron_core": megatron.core.__version__,
                   "transformers": transformers.__version__, "hf_config": QWEN2_VL_2B, "common": COMMON,
