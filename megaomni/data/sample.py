@@ -141,7 +141,8 @@ def _chat_tokens(turns: list[dict], tokenizer: Tokenizer,
 
 
 def text_tokens(turns: list[dict], tokenizer: Tokenizer) -> list[int]:
-    """The chat-formatted ids of parsed ``turns`` without their media (no pads). Raises
+    """The chat-formatted ids of parsed ``turns`` without their media (no pads; the tokens around
+    them kept): what tools check a conversation with before its media are decoded. Raises
     :class:`BadSample` where ``tokenizer`` cannot take them: a placeholder it has no tokens for,
     roles its chat template cannot frame."""
     for _, source in registry.sources():
