@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from megaomni.config import ConfigError
+from megaomni.config import ACTIVATIONS, NORMS, ConfigError
 
 
 def divisors(n: int) -> str:
@@ -13,6 +13,16 @@ def divisors(n: int) -> str:
 def require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def require_choice(field: str, value, choices) -> None:
+    require(value in choices, f"{field}={value}: valid: {', '.join(map(str, choices))}")
+
+
+def require_stack(section: str, obj) -> None:
+    """The fields of an encoder's transformer blocks (megaomni.layers.transformer_config)."""
+    require_choice(f"{section}.norm", obj.norm, NORMS)
+    require_choice(f"{section}.activation", obj.activation, ACTIVATIONS)
 
 
 def require_positive(section: str, obj, fields: tuple[str, ...]) -> None:

@@ -29,6 +29,11 @@ def check_model(cfg: OmniConfig) -> None:
     require(llm.num_attention_heads % llm.num_query_groups == 0,
             f"model.llm.num_query_groups={llm.num_query_groups}: must divide "
             f"num_attention_heads={llm.num_attention_heads} (valid: {divisors(llm.num_attention_heads)})")
+    if llm.mrope_section:
+        half = (llm.head_dim or llm.hidden_size // llm.num_attention_heads) // 2
+        require(len(llm.mrope_section) == 3 and min(llm.mrope_section) >= 0 and sum(llm.mrope_section) == half,
+                f"model.llm.mrope_section={llm.mrope_section}: must be 3 non-negative sizes (temporal, height, "
+                f"width) summing to head_dim/2={half}, or [] for plain RoPE")
     for modality in registry.enabled(cfg.model):
         modality.check(cfg)
     require(cfg.data.seq_length <= llm.max_seq_len,

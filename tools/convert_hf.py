@@ -21,23 +21,20 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from megaomni.checkpoint.hf.convert import export_hf, import_hf, load_state  # noqa: E402
+from megaomni.checkpoint.hf.convert import (  # noqa: E402
+    export_hf,
+    import_hf,
+    load_state,
+    model_config,
+)
 from megaomni.checkpoint.hf.mapping import MappingError  # noqa: E402
 from megaomni.config import (  # noqa: E402
     ConfigError,
-    LLMConfig,
     OmniConfig,
     ParallelConfig,
     PipelineConfig,
-    config_from_dict,  # noqa: E402
+    config_from_dict,
 )
-
-
-def _llm_only(llm: LLMConfig) -> OmniConfig:
-    cfg = OmniConfig()
-    cfg.model.llm = llm
-    cfg.model.vision.enabled = cfg.model.audio.enabled = False
-    return cfg
 
 
 def _model(cfg: OmniConfig):
@@ -71,12 +68,14 @@ def _from_checkpoint(path: str):
 def cmd_import(args) -> None:
     from megaomni.checkpoint.dist_ckpt import save_checkpoint
 
-    architecture, fields, state = import_hf(args.hf_dir)
-    cfg = _llm_only(LLMConfig(**fields))
+    imported = import_hf(args.hf_dir)
+    architecture, state = imported.architecture, imported.state
+    cfg = OmniConfig(model=model_config(imported.sections))
     chunks = _model(cfg)
     load_state(chunks[0], state)
     path = save_checkpoint(os.path.join(args.out, "checkpoint"), 0, chunks, None, None, weights_only=True,
-                           common={"config": cfg.to_dict(), "hf_architecture": architecture})
+                           common={"config": cfg.to_dict(), "hf_architecture": architecture,
+                                   "hf_config": imported.hf_config})
     with open(os.path.join(args.out, "model.yaml"), "w") as f:
         yaml.safe_dump({"model": cfg.to_dict()["model"]}, f, sort_keys=False)
     print(f"imported {architecture} ({sum(t.numel() for t in state.values()) / 1e6:.1f}M parameters): {path}, "
@@ -88,7 +87,7 @@ def cmd_export(args) -> None:
     architecture = args.architecture or common.get("hf_architecture")
     if not architecture:
         raise MappingError("the checkpoint was not imported from Hugging Face: name --architecture")
-    export_hf(cfg.model.llm, chunks[0].state_dict(), args.out, architecture)
+    export_hf(cfg.model, chunks[0].state_dict(), args.out, architecture, common.get("hf_config"))
     print(f"exported {architecture}: {args.out}")
 
 

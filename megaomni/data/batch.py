@@ -24,6 +24,8 @@ class Batch:
     - Packed (``cu_seqlens`` set): one row (``b == 1``) holding several samples, then a padding
       segment; ``cu_seqlens`` int32 ``[segments + 1]`` are their boundaries (attention stays
       inside each) and ``position_ids`` restart at 0 in each.
+    - ``position_ids`` is ``[3, b, s]`` under multimodal RoPE (``model.llm.mrope_section``): the
+      temporal, height and width position of each token.
     """
 
     tokens: torch.Tensor

@@ -41,8 +41,12 @@ def collate(samples: Sequence[Sample], pad_id: int, max_length: Optional[int] = 
         n = s.tokens.numel()
         tokens[i, :n], labels[i, :n], loss_mask[i, :n] = s.tokens, s.labels, s.loss_mask
 
-    return Batch(tokens=tokens, labels=labels, loss_mask=loss_mask,
-                 position_ids=torch.arange(length).expand(b, length).clone(), num_samples=b, media=_media(samples))
+    if samples[0].positions is None:
+        positions = torch.arange(length).expand(b, length).clone()
+    else:  # padding counts on from the sample's last position (never attended to by the sample)
+        positions = torch.stack([_padded(s.positions, length - s.tokens.numel()) for s in samples], dim=1)
+    return Batch(tokens=tokens, labels=labels, loss_mask=loss_mask, position_ids=positions, num_samples=b,
+                 media=_media(samples))
 
 
 def collate_packed(samples: Sequence[Sample], pad_id: int, length: int) -> Batch:
@@ -60,8 +64,17 @@ def collate_packed(samples: Sequence[Sample], pad_id: int, length: int) -> Batch
     tokens = torch.cat([s.tokens for s in samples] + [torch.full(pad, pad_id, dtype=torch.long)])
     labels = torch.cat([s.labels for s in samples] + [torch.full(pad, pad_id, dtype=torch.long)])
     loss_mask = torch.cat([s.loss_mask for s in samples] + [torch.zeros(pad)])
-    return Batch(tokens=tokens[None], labels=labels[None], loss_mask=loss_mask[None], position_ids=positions[None],
+    if samples[0].positions is not None:  # each sample's own, then the padding segment's from 0
+        positions = torch.cat([s.positions for s in samples] + [torch.arange(pad[0]).expand(3, -1)], dim=1)[:, None]
+    else:
+        positions = positions[None]
+    return Batch(tokens=tokens[None], labels=labels[None], loss_mask=loss_mask[None], position_ids=positions,
                  cu_seqlens=cu_seqlens, num_samples=len(samples), media=_media(samples))
+
+
+def _padded(positions: torch.Tensor, count: int) -> torch.Tensor:
+    """``[3, n]`` positions and ``count`` more after the last."""
+    return torch.cat([positions, positions[:, -1:] + 1 + torch.arange(count).expand(3, -1)], dim=1)
 
 
 def _media(samples: Sequence[Sample]) -> dict[str, MediaBatch]:

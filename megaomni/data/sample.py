@@ -12,10 +12,12 @@ import itertools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Optional
 
 import torch
 
 from megaomni.config import DataConfig, OmniConfig
+from megaomni.data.positions import mrope_positions
 from megaomni.data.shards import RawSample
 from megaomni.data.tokenizer import Tokenizer, reserved_tokens
 from megaomni.errors import BadSample
@@ -38,6 +40,8 @@ class Sample:
     loss_mask: torch.Tensor  # float [L]
     media: dict[str, list[MediaItem]] = field(default_factory=dict)  # modality -> items in placeholder order
     truncated_from: int = 0  # the length before data.truncate cut it to data.seq_length; 0: not cut
+    # long [3, L] multimodal RoPE positions (model.llm.mrope_section set); None: 0..L-1.
+    positions: Optional[torch.Tensor] = None
 
 
 def parse_conversation(data: bytes | None, reserved: Sequence[str] | None = None) -> list[dict]:
@@ -176,6 +180,7 @@ def build_sample(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig) -> Sampl
     if cfg.data.zero_media:  # the text-only control: same shapes and token counts, no content
         media = {name: [replace(item, values=torch.zeros_like(item.values)) for item in items]
                  for name, items in media.items()}
+    positions = mrope_positions(len(tokens), runs, cfg)[:, :keep] if cfg.model.llm.mrope_section else None
     return Sample(
         key=raw.key,
         tokens=torch.tensor(tokens[:keep], dtype=torch.long),
@@ -183,4 +188,5 @@ def build_sample(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig) -> Sampl
         loss_mask=torch.tensor(loss[:keep], dtype=torch.float32),
         media={name: items for name, items in media.items() if items},
         truncated_from=len(tokens) if keep < len(tokens) else 0,
+        positions=positions,
     )

@@ -16,7 +16,9 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megaomni.ops.attention import SDPAttention
 from megaomni.ops.linear import PlainColumnLinear, PlainRowLinear
-from megaomni.ops.norm import RMSNorm
+from megaomni.ops.norm import LayerNorm, RMSNorm
+
+NORM_MODULES = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
 
 
 def have_transformer_engine() -> bool:
@@ -27,18 +29,18 @@ def have_transformer_engine() -> bool:
     return True
 
 
-def _local(spec: ModuleSpec, mask_type: AttnMaskType) -> ModuleSpec:
+def _local(spec: ModuleSpec, mask_type: AttnMaskType, norm: type = RMSNorm) -> ModuleSpec:
     """A local-spec layer with our attention core, norms and linears (``ops.linear``: megatron's
     where tensor parallelism needs them)."""
     spec = copy.deepcopy(spec)
-    spec.submodules.input_layernorm = RMSNorm
-    spec.submodules.pre_mlp_layernorm = RMSNorm
+    spec.submodules.input_layernorm = norm
+    spec.submodules.pre_mlp_layernorm = norm
     attention = spec.submodules.self_attention
     attention.params = {"attn_mask_type": mask_type}
     attention.submodules.core_attention = SDPAttention
-    for norm in ("q_layernorm", "k_layernorm"):  # QK-norm (config.qk_layernorm): ours too
-        if getattr(attention.submodules, norm, IdentityOp) is not IdentityOp:
-            setattr(attention.submodules, norm, RMSNorm)
+    for qk in ("q_layernorm", "k_layernorm"):  # QK-norm (config.qk_layernorm): ours too
+        if getattr(attention.submodules, qk, IdentityOp) is not IdentityOp:
+            setattr(attention.submodules, qk, RMSNorm)
     attention.submodules.linear_qkv = PlainColumnLinear
     attention.submodules.linear_proj = PlainRowLinear
     mlp = spec.submodules.mlp
@@ -61,7 +63,8 @@ def llm_block_spec(config: TransformerConfig, vp_stage: Optional[int] = None,
     return block
 
 
-def encoder_layer_spec() -> ModuleSpec:
-    """Bidirectional layer for the encoders; always our core, since encoders pack several
-    images/clips into one sequence with 2D positions (see megaomni.ops.attention)."""
-    return _local(get_gpt_layer_local_spec(normalization="RMSNorm"), AttnMaskType.no_mask)
+def encoder_layer_spec(norm: str = "rmsnorm") -> ModuleSpec:
+    """Bidirectional layer for the encoders, with ``norm`` (a ``NORM_MODULES`` name); always our
+    core, since encoders pack several images/clips into one sequence with 2D positions (see
+    megaomni.ops.attention)."""
+    return _local(get_gpt_layer_local_spec(normalization="RMSNorm"), AttnMaskType.no_mask, NORM_MODULES[norm])

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
+from megatron.core.activations import quick_gelu
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megaomni.config import MoEConfig
+
+# megaomni.config's names -> megatron-core's norm, and (activation, gated): SwiGLU gates one half by the other.
+NORM_NAMES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}
+ACTIVATION_FUNCS = {"swiglu": (F.silu, True), "gelu": (F.gelu, False),
+               "gelu_tanh": (partial(F.gelu, approximate="tanh"), False), "quick_gelu": (quick_gelu, False)}
 
 
 def make_transformer_config(
@@ -21,9 +29,13 @@ def make_transformer_config(
     init_std: float = 0.02,
     bf16: bool = False,
     cpu_init: bool = True,
+    norm: str = "rmsnorm",
+    activation: str = "swiglu",
+    bias: bool = False,
     **extra,
 ) -> TransformerConfig:
-    """RMSNorm + SwiGLU + no biases + no dropout; fusions off (they need CUDA/TE kernels).
+    """``norm`` (:data:`NORM_NAMES`), ``activation`` (:data:`ACTIVATION_FUNCS`), biases on every linear or
+    none, no dropout; fusions off (they need CUDA/TE kernels).
 
     ``extra`` holds the remaining ``TransformerConfig`` fields: the parallel layout (from
     :mod:`megaomni.parallel.layout`) and MoE settings (:func:`moe_config_fields`)."""
@@ -34,11 +46,11 @@ def make_transformer_config(
         num_query_groups=num_query_groups or num_attention_heads,
         ffn_hidden_size=ffn_hidden_size,
         kv_channels=head_dim or hidden_size // num_attention_heads,
-        normalization="RMSNorm",
+        normalization=NORM_NAMES[norm],
         layernorm_epsilon=norm_eps,
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        add_bias_linear=False,
+        gated_linear_unit=ACTIVATION_FUNCS[activation][1],
+        activation_func=ACTIVATION_FUNCS[activation][0],
+        add_bias_linear=bias,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=init_std,

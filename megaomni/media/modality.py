@@ -114,12 +114,18 @@ class EncoderFlops:
     rows_per_input: float = 1.0  # transformer rows per input row (a striding stem makes fewer)
 
     @classmethod
-    def transformer(cls, section, llm_hidden: int, rows_per_input: float = 1.0) -> "EncoderFlops":
-        """A transformer encoder of ``section``'s layers (attention q, k, v, o and a 3-matrix MLP)
-        and its 2-layer projector into the LLM's width."""
+    def transformer(cls, section, llm_hidden: int, rows_per_input: float = 1.0,
+                    projector_params: float | None = None) -> "EncoderFlops":
+        """A transformer encoder of ``section``'s layers (attention q, k, v, o and a 3-matrix
+        gated MLP, or 2 matrices ungated) and its projector: ``projector_params`` per transformer
+        row, by default a 2-layer MLP into the LLM's width (inner width ``projector_hidden_size``
+        where the section has one, else the LLM's)."""
         h = section.hidden_size
-        params = (section.num_layers * (4 * h * h + 3 * h * section.ffn_hidden_size)
-                  + h * llm_hidden + llm_hidden * llm_hidden)
+        mlp = 3 if section.activation == "swiglu" else 2
+        if projector_params is None:
+            inner = getattr(section, "projector_hidden_size", 0) or llm_hidden
+            projector_params = h * inner + inner * llm_hidden
+        params = section.num_layers * (4 * h * h + mlp * h * section.ffn_hidden_size) + projector_params
         return cls(params, 4 * section.num_layers * h, rows_per_input)
 
 
@@ -161,6 +167,13 @@ class Modality(ABC):
     @abstractmethod
     def flops(self, section, llm_hidden: int) -> EncoderFlops:
         """The encoder's and projector's forward FLOPs per item."""
+
+    def positions(self, items: list[MediaItem], start: int, cfg) -> torch.Tensor:
+        """Multimodal RoPE positions ``[3, tokens]`` (temporal, height, width) of one placeholder's
+        items, starting at ``start``; the text after them continues from their largest plus one.
+        By default those of as many text tokens."""
+        count = sum(item.tokens for item in items)
+        return (start + torch.arange(count)).expand(3, count)
 
     def check(self, cfg) -> None:
         """Configuration rules of ``model.<name>`` (and the data fields it reads), one

@@ -43,17 +43,20 @@ def temporal_embedding(times: torch.Tensor, hidden: int) -> torch.Tensor:
 
 class VisionEncoder(MegatronModule):
     """A :class:`MediaBatch` of images -> ``[N / merge^2, llm_hidden]``: ``values`` the patches
-    ``[N, C*p*p]``, ``sizes`` the grids ``[n_images, 2]``, ``info["time"]`` each image's frame index
+    ``[N, C*T*p*p]`` (``T``: ``temporal_patch_size``), ``sizes`` the grids ``[n_images, 2]``, ``info["time"]`` each image's frame index
     in its video (absent: all 0)."""
 
     def __init__(self, cfg: VisionConfig, config: TransformerConfig, llm_hidden: int, pg_collection=None):
         super().__init__(config=config)
         self.cfg = cfg
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
-        self.patch_embed = nn.Linear(cfg.in_channels * cfg.patch_size**2, cfg.hidden_size, bias=False)
-        self.blocks = TransformerBlock(config, encoder_layer_spec(), post_layer_norm=True,
+        # A linear map of each patch vector: the same as a convolution with the patch's size and stride.
+        self.patch_embed = nn.Linear(cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size**2,
+                                     cfg.hidden_size, bias=False)
+        self.blocks = TransformerBlock(config, encoder_layer_spec(cfg.norm), post_layer_norm=True,
                                        pg_collection=pg_collection)
-        self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=cfg.merge_size**2)
+        self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=cfg.merge_size**2,
+                                      hidden=cfg.projector_hidden_size)
 
     def forward(self, media: MediaBatch) -> torch.Tensor:
         # grids, times: host tensors (MediaBatch.to leaves shape metadata there), read without a sync.
@@ -63,7 +66,7 @@ class VisionEncoder(MegatronModule):
         angles = rope_2d(to_device(positions, device), self.head_dim, self.cfg.rotary_base)
         lengths = grids.prod(-1)  # patches per image
         hidden = self.patch_embed(patches.to(self.patch_embed.weight.dtype))
-        if times is not None:
+        if times is not None and self.cfg.temporal_embedding:
             per_image = temporal_embedding(to_device(times, device), self.cfg.hidden_size).to(hidden.dtype)
             hidden = hidden + per_image.repeat_interleave(to_device(lengths, device), dim=0,
                                                           output_size=hidden.shape[0])

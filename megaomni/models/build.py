@@ -39,17 +39,19 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     llm_cfg = cfg.model.llm
     # The layout's fields come last: they may adjust MoE settings to the layout.
     fields = {**moe_config_fields(llm_cfg.moe, llm_cfg.ffn_hidden_size), **(llm_parallel or {})}
-    # All rotary frequencies from the first position axis: plain 1D RoPE over batch.position_ids.
+    # Plain RoPE: all rotary frequencies from the first of the three position axes.
     head_dim = llm_cfg.head_dim or llm_cfg.hidden_size // llm_cfg.num_attention_heads
+    mrope = llm_cfg.mrope_section or [head_dim // 2, 0, 0]
     llm_config = _stack_config(llm_cfg, cfg.train.bf16, num_query_groups=llm_cfg.num_query_groups,
-                               head_dim=head_dim, init_std=llm_cfg.init_std, mrope_section=[head_dim // 2, 0, 0],
+                               head_dim=head_dim, init_std=llm_cfg.init_std, mrope_section=mrope,
                                add_qkv_bias=llm_cfg.qkv_bias, qk_layernorm=llm_cfg.qk_norm, **fields)
     llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage)
     encoders, encoder_pads = {}, {}
     if pre_process if with_encoders is None else with_encoders:
         for modality in registry.enabled(cfg.model):
             part = getattr(cfg.model, modality.name)
-            config = _stack_config(part, cfg.train.bf16, init_std=llm_cfg.init_std, **(encoder_parallel or {}))
+            config = _stack_config(part, cfg.train.bf16, init_std=llm_cfg.init_std, norm=part.norm,
+                                   activation=part.activation, bias=part.bias, **(encoder_parallel or {}))
             encoders[modality.name] = modality.encoder(part, config, llm_cfg.hidden_size, encoder_pg_collection)
             encoder_pads[modality.name] = media_pad_id(modality.name)
     return OmniModel(cfg.model, llm, encoders, encoder_pads, shard_sequence)

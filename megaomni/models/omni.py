@@ -81,12 +81,12 @@ class OmniModel(MegatronModule):
         """Pipeline hook of megatron-core's schedules: the activation entering this stage."""
         self.llm.set_input_tensor(input_tensor)
 
-    def embed(self, tokens: torch.Tensor, position_ids: torch.Tensor, media: dict[str, MediaBatch],
+    def embed(self, tokens: torch.Tensor, media: dict[str, MediaBatch],
               features: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Text embeddings with encoder outputs merged in: ``[s, b, h]``, the whole sequence.
         ``features``: the encoder outputs, already computed (modality -> rows in batch order);
         absent, this model's encoders compute them from ``media``."""
-        embeddings = self.llm.embedding(input_ids=tokens, position_ids=position_ids)
+        embeddings = self.llm.embedding(input_ids=tokens, position_ids=None)  # RoPE: no position embeddings
         for name, pad_id in self.pad_ids.items():
             if features is not None:
                 rows = features.get(name)
@@ -99,16 +99,17 @@ class OmniModel(MegatronModule):
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 cu_seqlens: Optional[torch.Tensor] = None, media: Optional[dict[str, MediaBatch]] = None,
                 features: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
-        """``tokens``, ``position_ids`` ``[b, s]``: the whole sequence; ``labels``: this rank's part
+        """``tokens``, ``position_ids`` ``[b, s]`` (or ``[3, b, s]``: multimodal RoPE): the whole sequence; ``labels``: this rank's part
         of it (see ``shard_sequence``). Packed rows (``cu_seqlens``, on the host) keep attention
         inside each of their samples. ``media``, ``features``: see :meth:`embed`."""
-        decoder_input = self.shard_sequence(self.embed(tokens, position_ids, media or {}, features)) \
+        decoder_input = self.shard_sequence(self.embed(tokens, media or {}, features)) \
             if self.pre_process else None
         packed = None if cu_seqlens is None else packed_params(cu_seqlens, tokens.device)
+        if position_ids.dim() == 2:  # plain RoPE: the rotary's three axes (mrope_section) use the first
+            position_ids = position_ids.unsqueeze(0).expand(3, -1, -1)
         return self.llm(
             input_ids=tokens,
-            # [3, b, s]: the LLM's position-id rotary takes three axes and uses the first.
-            position_ids=position_ids.unsqueeze(0).expand(3, -1, -1),
+            position_ids=position_ids,
             attention_mask=None,
             decoder_input=decoder_input,
             labels=labels if self.post_process else None,

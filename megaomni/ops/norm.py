@@ -1,4 +1,4 @@
-"""RMSNorm for megatron-core layer specs without Transformer Engine.
+"""RMSNorm and LayerNorm for megatron-core layer specs without Transformer Engine.
 
 megatron-core's local spec wraps ``torch.nn.RMSNorm`` and refuses sequence parallelism. Under
 sequence parallelism a norm sees only this rank's slice of the sequence, so its weight gradient
@@ -23,3 +23,15 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+class LayerNorm(RMSNorm):
+    """LayerNorm with a bias (the Whisper, CLIP and Qwen2-VL vision towers)."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5):
+        super().__init__(config, hidden_size, eps)
+        self.bias = nn.Parameter(torch.zeros(hidden_size, dtype=config.params_dtype))
+        self.bias.sequence_parallel = config.sequence_parallel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)

@@ -12,9 +12,15 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from megaomni.checkpoint.hf.convert import export_hf, import_hf, load_state, read_hf  # noqa: E402
+from megaomni.checkpoint.hf.convert import (  # noqa: E402
+    export_hf,
+    import_hf,
+    load_state,
+    model_config,
+    read_hf,
+)
 from megaomni.checkpoint.hf.mapping import MappingError  # noqa: E402
-from megaomni.config import LLMConfig, OmniConfig  # noqa: E402
+from megaomni.config import OmniConfig  # noqa: E402
 
 VOCAB = 256
 SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
@@ -47,13 +53,11 @@ def hf_model(name: str, folder) -> torch.nn.Module:
     return model
 
 
-def megaomni_llm(fields: dict, state: dict):
+def megaomni_llm(sections: dict, state: dict):
     from megaomni.models.build import build_model
 
-    cfg = OmniConfig()
-    cfg.model.vision.enabled = cfg.model.audio.enabled = False
-    cfg.model.llm = LLMConfig(**fields)
-    model = build_model(cfg, fields["vocab_size"], lambda name: 0)
+    cfg = OmniConfig(model=model_config(sections))
+    model = build_model(cfg, cfg.model.llm.vocab_size, lambda name: 0)
     load_state(model, state)
     return cfg, model.eval()
 
@@ -67,9 +71,10 @@ def logits(model, tokens: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu, tmp_path, name):
     hf = hf_model(name, tmp_path / "hf")
-    architecture, fields, state = import_hf(str(tmp_path / "hf"))
+    imported = import_hf(str(tmp_path / "hf"))
+    architecture, sections, state = imported.architecture, imported.sections, imported.state
     assert architecture == type(hf).__name__
-    cfg, model = megaomni_llm(fields, state)
+    cfg, model = megaomni_llm(sections, state)
     tokens = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = hf(tokens).logits
@@ -77,7 +82,7 @@ def test_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu, tmp_
     assert got.shape == want.shape
     assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
 
-    export_hf(cfg.model.llm, model.state_dict(), str(tmp_path / "out"), architecture)
+    export_hf(cfg.model, model.state_dict(), str(tmp_path / "out"), architecture, imported.hf_config)
     _, original = read_hf(str(tmp_path / "hf"))
     _, exported = read_hf(str(tmp_path / "out"))
     assert exported.keys() == original.keys()
@@ -119,7 +124,8 @@ def test_bad_checkpoints_fail_with_one_line(tmp_path):
 
 def test_a_shape_that_does_not_fit_the_config(megatron_cpu, tmp_path):
     hf_model("qwen2", tmp_path / "hf")
-    _, fields, state = import_hf(str(tmp_path / "hf"))
-    fields["ffn_hidden_size"] = 96
+    imported = import_hf(str(tmp_path / "hf"))
+    sections, state = imported.sections, imported.state
+    sections["llm"]["ffn_hidden_size"] = 96
     with pytest.raises(RuntimeError, match="size mismatch for llm.decoder.layers.0.mlp.linear_fc1.weight"):
-        megaomni_llm(fields, state)
+        megaomni_llm(sections, state)

@@ -42,6 +42,9 @@ class DepthConfig:
     merge: int = 2  # encoder rows per LLM token
     rotary_base: float = 1000.0
     norm_eps: float = 1e-6
+    norm: str = "rmsnorm"
+    activation: str = "swiglu"
+    bias: bool = False
 
 
 class DepthEncoder(MegatronModule):

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from megaomni.checkpoint.hf.families import family
 from megaomni.checkpoint.hf.mapping import MappingError, expand, to_ours, to_theirs
-from megaomni.config import LLMConfig
+from megaomni.config import ModelConfig, config_from_dict
 from megaomni.models.build import padded_vocab_size
 
 INDEX = "model.safetensors.index.json"
@@ -50,19 +52,39 @@ def write_hf(folder: str, config: dict, tensors: dict[str, torch.Tensor]) -> Non
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(folder, SINGLE), metadata={"format": "pt"})
 
 
-def import_hf(folder: str) -> tuple[str, dict, dict[str, torch.Tensor]]:
-    """(architecture, ``model.llm`` fields, megaomni's state dict) of a Hugging Face model folder."""
+def _counts(model: ModelConfig) -> dict[str, int]:
+    """What the tables' ``{x}`` run over: the LLM's layers and experts, each encoder's layers."""
+    return {"i": model.llm.num_layers, "e": model.llm.moe.num_experts, "v": model.vision.num_layers,
+            "a": model.audio.num_layers}
+
+
+def model_config(sections: dict) -> ModelConfig:
+    """A ModelConfig of :func:`import_hf`'s sections."""
+    return config_from_dict({"model": sections}).model
+
+
+@dataclass
+class Imported:
+    """A Hugging Face folder in megaomni's terms."""
+
+    architecture: str
+    sections: dict  # the ``model`` config sections (``model.llm``, ``model.vision``, ... fields)
+    state: dict[str, torch.Tensor]  # megaomni's state dict of the whole model
+    hf_config: dict  # its config.json, for export to keep what megaomni has no field for (token ids...)
+
+
+def import_hf(folder: str) -> Imported:
     config, theirs = read_hf(folder)
     fam = family(config)
-    fields = fam.llm_fields(config)
-    vocab = fields["vocab_size"]
+    sections = fam.model_fields(config)
+    vocab = sections["llm"]["vocab_size"]
     if padded_vocab_size(vocab, vocab) != vocab:
         raise MappingError(f"vocab_size={vocab}: megaomni pads the vocabulary to {padded_vocab_size(vocab, vocab)} "
                            "rows; padding an imported one is not supported yet")
-    llm = LLMConfig(**fields)
-    ours = to_ours(expand(fam.rules(llm), llm.num_layers, llm.moe.num_experts), theirs, fam.heads(llm))
+    model = model_config(sections)
+    ours = to_ours(expand(fam.rules(model), _counts(model)), theirs)
     # megaomni keeps fp32 weights (bf16 training casts them): bf16 -> fp32 -> bf16 is exact.
-    return config["architectures"][0], fields, {name: tensor.float() for name, tensor in ours.items()}
+    return Imported(config["architectures"][0], sections, {name: t.float() for name, t in ours.items()}, config)
 
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -72,11 +94,20 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     module.load_state_dict({**state, **extra}, strict=True)
 
 
-def export_hf(llm, state: dict[str, torch.Tensor], folder: str, architecture: str) -> None:
-    """Write megaomni's ``state`` (``model.llm`` ``llm``; a module's ``state_dict``, its
-    ``_extra_state`` entries aside) as a Hugging Face ``architecture`` folder."""
-    config = {"architectures": [architecture]}
-    fam = family(config)
+def _merged(base: dict, ours: dict) -> dict:
+    """``base`` with ``ours`` written over it, section by section."""
+    out = dict(base)
+    for key, value in ours.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def export_hf(model: ModelConfig, state: dict[str, torch.Tensor], folder: str, architecture: str,
+              base_config: Optional[dict] = None) -> None:
+    """Write megaomni's ``state`` (of a model of ``model``; a module's ``state_dict``, its
+    ``_extra_state`` entries aside) as a Hugging Face ``architecture`` folder; its config.json is
+    ``base_config`` (the imported one) updated with every field megaomni's config sets."""
+    fam = family({"architectures": [architecture]})
     tensors = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
-    theirs = to_theirs(expand(fam.rules(llm), llm.num_layers, llm.moe.num_experts), tensors, fam.heads(llm))
-    write_hf(folder, fam.hf_config(llm, architecture), theirs)
+    theirs = to_theirs(expand(fam.rules(model), _counts(model)), tensors)
+    write_hf(folder, _merged(base_config or {}, fam.hf_config(model, architecture)), theirs)

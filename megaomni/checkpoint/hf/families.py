@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from megaomni.checkpoint.hf import llama_style
+from megaomni.checkpoint.hf import llama_style, qwen2_audio, qwen2_vl
 from megaomni.checkpoint.hf.mapping import MappingError
 
-FAMILIES = {architecture: llama_style for architecture in llama_style.ARCHITECTURES}
+FAMILIES = {architecture: module for module in (llama_style, qwen2_vl, qwen2_audio)
+            for architecture in module.ARCHITECTURES}
 
 
 def family(hf_config: dict):

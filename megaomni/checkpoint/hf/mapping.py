@@ -8,7 +8,7 @@ megaomni tensor no rule fills, is an error that lists the names: nothing is drop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -36,40 +36,90 @@ class Direct:
     def names(self) -> tuple[str, ...]:
         return (self.theirs,)
 
-    def to_ours(self, tensors: list[torch.Tensor], heads: Heads) -> torch.Tensor:
+    def to_ours(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return tensors[0]
 
-    def to_theirs(self, tensor: torch.Tensor, heads: Heads) -> list[torch.Tensor]:
+    def to_theirs(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         return [tensor]
+
+
+@dataclass(frozen=True)
+class Reshaped:
+    """The same values in another shape: a convolution whose kernel is its stride is a linear map
+    of the flattened patch (``theirs_shape``: theirs, e.g. ``[out, C, T, p, p]``)."""
+
+    ours: str
+    theirs: str
+    theirs_shape: tuple[int, ...]
+
+    def names(self) -> tuple[str, ...]:
+        return (self.theirs,)
+
+    def to_ours(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return tensors[0].reshape(tensors[0].shape[0], -1)
+
+    def to_theirs(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [tensor.reshape(self.theirs_shape)]
 
 
 @dataclass(frozen=True)
 class QKV:
     """megatron-core's fused query-key-value projection: for each key / value head, the rows of its
-    ``heads / groups`` query heads, then its key's, then its value's (weights or biases alike)."""
+    ``heads / groups`` query heads, then its key's, then its value's (weights or biases alike).
+    ``k`` may be "" for a key without a bias (Whisper's): zeros in ours, and nothing in theirs."""
 
     ours: str
     q: str
     k: str
     v: str
+    heads: Heads
 
     def names(self) -> tuple[str, ...]:
-        return (self.q, self.k, self.v)
+        return tuple(n for n in (self.q, self.k, self.v) if n)
 
-    def to_ours(self, tensors: list[torch.Tensor], heads: Heads) -> torch.Tensor:
+    def to_ours(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        if not self.k:
+            tensors = [tensors[0], torch.zeros_like(tensors[1]), tensors[1]]
         q, k, v = tensors
-        per_group, d = heads.heads // heads.groups, heads.head_dim
+        per_group, d, groups = self.heads.heads // self.heads.groups, self.heads.head_dim, self.heads.groups
         rest = q.shape[1:]
-        q = q.reshape(heads.groups, per_group * d, *rest)
-        k, v = (t.reshape(heads.groups, d, *rest) for t in (k, v))
+        q = q.reshape(groups, per_group * d, *rest)
+        k, v = (t.reshape(groups, d, *rest) for t in (k, v))
         return torch.cat([q, k, v], dim=1).reshape(-1, *rest)
 
-    def to_theirs(self, tensor: torch.Tensor, heads: Heads) -> list[torch.Tensor]:
-        per_group, d = heads.heads // heads.groups, heads.head_dim
+    def to_theirs(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        per_group, d = self.heads.heads // self.heads.groups, self.heads.head_dim
         rest = tensor.shape[1:]
-        grouped = tensor.reshape(heads.groups, (per_group + 2) * d, *rest)
-        q, k, v = grouped.split([per_group * d, d, d], dim=1)
-        return [t.reshape(-1, *rest).contiguous() for t in (q, k, v)]
+        grouped = tensor.reshape(self.heads.groups, (per_group + 2) * d, *rest)
+        q, k, v = (t.reshape(-1, *rest).contiguous() for t in grouped.split([per_group * d, d, d], dim=1))
+        if not self.k:
+            if k.any():
+                raise MappingError(f"{self.ours}: the key's bias is not zero, and this family has none")
+            return [q, v]
+        return [q, k, v]
+
+
+@dataclass(frozen=True)
+class StackedQKV:
+    """One Hugging Face tensor holding the queries', keys' and values' rows one after the other
+    (the Qwen2-VL vision tower's ``qkv``), as megatron-core's fused projection."""
+
+    ours: str
+    theirs: str
+    heads: Heads
+
+    def names(self) -> tuple[str, ...]:
+        return (self.theirs,)
+
+    def _split(self) -> QKV:
+        return QKV(self.ours, "q", "k", "v", self.heads)
+
+    def to_ours(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        d, heads, groups = self.heads.head_dim, self.heads.heads, self.heads.groups
+        return self._split().to_ours(list(tensors[0].split([heads * d, groups * d, groups * d])))
+
+    def to_theirs(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.cat(self._split().to_theirs(tensor))]
 
 
 @dataclass(frozen=True)
@@ -83,23 +133,24 @@ class GatedMLP:
     def names(self) -> tuple[str, ...]:
         return (self.gate, self.up)
 
-    def to_ours(self, tensors: list[torch.Tensor], heads: Heads) -> torch.Tensor:
+    def to_ours(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(tensors, dim=0)
 
-    def to_theirs(self, tensor: torch.Tensor, heads: Heads) -> list[torch.Tensor]:
+    def to_theirs(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         return [t.contiguous() for t in tensor.chunk(2, dim=0)]
 
 
-def expand(table: list, layers: int, experts: int = 0) -> list:
-    """The rules with ``{i}`` replaced by every layer index and ``{e}`` by every expert index
-    (a rule without them once)."""
+def expand(table: list, counts: dict[str, int]) -> list:
+    """The rules with each ``{x}`` of ``counts`` replaced by every index below ``counts[x]`` (e.g.
+    ``{i}``: the LLM's layers, ``{e}``: its experts); a rule without any, once."""
     out = []
     for rule in table:
-        fields = vars(rule)
-        names = " ".join(fields.values())
-        indices = [dict(i=i, e=e) for i in (range(layers) if "{i}" in names else [0])
-                   for e in (range(experts) if "{e}" in names else [0])]
-        out += [type(rule)(**{k: v.format(**index) for k, v in fields.items()}) for index in indices]
+        names = {k: v for k, v in vars(rule).items() if isinstance(v, str)}
+        indices = [{}]
+        for key, count in counts.items():
+            if any("{" + key + "}" in v for v in names.values()):
+                indices = [{**index, key: n} for index in indices for n in range(count)]
+        out += [replace(rule, **{k: v.format(**index) for k, v in names.items()}) for index in indices]
     return out
 
 
@@ -108,7 +159,7 @@ def _listed(names) -> str:
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
 
 
-def to_ours(rules: list, theirs: dict[str, torch.Tensor], heads: Heads) -> dict[str, torch.Tensor]:
+def to_ours(rules: list, theirs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """megaomni's tensors from Hugging Face's; every tensor of ``theirs`` must be taken."""
     missing = [n for rule in rules for n in rule.names() if n not in theirs]
     if missing:
@@ -116,10 +167,10 @@ def to_ours(rules: list, theirs: dict[str, torch.Tensor], heads: Heads) -> dict[
     taken = {n for rule in rules for n in rule.names()}
     if unused := set(theirs) - taken:
         raise MappingError(f"{len(unused)} weights of the checkpoint map to nothing: {_listed(unused)}")
-    return {rule.ours: rule.to_ours([theirs[n] for n in rule.names()], heads) for rule in rules}
+    return {rule.ours: rule.to_ours([theirs[n] for n in rule.names()]) for rule in rules}
 
 
-def to_theirs(rules: list, ours: dict[str, torch.Tensor], heads: Heads) -> dict[str, torch.Tensor]:
+def to_theirs(rules: list, ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Hugging Face's tensors from megaomni's; every rule's tensor must be there, and every tensor
     of ``ours`` taken."""
     if missing := [rule.ours for rule in rules if rule.ours not in ours]:
@@ -128,5 +179,5 @@ def to_theirs(rules: list, ours: dict[str, torch.Tensor], heads: Heads) -> dict[
         raise MappingError(f"{len(unused)} tensors of the model map to nothing in this family: {_listed(unused)}")
     out = {}
     for rule in rules:
-        out.update(zip(rule.names(), rule.to_theirs(ours[rule.ours], heads)))
+        out.update(zip(rule.names(), rule.to_theirs(ours[rule.ours])))
     return out

@@ -1,0 +1,86 @@
+"""Qwen2-VL: a ViT with 2D rotary over each image's patch grid (LayerNorm, biases, QuickGELU MLP,
+Conv3d patches of 2 frames), a merger (LayerNorm of each patch, 2x2 patches concatenated, GELU
+MLP) into a Qwen2 LLM whose RoPE is multimodal (temporal, height, width sections).
+
+In megaomni: the vision encoder with those options as configuration; the merger's LayerNorm is
+the encoder blocks' final norm (it normalises every patch before merging), its MLP the projector.
+Reads both ``config.json`` layouts: transformers 4's (the LLM's fields at the top) and 5's
+(``text_config``)."""
+
+from __future__ import annotations
+
+from megaomni.checkpoint.hf import llama_style
+from megaomni.checkpoint.hf.mapping import Direct, Heads, MappingError, Reshaped, StackedQKV
+
+ARCHITECTURES = {"Qwen2VLForConditionalGeneration": "qwen2_vl"}
+
+_OURS, _THEIRS = "vision_encoder.blocks.layers.{v}.", "visual.blocks.{v}."
+
+
+def _text(hf: dict) -> dict:
+    return hf.get("text_config") or {k: v for k, v in hf.items() if k != "vision_config"}
+
+
+def _mrope_section(text: dict) -> list[int]:
+    rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
+    if "mrope_section" not in rope:
+        raise MappingError("config.json: no mrope_section in rope_parameters / rope_scaling (Qwen2-VL's LLM has one)")
+    return list(rope["mrope_section"])
+
+
+def model_fields(hf: dict) -> dict:
+    text, vision = _text(hf), hf["vision_config"]
+    llm = llama_style.llm_fields(text, "qwen2")
+    llm.update(mrope_section=_mrope_section(text),
+               tie_embeddings=bool(hf.get("tie_word_embeddings", text.get("tie_word_embeddings", False))))
+    width = vision["embed_dim"]
+    if vision.get("hidden_size", llm["hidden_size"]) != llm["hidden_size"]:
+        raise MappingError(f"vision_config.hidden_size={vision['hidden_size']}: the merger must map into the LLM's "
+                           f"hidden size {llm['hidden_size']}")
+    merge = vision.get("spatial_merge_size", 2)
+    return {"llm": llm, "audio": {"enabled": False}, "vision": dict(
+        enabled=True, num_layers=vision["depth"], hidden_size=width, num_attention_heads=vision["num_heads"],
+        ffn_hidden_size=int(width * vision.get("mlp_ratio", 4)), patch_size=vision.get("patch_size", 14),
+        merge_size=merge, in_channels=vision.get("in_channels", vision.get("in_chans", 3)),
+        temporal_patch_size=vision.get("temporal_patch_size", 2),
+        rotary_base=float((vision.get("rope_parameters") or {}).get("rope_theta", 10000.0)), norm_eps=1e-6,
+        norm="layernorm", activation=vision.get("hidden_act", "quick_gelu"), bias=True,
+        projector_hidden_size=width * merge * merge, temporal_embedding=False)}
+
+
+def hf_config(model, architecture: str) -> dict:
+    vision, llm = model.vision, model.llm
+    if vision.ffn_hidden_size % vision.hidden_size:
+        raise MappingError(f"model.vision.ffn_hidden_size={vision.ffn_hidden_size}: Qwen2-VL's MLP is a whole "
+                           f"multiple (mlp_ratio) of hidden_size={vision.hidden_size}")
+    text = llama_style.llm_config(llm, architecture, "qwen2")
+    text.pop("rope_theta")
+    text.update(model_type="qwen2_vl_text", rope_parameters=dict(rope_type="default", rope_theta=float(llm.rotary_base),
+                                                                 mrope_section=list(llm.mrope_section)))
+    return {"architectures": [architecture], "model_type": "qwen2_vl", "tie_word_embeddings": llm.tie_embeddings,
+            "text_config": text, "vision_config": dict(
+                model_type="qwen2_vl_vision", depth=vision.num_layers, embed_dim=vision.hidden_size,
+                num_heads=vision.num_attention_heads, mlp_ratio=vision.ffn_hidden_size // vision.hidden_size,
+                hidden_size=llm.hidden_size, patch_size=vision.patch_size, spatial_merge_size=vision.merge_size,
+                temporal_patch_size=vision.temporal_patch_size, in_channels=vision.in_channels,
+                hidden_act=vision.activation, rope_parameters=dict(rope_type="axial", rope_theta=vision.rotary_base))}
+
+
+def rules(model) -> list:
+    vision = model.vision
+    heads = Heads(vision.num_attention_heads, vision.num_attention_heads, vision.hidden_size // vision.num_attention_heads)
+    shape = (vision.hidden_size, vision.in_channels, vision.temporal_patch_size, vision.patch_size, vision.patch_size)
+    table = [Reshaped("vision_encoder.patch_embed.weight", "visual.patch_embed.proj.weight", shape)]
+    for kind in ("weight", "bias"):
+        table += [
+            Direct(_OURS + f"input_layernorm.{kind}", _THEIRS + f"norm1.{kind}"),
+            StackedQKV(_OURS + f"self_attention.linear_qkv.{kind}", _THEIRS + f"attn.qkv.{kind}", heads),
+            Direct(_OURS + f"self_attention.linear_proj.{kind}", _THEIRS + f"attn.proj.{kind}"),
+            Direct(_OURS + f"pre_mlp_layernorm.{kind}", _THEIRS + f"norm2.{kind}"),
+            Direct(_OURS + f"mlp.linear_fc1.{kind}", _THEIRS + f"mlp.fc1.{kind}"),
+            Direct(_OURS + f"mlp.linear_fc2.{kind}", _THEIRS + f"mlp.fc2.{kind}"),
+            Direct(f"vision_encoder.blocks.final_layernorm.{kind}", f"visual.merger.ln_q.{kind}"),
+            Direct(f"vision_encoder.projector.fc1.{kind}", f"visual.merger.mlp.0.{kind}"),
+            Direct(f"vision_encoder.projector.fc2.{kind}", f"visual.merger.mlp.2.{kind}"),
+        ]
+    return llama_style.llm_rules(model.llm) + table

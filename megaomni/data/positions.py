@@ -1,0 +1,23 @@
+"""Multimodal RoPE position ids of one sample (Qwen2-VL's rule): text tokens count up by one on
+all three axes; a placeholder's media take their modality's grid of positions
+(``Modality.positions``) from where the text stands, and the text after them resumes one past
+the largest position the media took."""
+
+from __future__ import annotations
+
+import torch
+
+from megaomni.media import registry
+
+
+def mrope_positions(length: int, runs: list, cfg) -> torch.Tensor:
+    """``[3, length]`` positions of a sample of ``length`` tokens whose media fill ``runs``
+    (``(modality, start, end, items)`` in text order, as :mod:`megaomni.data.sample` makes them)."""
+    parts, position, done = [], 0, 0
+    for name, start, end, items in runs:
+        parts.append(position + torch.arange(start - done).expand(3, -1))
+        grid = registry.get(name).positions(items, position + start - done, cfg)
+        parts.append(grid)
+        position, done = int(grid.max()) + 1 if grid.numel() else position + start - done, end
+    parts.append(position + torch.arange(length - done).expand(3, -1))
+    return torch.cat(parts, dim=1)
