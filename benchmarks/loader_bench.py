@@ -30,7 +30,7 @@ from megaomni.data.balance import contiguous_split, imbalance
 from megaomni.data.loader import OmniDataLoader
 from megaomni.data.sample import Sample
 from megaomni.data.step_plan import plan_step, sample_cost
-from megaomni.data.tokenizer import OmniTokenizer
+from megaomni.data.tokenizer import load_tokenizer
 from megaomni.flops import FlopModel
 from megaomni.media.modality import MediaItem
 
@@ -42,7 +42,7 @@ def _toy(data: str, steps: int) -> dict:
     for packing in (False, True):
         cfg = load_config(os.path.join(ROOT, "examples", "configs", "tiny_omni.yaml"),
                           [f"data.path={data}", f"data.packing={str(packing).lower()}"])
-        tokenizer = OmniTokenizer(cfg.data.tokenizer_path())
+        tokenizer = load_tokenizer(cfg.data.tokenizer_path())
         started = time.perf_counter()
         loader = OmniDataLoader(cfg, tokenizer, dp_rank=0, dp_size=1)
         load_s = time.perf_counter() - started

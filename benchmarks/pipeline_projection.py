@@ -230,9 +230,9 @@ def resolve_vocab(cfg: OmniConfig, given: int, records: list[dict]) -> tuple[int
         if record.get("flop_model") and record["flop_model"].get("vocab"):
             return int(record["flop_model"]["vocab"]), "the timelines' flop_model"
     try:
-        from megaomni.data.tokenizer import OmniTokenizer
+        from megaomni.data.tokenizer import load_tokenizer
 
-        return padded_vocab_size(OmniTokenizer(cfg.data.tokenizer_path()).vocab_size, 0), "the tokenizer"
+        return padded_vocab_size(load_tokenizer(cfg.data.tokenizer_path()).vocab_size, 0), "the tokenizer"
     except Exception as err:  # noqa: BLE001
         raise SystemExit(f"no vocabulary size: pass --vocab ({err})")
 

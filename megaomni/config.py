@@ -237,7 +237,9 @@ class DataConfig:
     # entries ("/d/a:0.7,/d/b:0.3"; a missing weight is 1). The weight follows an entry's last
     # colon; weights are relative (they need not sum to 1).
     path: str = ""
-    tokenizer: str = ""  # "": tokenizer.model of the (first) data.path directory
+    # A sentencepiece .model file, or a Hugging Face model folder holding tokenizer.json. "": the
+    # (first) data.path directory's tokenizer.model, else that directory where it holds tokenizer.json.
+    tokenizer: str = ""
     seq_length: int = 256  # the longest sample, in LLM tokens
     # Packing: each micro-batch is one row of samples back to back (attention inside each), up to
     # max_tokens LLM tokens (0: seq_length), max_patches image patches and max_audio_frames
@@ -297,8 +299,13 @@ class DataConfig:
         return entries
 
     def tokenizer_path(self) -> str:
+        if self.tokenizer:
+            return self.tokenizer
         first = self.datasets()[0][0] if self.path else ""
-        return self.tokenizer or os.path.join(first, "tokenizer.model")
+        model = os.path.join(first, "tokenizer.model")
+        # A Hugging Face tokenizer (tools/prepare_data.py --tokenizer copies one in) is read from its folder.
+        hf = not os.path.exists(model) and os.path.isfile(os.path.join(first, "tokenizer.json"))
+        return first if hf else model
 
 
 @dataclass

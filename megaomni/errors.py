@@ -1,5 +1,5 @@
-"""The one exception a sample can fail with: raised by the shard reader, the media decoders and the
-sample builder, counted by the loader (megaomni.data.skip_tally)."""
+"""The one exception a sample can fail with: raised by the shard reader, the media decoders, the
+sample builder and the tokenizer it asks, counted by the loader (megaomni.data.skip_tally)."""
 
 from __future__ import annotations
 

@@ -129,8 +129,9 @@ def check_paths(cfg: OmniConfig) -> None:
         require(os.path.isdir(directory), f"{where}: no such directory")
         require(bool(glob.glob(os.path.join(directory, "*.tar"))), f"{where}: holds no *.tar shards")
     tokenizer = data.tokenizer_path()
-    require(os.path.isfile(tokenizer), f"data.tokenizer={tokenizer}: no such file "
-             "(train one with tools/make_toy_data.py or point data.tokenizer at a .model file)")
+    require(os.path.isfile(tokenizer) or os.path.isfile(os.path.join(tokenizer, "tokenizer.json")),
+             f"data.tokenizer={tokenizer}: no such file, nor a folder holding tokenizer.json (train one with "
+             "tools/make_toy_data.py, or point data.tokenizer at a .model file or a Hugging Face model folder)")
     if cfg.checkpoint.load:
         require(os.path.exists(cfg.checkpoint.load), f"checkpoint.load={cfg.checkpoint.load}: no such path")
 

@@ -2,10 +2,15 @@
 
     python tools/prepare_data.py --out DIR [--llava FILE ...] [--text FILE ...] [--media-root DIR]
         [--text-key text] [--prefix data] [--samples-per-shard 1000] [--max-shard-bytes SIZE]
-        [--train-tokenizer VOCAB [--byte-fallback]] [--overwrite]
+        [--train-tokenizer VOCAB [--byte-fallback] | --tokenizer HF_DIR] [--overwrite]
 
 writes ``DIR/PREFIX-000000.tar``, ... in the format of README "Data format" (and
 ``DIR/tokenizer.model`` with ``--train-tokenizer``), showing progress on stderr.
+
+``--tokenizer HF_DIR`` trains with a Hugging Face model's own tokenizer instead: its files
+(``tokenizer.json``, ``tokenizer_config.json``, the chat template, ...) are copied into DIR, where
+``data.tokenizer`` finds them by default, and a record that does not tokenize with it (content
+holding one of its special tokens, a placeholder it has no media tokens for) is skipped.
 
 LLaVA records (a JSON list, or JSONL: an object a line) look like ``{"id": ..., "image": PATH or
 [PATH, ...], "audio": PATH or [...], "video": [FRAME, ...], "conversations": [{"from": "human",
@@ -27,7 +32,7 @@ LLaVA records (a JSON list, or JSONL: an object a line) look like ``{"id": ..., 
 
 Plain text records (``{"text": ...}``; ``--text-key``) become one assistant turn. The loader
 trains on assistant turns only (``megaomni/data/sample.py``); a lone one puts every text token,
-and the closing ``<|end|>``, under the loss. Texts over ``data.seq_length`` tokens are not split
+and the closing ``<|end|>`` (a Hugging Face tokenizer's: ``<|im_end|>``), under the loss. Texts over ``data.seq_length`` tokens are not split
 here: the loader skips them (``too_long``).
 
 A bad record is skipped and counted by reason (``bad_json``, ``missing_media``,
@@ -49,6 +54,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tarfile
 import time
@@ -59,8 +65,8 @@ from typing import Iterator, Optional, Sequence, TextIO
 import numpy as np
 from PIL import Image
 
-from megaomni.data.sample import parse_conversation
-from megaomni.data.tokenizer import OmniTokenizer, train_tokenizer
+from megaomni.data.sample import parse_conversation, text_tokens
+from megaomni.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from megaomni.errors import BadSample
 from megaomni.media.audio import AUDIO, AUDIO_EXTS
 from megaomni.media.vision import IMAGE, VIDEO, VIDEO_FIELD
@@ -68,6 +74,10 @@ from megaomni.media.vision import IMAGE, VIDEO, VIDEO_FIELD
 ROLES = {"human": "user", "user": "user", "system": "user", "gpt": "assistant", "assistant": "assistant"}
 IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg"}  # Pillow format -> a member extension the reader takes
 TOKENIZER_MAX_TEXTS = 1_000_000  # turn texts the tokenizer trains on: the first ones written
+# A Hugging Face tokenizer's files (tokenizer.model, a sentencepiece model some folders also hold,
+# is left out: data.tokenizer would default to it).
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                      "chat_template.jinja", "chat_template.json")
 
 
 @dataclass
@@ -363,22 +373,44 @@ def _media_members(media: list[tuple[str, bytes]], field: str = "") -> list[tupl
     return [(f"{prefix}.{i}.{ext}", data) for i, (ext, data) in enumerate(media)]
 
 
+def hf_tokenizer_for(folder: str, out: str) -> Tokenizer:
+    """The Hugging Face tokenizer of ``folder``, loaded before anything is written."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"--tokenizer {folder}: not a folder (give a Hugging Face model folder holding tokenizer.json)")
+    if os.path.exists(os.path.join(out, "tokenizer.model")):
+        raise FileExistsError(f"{out} holds a tokenizer.model, which data.tokenizer would default to over the "
+                              f"tokenizer of {folder} (remove it)")
+    return load_tokenizer(folder)
+
+
+def copy_tokenizer(folder: str, out: str) -> None:
+    for name in HF_TOKENIZER_FILES:
+        source, target = os.path.join(folder, name), os.path.join(out, name)
+        if os.path.isfile(source) and not (os.path.exists(target) and os.path.samefile(source, target)):
+            shutil.copyfile(source, target)
+
+
 def prepare(out: str, *, llava: Sequence[str] = (), text: Sequence[str] = (), media_root: Optional[str] = None,
             text_key: str = "text", prefix: str = "data", samples_per_shard: int = 1000, max_shard_bytes: int = 0,
-            tokenizer_vocab: int = 0, byte_fallback: bool = False, overwrite: bool = False,
+            tokenizer_vocab: int = 0, byte_fallback: bool = False, hf_tokenizer: str = "", overwrite: bool = False,
             progress: bool = True) -> dict:
-    """Write the shards (and the tokenizer when ``tokenizer_vocab`` > 0); returns a summary:
-    ``samples``, ``images``, ``videos``, ``audios``, ``shards`` (paths), ``records``, ``skipped`` (reason ->
-    count), ``first_skipped`` (reason -> where and why), ``tokenizer`` (path or None)."""
+    """Write the shards (and the tokenizer: trained when ``tokenizer_vocab`` > 0, copied from the
+    Hugging Face model folder ``hf_tokenizer``); returns a summary: ``samples``, ``images``,
+    ``videos``, ``audios``, ``shards`` (paths), ``records``, ``skipped`` (reason -> count),
+    ``first_skipped`` (reason -> where and why), ``tokenizer`` (its path, a folder for a Hugging
+    Face one, or None)."""
     if samples_per_shard < 1 or max_shard_bytes < 0 or tokenizer_vocab < 0:
         raise ValueError(f"samples_per_shard={samples_per_shard}, max_shard_bytes={max_shard_bytes}, "
                          f"tokenizer_vocab={tokenizer_vocab}: need >= 1, >= 0, >= 0")
+    if tokenizer_vocab and hf_tokenizer:
+        raise ValueError(f"--train-tokenizer {tokenizer_vocab} and --tokenizer {hf_tokenizer}: give one")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", prefix):
         raise ValueError(f"prefix {prefix!r}: use letters, digits, _ and - only")
     os.makedirs(out, exist_ok=True)
     existing = sorted(glob.glob(os.path.join(glob.escape(out), f"{prefix}-*.tar")))
     if existing and not overwrite:
         raise FileExistsError(f"{out} already holds {len(existing)} {prefix}-*.tar shards (--overwrite replaces them)")
+    checker = hf_tokenizer_for(hf_tokenizer, out) if hf_tokenizer else None
     for path in existing:
         os.remove(path)
     # Every file is opened (and counted) first: a missing one fails before any output, and the
@@ -397,7 +429,10 @@ def prepare(out: str, *, llava: Sequence[str] = (), text: Sequence[str] = (), me
                 try:
                     sample = convert(kind, record, root, text_key)
                     conversation = json.dumps(sample.turns, ensure_ascii=False).encode()
-                    parse_conversation(conversation)  # the loader's own check: roles, an answer, reserved tokens
+                    # The loader's own checks: roles, an answer, reserved tokens; with a given tokenizer, its tokens.
+                    turns = parse_conversation(conversation, checker.reserved_tokens if checker else None)
+                    if checker:
+                        text_tokens(turns, checker)
                 except BadSample as e:
                     skipped[e.reason] += 1
                     first_skipped.setdefault(e.reason, f"{where}: {e.detail}")
@@ -415,6 +450,9 @@ def prepare(out: str, *, llava: Sequence[str] = (), text: Sequence[str] = (), me
     tokenizer = None
     if tokenizer_vocab and writer.samples:
         tokenizer = train_tokenizer(texts, os.path.join(out, "tokenizer"), tokenizer_vocab, byte_fallback=byte_fallback)
+    if checker and writer.samples:
+        copy_tokenizer(hf_tokenizer, out)
+        tokenizer = out
     return {"samples": writer.samples, "images": images, "videos": videos, "audios": audios, "shards": writer.paths,
             "records": total,
             "skipped": dict(sorted(skipped.items())), "first_skipped": dict(sorted(first_skipped.items())),
@@ -444,6 +482,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="train OUT/tokenizer.model (sentencepiece, the special tokens) over the written text")
     parser.add_argument("--byte-fallback", action="store_true",
                         help="tokenizer encodes unseen characters as bytes (needs VOCAB > 256 + pieces)")
+    parser.add_argument("--tokenizer", default="", metavar="HF_DIR",
+                        help="copy this Hugging Face model folder's tokenizer into OUT; skip records it cannot take")
     parser.add_argument("--overwrite", action="store_true", help="replace existing PREFIX-*.tar shards in OUT")
     args = parser.parse_args(argv)
     if not args.llava and not args.text:
@@ -453,7 +493,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         summary = prepare(args.out, llava=args.llava, text=args.text, media_root=args.media_root,
                           text_key=args.text_key, prefix=args.prefix, samples_per_shard=args.samples_per_shard,
                           max_shard_bytes=args.max_shard_bytes, tokenizer_vocab=args.train_tokenizer,
-                          byte_fallback=args.byte_fallback, overwrite=args.overwrite)
+                          byte_fallback=args.byte_fallback, hf_tokenizer=args.tokenizer, overwrite=args.overwrite)
     except (OSError, ValueError) as e:
         print(f"prepare_data: error: {e}", file=sys.stderr)
         return 2
@@ -465,7 +505,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for reason, count in summary["skipped"].items():
             print(f"  {reason} {count} (first: {summary['first_skipped'][reason]})")
     if summary["tokenizer"]:
-        vocab = OmniTokenizer(summary["tokenizer"]).vocab_size
+        vocab = load_tokenizer(summary["tokenizer"]).vocab_size
         print(f"prepare_data: tokenizer (vocab {vocab}) -> {summary['tokenizer']}")
     if not summary["samples"]:
         print("prepare_data: nothing written", file=sys.stderr)

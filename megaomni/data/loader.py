@@ -23,7 +23,7 @@ from megaomni.data.sample import Sample
 from megaomni.data.shards import list_shards
 from megaomni.data.skip_tally import SkipTally
 from megaomni.data.step_plan import StepPlan, plan_step
-from megaomni.data.tokenizer import OmniTokenizer
+from megaomni.data.tokenizer import Tokenizer
 from megaomni.data.workers import Decoder, shard_decoder
 from megaomni.errors import BadSample
 from megaomni.flops import FlopModel
@@ -47,7 +47,7 @@ class OmniDataLoader:
     only the steps handed out: a step made ahead (``data.prefetch``) is not in it.
     """
 
-    def __init__(self, cfg: OmniConfig, tokenizer: OmniTokenizer, dp_rank: int, dp_size: int):
+    def __init__(self, cfg: OmniConfig, tokenizer: Tokenizer, dp_rank: int, dp_size: int):
         data = cfg.data
         if dp_size < 1 or not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank={dp_rank}, dp_size={dp_size}: need 0 <= dp_rank < dp_size")

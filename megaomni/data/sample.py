@@ -1,12 +1,16 @@
 """One raw sample -> model inputs: chat-formatted token ids with media placeholders expanded,
 next-token labels, the answer loss mask, and decoded media.
 
-Each modality (megaomni.media.registry) decodes its own members; a placeholder expands to its
-modality's pad token, once per LLM token its items become (a video: all its frames' pads)."""
+The tokenizer frames each turn (megaomni/data/chat_format.py) and says what a placeholder becomes
+(megaomni/data/media_tokens.py). Each modality (megaomni.media.registry) decodes its own members; a
+placeholder expands to its pad token, once per LLM token its items become (a video: all its
+frames' pads), between the tokens the tokenizer puts around them (``<|vision_start|>`` ...)."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
@@ -15,19 +19,20 @@ import torch
 from megaomni.config import DataConfig, OmniConfig
 from megaomni.data.positions import mrope_positions
 from megaomni.data.shards import RawSample
-from megaomni.data.tokenizer import CHAT_TOKENS, OmniTokenizer
+from megaomni.data.tokenizer import Tokenizer, reserved_tokens
 from megaomni.errors import BadSample
 from megaomni.media import registry
 from megaomni.media.modality import MediaItem
 
 ROLES = ("user", "assistant")
 Run = tuple[str, int, int, list]  # one placeholder's pads: (modality, start, end, its items)
+Span = tuple[int, int]  # one placeholder's tokens, its pads and the tokens around them: (start, end)
 
 
 @dataclass
 class Sample:
     """``labels[t]`` = ``tokens[t + 1]`` (pad at the end); ``loss_mask[t]`` = 1 where ``labels[t]``
-    belongs to an assistant answer or its closing ``<|end|>``."""
+    belongs to an assistant answer or its closing end token (``<|end|>``, ``<|im_end|>``)."""
 
     key: str
     tokens: torch.Tensor  # long [L]
@@ -39,12 +44,9 @@ class Sample:
     positions: Optional[torch.Tensor] = None
 
 
-def reserved_tokens() -> tuple[str, ...]:
-    """The format's own tokens, never in content: the modalities' pads and the chat tokens."""
-    return (*(m.pad for m in registry.modalities()), *CHAT_TOKENS)
-
-
-def parse_conversation(data: bytes | None) -> list[dict]:
+def parse_conversation(data: bytes | None, reserved: Sequence[str] | None = None) -> list[dict]:
+    """The turns of a sample's JSON; ``reserved``: the tokens content may not hold (the
+    tokenizer's ``reserved_tokens``; None: megaomni's sentencepiece format's)."""
     if data is None:
         raise BadSample("missing_json", "no KEY.json member")
     try:
@@ -61,8 +63,8 @@ def parse_conversation(data: bytes | None) -> list[dict]:
             turn["content"].encode("utf-8")
         except UnicodeEncodeError as e:  # a lone surrogate escape: the tokenizer cannot take it
             raise BadSample("bad_json", f"{turn['role']} content is not valid Unicode ({e})") from e
-        if reserved := [t for t in reserved_tokens() if t in turn["content"]]:
-            raise BadSample("reserved_token", f"{turn['role']} content contains {reserved[0]}")
+        if found := [t for t in (reserved_tokens() if reserved is None else reserved) if t in turn["content"]]:
+            raise BadSample("reserved_token", f"{turn['role']} content contains {found[0]}")
     answers = [turn["content"] for turn in turns if turn["role"] == "assistant"]
     if not answers:
         raise BadSample("no_answer", "no assistant turn to learn from")
@@ -71,15 +73,14 @@ def parse_conversation(data: bytes | None) -> list[dict]:
     return turns
 
 
-def _check_placeholders(turns: list[dict], raw: RawSample, cfg: OmniConfig, tokenizer: OmniTokenizer) -> None:
+def _check_placeholders(turns: list[dict], raw: RawSample, cfg: OmniConfig, tokenizer: Tokenizer) -> None:
     for modality, source in registry.sources():
         placeholder, count = source.placeholder, raw.count(source)
         if any(placeholder in t["content"] for t in turns if t["role"] == "assistant"):
             raise BadSample("placeholder_mismatch", f"{placeholder} in an assistant turn")
         found = sum(t["content"].count(placeholder) for t in turns)
-        if found and tokenizer.token_id(placeholder) is None:
-            raise BadSample("unsupported_media", f"tokenizer {tokenizer.path} has no {placeholder} token (trained "
-                            f"before {source.one_medium or source.kind} support; a tokenizer trained now has it)")
+        if found:
+            tokenizer.expansion(placeholder)  # raises unsupported_media where the tokenizer has no tokens for it
         if found != count and raw.unread:
             raise BadSample("unsupported_media", f"{found} {placeholder} placeholders for {count} readable files; "
                             f"not read: {', '.join(raw.unread)} ({_readable()})")
@@ -96,50 +97,70 @@ def _readable() -> str:
     return "; ".join(f"{source.kind}: {', '.join(source.exts)}" for _, source in registry.sources())
 
 
-def _kept_length(length: int, runs: list[Run], answer: list[bool], data: DataConfig) -> int:
+def _kept_length(length: int, spans: list[Span], answer: list[bool], data: DataConfig) -> int:
     """All ``length`` tokens, or ``data.seq_length`` of them under ``data.truncate`` where that cut
-    leaves every media run whole (half an image is a wrong sample) and an answer token to learn."""
+    leaves every placeholder's span whole (half an image is a wrong sample) and an answer token to
+    learn."""
     limit = data.seq_length
     if length <= limit:
         return length
     why = f"{length} tokens > data.seq_length={limit}"
     if not data.truncate:
         raise BadSample("too_long", why)
-    if any(start < limit < end for _, start, end, _ in runs):
+    if any(start < limit < end for start, end in spans):
         raise BadSample("too_long", f"{why}; data.truncate would cut a media placeholder run in two")
     if not any(answer[1:limit + 1]):  # answer[t + 1]: the label at t is an answer token
         raise BadSample("too_long", f"{why}; data.truncate would leave no answer token to learn")
     return limit
 
 
-def _chat_tokens(turns: list[dict], tokenizer: OmniTokenizer, expand: dict) -> tuple[list[int], list[bool], list[Run]]:
-    """Chat-formatted token ids, whether each is trained on (assistant content and its
-    ``<|end|>``), and the placeholders' runs in text order. ``expand`` maps a placeholder id to
-    an iterator over its media: (modality, pad id, that medium's items)."""
+def _chat_tokens(turns: list[dict], tokenizer: Tokenizer,
+                 expand: dict[str, Iterator]) -> tuple[list[int], list[bool], list[Run], list[Span]]:
+    """Chat-formatted token ids, whether each is trained on (an answer's content and the ids its
+    frame trains after it: ``<|end|>``, ``<|im_end|>``), and the placeholders' runs of pads and
+    spans, in text order. ``expand`` maps a placeholder to an iterator over its media: (modality,
+    that medium's items)."""
     tokens: list[int] = []
     answer: list[bool] = []
     runs: list[Run] = []
-    for turn in turns:
+    spans: list[Span] = []
+    for turn, frame in zip(turns, tokenizer.frames(tuple(turn["role"] for turn in turns))):
         is_answer = turn["role"] == "assistant"
-        tokens.append(tokenizer.assistant_id if is_answer else tokenizer.user_id)
-        for token in tokenizer.encode(turn["content"]):
-            if token in expand:
-                name, pad, items = next(expand[token])
-                count = sum(item.tokens for item in items)
-                runs.append((name, len(tokens), len(tokens) + count, items))
-                tokens += [pad] * count
+        tokens += frame.before
+        answer += [False] * len(frame.before)
+        for piece in tokenizer.encode_content(turn["content"]):
+            if isinstance(piece, str):  # a placeholder
+                name, items = next(expand[piece])
+                before, pad, after = tokenizer.expansion(piece)
+                start, count = len(tokens) + len(before), sum(item.tokens for item in items)
+                runs.append((name, start, start + count, items))
+                spans.append((len(tokens), start + count + len(after)))
+                tokens += [*before, *[pad] * count, *after]
             else:
-                tokens.append(token)
-        tokens.append(tokenizer.end_id)
-        answer += [False] + [is_answer] * (len(tokens) - len(answer) - 1)
-    return tokens, answer, runs
+                tokens.append(piece)
+        tokens += frame.after
+        answer += [is_answer] * (len(tokens) - len(answer) - len(frame.after))
+        answer += [is_answer and i < frame.trained for i in range(len(frame.after))]
+    return tokens, answer, runs, spans
 
 
-def build_sample(raw: RawSample, tokenizer: OmniTokenizer, cfg: OmniConfig) -> Sample:
+def text_tokens(turns: list[dict], tokenizer: Tokenizer) -> list[int]:
+    """The chat-formatted ids of parsed ``turns`` without their media (no pads; the tokens around
+    them kept): what tools check a conversation with before its media are decoded. Raises
+    :class:`BadSample` where ``tokenizer`` cannot take them: a placeholder it has no tokens for,
+    roles its chat template cannot frame."""
+    for _, source in registry.sources():
+        if any(source.placeholder in turn["content"] for turn in turns):
+            tokenizer.expansion(source.placeholder)  # raises unsupported_media where it has no tokens for it
+    no_media = {source.placeholder: itertools.repeat(("", [])) for _, source in registry.sources()}
+    return _chat_tokens(turns, tokenizer, no_media)[0]
+
+
+def build_sample(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig) -> Sample:
     """Raises :class:`BadSample` when the sample cannot be used (see ``BadSample.reason``)."""
     if raw.error is not None:  # its members were already found wanting (shards.py)
         raise raw.error
-    turns = parse_conversation(raw.conversation)
+    turns = parse_conversation(raw.conversation, tokenizer.reserved_tokens)
     _check_placeholders(turns, raw, cfg, tokenizer)  # before decoding: cheap checks first
     # Placeholder i of a source takes medium i of that source: as many pads as its items yield
     # encoder outputs.
@@ -147,11 +168,9 @@ def build_sample(raw: RawSample, tokenizer: OmniTokenizer, cfg: OmniConfig) -> S
     for modality, source in registry.sources():
         members = raw.members.get(source.placeholder, [])
         media = modality.decode(source, members, cfg) if members else []
-        if (token := tokenizer.token_id(source.placeholder)) is not None:
-            pad = tokenizer.media_pad_id(modality.name)
-            expand[token] = iter([(modality.name, pad, items) for items in media])
-    tokens, answer, runs = _chat_tokens(turns, tokenizer, expand)
-    keep = _kept_length(len(tokens), runs, answer, cfg.data)
+        expand[source.placeholder] = iter([(modality.name, items) for items in media])
+    tokens, answer, runs, spans = _chat_tokens(turns, tokenizer, expand)
+    keep = _kept_length(len(tokens), spans, answer, cfg.data)
     # A cut keeps the labels of the whole sample: the last kept token still predicts the next one.
     labels, loss = tokens[1:] + [tokenizer.pad_id], answer[1:] + [False]
     media: dict[str, list[MediaItem]] = {m.name: [] for m in registry.modalities()}

@@ -1,14 +1,19 @@
-"""Sentencepiece tokenizer with the chat and media special tokens, and in-process training.
+"""Sentencepiece tokenizer with the chat and media special tokens, and in-process training; the
+interface the data pipeline uses on any tokenizer (:class:`Tokenizer`), and :func:`load_tokenizer`,
+which picks this one or a Hugging Face model's (megaomni/data/hf_tokenizer.py) by the path.
 
 The media tokens are the modalities' (megaomni.media.registry): each one's placeholders and pad."""
 
 from __future__ import annotations
 
 import os
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Protocol
 
 import sentencepiece as spm
 
+from megaomni.data.chat_format import Frame
+from megaomni.data.media_tokens import Expansion
+from megaomni.errors import BadSample
 from megaomni.media import registry
 
 USER = "<|user|>"
@@ -26,12 +31,55 @@ def special_tokens() -> tuple[str, ...]:
             *CHAT_TOKENS, *(s.placeholder for _, s in sources if s.optional))
 
 
+def reserved_tokens() -> tuple[str, ...]:
+    """The format's own tokens, never in content: the modalities' pads and the chat tokens."""
+    return (*(m.pad for m in registry.modalities()), *CHAT_TOKENS)
+
+
 def optional_tokens() -> tuple[str, ...]:
     """Tokenizers trained before these existed still load; samples that need one are skipped
     (megaomni/data/sample.py)."""
     return tuple(s.placeholder for _, s in registry.sources() if s.optional)
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class Tokenizer(Protocol):
+    """What the data pipeline asks of a tokenizer (:class:`OmniTokenizer`, ``HFTokenizer``)."""
+
+    path: str
+
+    @property
+    def reserved_tokens(self) -> tuple[str, ...]:
+        """Tokens content may not hold: the format's own."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def pad_id(self) -> int: ...
+
+    @property
+    def eos_id(self) -> int | None: ...
+
+    def token_id(self, token: str) -> int | None: ...
+
+    def media_pad_id(self, modality: str) -> int: ...
+
+    def media_pad_ids(self, modality: str) -> tuple[int, ...]: ...
+
+    def frames(self, roles: tuple[str, ...]) -> tuple[Frame, ...]:
+        """The tokens around each turn's content in a conversation of these roles."""
+
+    def expansion(self, placeholder: str) -> Expansion:
+        """The ids a placeholder becomes; raises BadSample (unsupported_media) where it has none."""
+
+    def encode_content(self, text: str) -> list[int | str]:
+        """A turn's content as ids, each placeholder in it as its string."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
 
 
 def train_tokenizer(texts: Iterable[str], out_prefix: str, vocab_size: int, *,
@@ -66,7 +114,9 @@ def train_tokenizer(texts: Iterable[str], out_prefix: str, vocab_size: int, *,
 
 
 class OmniTokenizer:
-    """A sentencepiece model that has the :func:`special_tokens`: ``token_id`` gives their ids."""
+    """A sentencepiece model that has the :func:`special_tokens`: ``token_id`` gives their ids. Every
+    turn is framed alike: its role token before the content, ``<|end|>`` after (learned after an
+    answer); a placeholder is one piece, and becomes its modality's pad alone."""
 
     def __init__(self, model_path: str):
         if not os.path.isfile(model_path):
@@ -93,6 +143,14 @@ class OmniTokenizer:
                 raise ValueError(f"tokenizer {model_path}: lacks the special token {token} as a single "
                                  f"user-defined symbol (needs all of {', '.join(required)}; "
                                  "train it with megaomni.data.tokenizer.train_tokenizer)")
+        self._placeholders = {self._special[s.placeholder]: s.placeholder for _, s in registry.sources()
+                              if s.placeholder in self._special}
+        user, assistant, end = (self._special[t] for t in CHAT_TOKENS)
+        self._frames = {"user": Frame((user,), (end,), 1), "assistant": Frame((assistant,), (end,), 1)}
+
+    @property
+    def reserved_tokens(self) -> tuple[str, ...]:
+        return reserved_tokens()
 
     @property
     def vocab_size(self) -> int:
@@ -117,6 +175,23 @@ class OmniTokenizer:
             raise ValueError(f"tokenizer {self.path}: no modality {modality!r}, so no pad token for it")
         return self._special[registry.get(modality).pad]
 
+    def media_pad_ids(self, modality: str) -> tuple[int, ...]:
+        """Every pad id of ``modality``'s placeholders: its one pad."""
+        return (self.media_pad_id(modality),)
+
+    def frames(self, roles: tuple[str, ...]) -> tuple[Frame, ...]:
+        return tuple(self._frames[role] for role in roles)
+
+    def expansion(self, placeholder: str) -> Expansion:
+        modality, source = next((m, s) for m, s in registry.sources() if s.placeholder == placeholder)
+        if placeholder not in self._special:
+            raise BadSample("unsupported_media", f"tokenizer {self.path} has no {placeholder} token (trained before "
+                            f"{source.one_medium or source.kind} support; a tokenizer trained now has it)")
+        return Expansion((), self.media_pad_id(modality.name), ())
+
+    def encode_content(self, text: str) -> list[int | str]:
+        return [self._placeholders.get(token, token) for token in self.sp.encode(text)]
+
     @property
     def user_id(self) -> int:
         return self._special[USER]
@@ -134,3 +209,17 @@ class OmniTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """The tokenizer at ``path``: a sentencepiece model file (:class:`OmniTokenizer`), or a Hugging
+    Face model folder holding ``tokenizer.json`` (``HFTokenizer``)."""
+    if os.path.isdir(path):
+        # Imports transformers, which takes seconds: only for a Hugging Face tokenizer.
+        from megaomni.data.hf_tokenizer import HFTokenizer
+
+        return HFTokenizer(path)
+    if os.path.isfile(path) or path.endswith(".model"):
+        return OmniTokenizer(path)
+    raise ValueError(f"tokenizer {path}: no such file or folder (give a sentencepiece .model file or a Hugging Face "
+                     "model folder holding tokenizer.json)")

@@ -18,7 +18,7 @@ from megaomni.config import OmniConfig
 from megaomni.data.sample import Sample, build_sample
 from megaomni.data.shards import iter_shard
 from megaomni.data.step_plan import over_budget
-from megaomni.data.tokenizer import OmniTokenizer
+from megaomni.data.tokenizer import Tokenizer
 from megaomni.errors import BadSample
 
 # A shard's samples in order: a Sample, or (where, reason, detail) for one skipped.
@@ -26,7 +26,7 @@ Outcome = Union[Sample, tuple[str, str, str]]
 Decoder = Callable[[list[str]], Iterator[list[Outcome]]]
 
 
-def decode_shard(path: str, tokenizer: OmniTokenizer, cfg: OmniConfig) -> list[Outcome]:
+def decode_shard(path: str, tokenizer: Tokenizer, cfg: OmniConfig) -> list[Outcome]:
     outcomes: list[Outcome] = []
     for raw in iter_shard(path):
         try:
@@ -40,10 +40,10 @@ def decode_shard(path: str, tokenizer: OmniTokenizer, cfg: OmniConfig) -> list[O
     return outcomes
 
 
-_worker: tuple[OmniTokenizer, OmniConfig] | None = None  # set in each worker process
+_worker: tuple[Tokenizer, OmniConfig] | None = None  # set in each worker process
 
 
-def _start_worker(tokenizer: OmniTokenizer, cfg: OmniConfig) -> None:
+def _start_worker(tokenizer: Tokenizer, cfg: OmniConfig) -> None:
     global _worker
     _worker = (tokenizer, cfg)
     torch.set_num_threads(1)  # the workers share the cores; intra-op threads would oversubscribe them
@@ -56,7 +56,7 @@ def _decode_in_worker(path: str) -> bytes:
 
 
 @contextlib.contextmanager
-def shard_decoder(tokenizer: OmniTokenizer, cfg: OmniConfig) -> Iterator[Decoder]:
+def shard_decoder(tokenizer: Tokenizer, cfg: OmniConfig) -> Iterator[Decoder]:
     """A function: shard paths -> each shard's outcomes, in order. With ``data.workers`` > 0 it
     holds a pool of forked processes until the ``with`` ends (fork: the tokenizer and config are
     inherited, not pickled, and no ``__main__`` guard is needed)."""

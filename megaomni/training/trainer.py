@@ -14,7 +14,7 @@ from megatron.core import parallel_state as ps
 from megaomni.checkpoint.dist_ckpt import load_checkpoint, save_checkpoint
 from megaomni.config import OmniConfig
 from megaomni.data.loader import OmniDataLoader
-from megaomni.data.tokenizer import OmniTokenizer
+from megaomni.data.tokenizer import load_tokenizer
 from megaomni.flops import FlopModel
 from megaomni.models.build import padded_vocab_size
 from megaomni.platform.distributed import init_distributed
@@ -88,7 +88,7 @@ def train(cfg: OmniConfig) -> dict:
     """Run ``cfg.train.iters`` iterations; returns the last iteration's record. With
     ``train.iters=0`` it only writes the initial weights as a checkpoint (iteration 0)."""
     device = init_distributed(cfg)
-    tokenizer = OmniTokenizer(cfg.data.tokenizer_path())
+    tokenizer = load_tokenizer(cfg.data.tokenizer_path())
     vocab = padded_vocab_size(tokenizer.vocab_size, cfg.model.llm.vocab_size)
     state = build_training_state(cfg, vocab, tokenizer.media_pad_id, device)
     loader = OmniDataLoader(cfg, tokenizer, dp_rank=ps.get_data_parallel_rank(),

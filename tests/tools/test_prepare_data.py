@@ -19,8 +19,9 @@ from PIL import Image
 from megaomni.config import OmniConfig
 from megaomni.data.sample import build_sample, parse_conversation
 from megaomni.data.shards import index_shards, list_shards
-from megaomni.data.tokenizer import OmniTokenizer
+from megaomni.data.tokenizer import OmniTokenizer, load_tokenizer
 from tests.data.helpers import png
+from tests.data.hf_tokenizers import qwen2_vl
 from tests.media_views import image_times, raw_audios, raw_images, raw_videos
 from tests.media_views import images as decoded_images
 
@@ -245,3 +246,31 @@ def test_command_line(inputs, tmp_path):
     assert lines[10].startswith("prepare_data: tokenizer (vocab ")
     assert proc.stderr.strip().splitlines()[-1].startswith("20/20 records (100.0%)")
     assert sorted(os.listdir(tmp_path)) == ["data-000000.tar", "data-000001.tar", "tokenizer.model", "tokenizer.vocab"]
+
+
+
+def test_hugging_face_tokenizer(tool, inputs, tmp_path):
+    """--tokenizer HF_DIR: its files are copied where data.tokenizer finds them by default, and a
+    record it cannot tokenize is skipped."""
+    folder = qwen2_vl(str(tmp_path / "qwen2_vl"))
+    out = tmp_path / "out"
+    summary = tool.prepare(str(out), llava=inputs["llava"], text=inputs["text"], hf_tokenizer=folder, progress=False)
+    # "bad <|end|> token" is text to it; the two audio records have no Qwen2-Audio tokens in a Qwen2-VL tokenizer.
+    skipped = {**SKIPPED, "unsupported_media": SKIPPED["unsupported_media"] + 2}
+    del skipped["reserved_token"]
+    assert summary["skipped"] == skipped and summary["samples"] == 8 and summary["tokenizer"] == str(out)
+    assert summary["first_skipped"]["unsupported_media"] == (f"llava.json[2]: tokenizer {folder} has no tokens for "
+                                                             "<audio> (knows: Qwen2-Audio <|audio_bos|><|AUDIO|><|audio_eos|>)")
+    assert sorted(os.listdir(out)) == ["chat_template.jinja", "data-000000.tar", "tokenizer.json",
+                                       "tokenizer_config.json"]
+    cfg = OmniConfig()
+    cfg.data.path = str(out)
+    tokenizer = load_tokenizer(cfg.data.tokenizer_path())
+    samples = [build_sample(raw, tokenizer, cfg) for raw in index_shards(summary["shards"])]
+    assert len(samples) == 8
+    assert tokenizer.decode(samples[-2].labels[samples[-2].loss_mask.bool()]) == "bad <|end|> token<|im_end|>"
+    with pytest.raises(ValueError, match="give one"):
+        tool.prepare(str(out), text=inputs["text"], tokenizer_vocab=150, hf_tokenizer=folder, overwrite=True)
+    (out / "tokenizer.model").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="holds a tokenizer.model, which data.tokenizer would default to"):
+        tool.prepare(str(out), text=inputs["text"], hf_tokenizer=folder, overwrite=True)
