@@ -12,6 +12,7 @@ import os
 from megaomni.checks import divisors, require, require_heads, require_positive
 from megaomni.config import DataConfig, MoEConfig, OmniConfig, ParallelConfig
 from megaomni.media import dali_decode, registry
+from megaomni.models.freeze import frozen_leaves, leaf_prefixes, part_names
 from megaomni.parallel.rules import check_parallel_layout
 
 
@@ -33,6 +34,24 @@ def check_model(cfg: OmniConfig) -> None:
         modality.check(cfg)
     require(cfg.data.seq_length <= llm.max_seq_len,
             f"data.seq_length={cfg.data.seq_length}: must not exceed model.llm.max_seq_len={llm.max_seq_len}")
+    check_freeze(cfg)
+
+
+def check_freeze(cfg: OmniConfig) -> None:
+    """Known part names (of the enabled modalities), something left to train, and tied
+    embeddings frozen whole: they are one weight, whose copies on the first and last pipeline
+    stages megatron-core keeps equal by all-reducing their gradients (one copy frozen alone would
+    leave the other stage waiting)."""
+    names, listed = part_names(cfg.model), cfg.model.freeze
+    shown = f"model.freeze=[{', '.join(listed)}]"
+    for name in listed:
+        require(name in names, f"{shown}: unknown part {name!r} (valid: {', '.join(names)})")
+    frozen = frozen_leaves(cfg.model, listed)
+    require(len(frozen) < len(leaf_prefixes(cfg.model)), f"{shown}: freezes every part, nothing would train "
+            "(leave at least one part out)")
+    require(not cfg.model.llm.tie_embeddings or ("llm.embedding" in frozen) == ("llm.output" in frozen),
+            f"{shown}: with model.llm.tie_embeddings=true the embedding and output layer share one weight: "
+            "freeze both llm.embedding and llm.output, or neither")
 
 
 def check_parallel(cfg: OmniConfig, world_size: int) -> None:
