@@ -147,6 +147,31 @@ def check_paths(cfg: OmniConfig) -> None:
              "(train one with tools/make_toy_data.py or point data.tokenizer at a .model file)")
     if cfg.checkpoint.load:
         require(os.path.exists(cfg.checkpoint.load), f"checkpoint.load={cfg.checkpoint.load}: no such path")
+        check_resumed_freeze(cfg)
+
+
+def check_resumed_freeze(cfg: OmniConfig) -> None:
+    """A full checkpoint resumes under the freeze list it was saved with: its optimizer state
+    covers the parts that trained, and only those. Weights alone load under any."""
+    # Imported here, only for a run that loads one: megatron-core's checkpointing pulls in its
+    # optimizer and FSDP code, whose imports warn about optional packages.
+    from megatron.core import dist_checkpointing
+
+    from megaomni.checkpoint.dist_ckpt import resolve_checkpoint
+
+    try:
+        path = resolve_checkpoint(cfg.checkpoint.load)
+    except FileNotFoundError:
+        return  # not a checkpoint: the loader says so
+    common = dist_checkpointing.load_common_state_dict(path)
+    if common.get("weights_only"):
+        return
+    saved, listed, names = common["config"]["model"].get("freeze", []), cfg.model.freeze, part_names(cfg.model)
+    same = all(n in names for n in saved) and frozen_leaves(cfg.model, saved) == frozen_leaves(cfg.model, listed)
+    require(same, f"checkpoint.load={cfg.checkpoint.load}: saved with model.freeze=[{', '.join(saved)}], loaded with "
+            f"[{', '.join(listed)}]: a checkpoint resumes with the freeze list it was saved with; to change it, "
+            "write its weights alone first (the saved list, train.iters=0, checkpoint.save=DIR) and load "
+            "DIR/iter_0000000")
 
 
 def validate(cfg: OmniConfig, world_size: int) -> None:
