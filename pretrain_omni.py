@@ -39,6 +39,11 @@ def _setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(sys.argv[1:] if argv is None else argv)
+    import warnings
+
+    # megatron-core warns once per missing optional package (TE, apex); we log our choices. Set
+    # before validation, which reads a checkpoint's saved config through megatron-core.
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|apex).*")
     try:
         cfg = load_config(args.config, args.overrides)
         validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
@@ -46,10 +51,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     _setup_logging()
-    import warnings
-
-    # megatron-core warns once per missing optional package (TE, apex); we log our choices.
-    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|apex).*")
     from megaomni.platform.distributed import shutdown
     from megaomni.training.trainer import train
 

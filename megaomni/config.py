@@ -157,6 +157,10 @@ class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     vision: VisionConfig = field(default_factory=VisionConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
+    # Parts kept at their initial (loaded) weights, by name: llm, llm.embedding, llm.decoder,
+    # llm.output, and per enabled modality e.g. vision, vision.encoder, vision.projector
+    # (megaomni/models/freeze.py says what each covers).
+    freeze: list[str] = field(default_factory=list)
     # The registered modalities' sections (``_EXTRA_SECTIONS``), read as attributes: model.<name>.
     extra: dict = field(default_factory=lambda: {name: cls() for name, cls in _EXTRA_SECTIONS.items()},
                         metadata={"sections": _EXTRA_SECTIONS})

@@ -12,6 +12,7 @@ import os
 from megaomni.checks import divisors, require, require_heads, require_positive
 from megaomni.config import DataConfig, MoEConfig, OmniConfig, ParallelConfig
 from megaomni.media import dali_decode, registry
+from megaomni.models.freeze import frozen_leaves, leaf_prefixes, part_names
 from megaomni.parallel.rules import check_parallel_layout
 
 
@@ -38,6 +39,24 @@ def check_model(cfg: OmniConfig) -> None:
         modality.check(cfg)
     require(cfg.data.seq_length <= llm.max_seq_len,
             f"data.seq_length={cfg.data.seq_length}: must not exceed model.llm.max_seq_len={llm.max_seq_len}")
+    check_freeze(cfg)
+
+
+def check_freeze(cfg: OmniConfig) -> None:
+    """Known part names (of the enabled modalities), something left to train, and tied
+    embeddings frozen whole: they are one weight, whose copies on the first and last pipeline
+    stages megatron-core keeps equal by all-reducing their gradients (one copy frozen alone would
+    leave the other stage waiting)."""
+    names, listed = part_names(cfg.model), cfg.model.freeze
+    shown = f"model.freeze=[{', '.join(listed)}]"
+    for name in listed:
+        require(name in names, f"{shown}: unknown part {name!r} (valid: {', '.join(names)})")
+    frozen = frozen_leaves(cfg.model, listed)
+    require(len(frozen) < len(leaf_prefixes(cfg.model)), f"{shown}: freezes every part, nothing would train "
+            "(leave at least one part out)")
+    require(not cfg.model.llm.tie_embeddings or ("llm.embedding" in frozen) == ("llm.output" in frozen),
+            f"{shown}: with model.llm.tie_embeddings=true the embedding and output layer share one weight: "
+            "freeze both llm.embedding and llm.output, or neither")
 
 
 def check_parallel(cfg: OmniConfig, world_size: int) -> None:
@@ -134,6 +153,31 @@ def check_paths(cfg: OmniConfig) -> None:
              "tools/make_toy_data.py, or point data.tokenizer at a .model file or a Hugging Face model folder)")
     if cfg.checkpoint.load:
         require(os.path.exists(cfg.checkpoint.load), f"checkpoint.load={cfg.checkpoint.load}: no such path")
+        check_resumed_freeze(cfg)
+
+
+def check_resumed_freeze(cfg: OmniConfig) -> None:
+    """A full checkpoint resumes under the freeze list it was saved with: its optimizer state
+    covers the parts that trained, and only those. Weights alone load under any."""
+    # Imported here, only for a run that loads one: megatron-core's checkpointing pulls in its
+    # optimizer and FSDP code, whose imports warn about optional packages.
+    from megatron.core import dist_checkpointing
+
+    from megaomni.checkpoint.dist_ckpt import resolve_checkpoint
+
+    try:
+        path = resolve_checkpoint(cfg.checkpoint.load)
+    except FileNotFoundError:
+        return  # not a checkpoint: the loader says so
+    common = dist_checkpointing.load_common_state_dict(path)
+    if common.get("weights_only"):
+        return
+    saved, listed, names = common["config"]["model"].get("freeze", []), cfg.model.freeze, part_names(cfg.model)
+    same = all(n in names for n in saved) and frozen_leaves(cfg.model, saved) == frozen_leaves(cfg.model, listed)
+    require(same, f"checkpoint.load={cfg.checkpoint.load}: saved with model.freeze=[{', '.join(saved)}], loaded with "
+            f"[{', '.join(listed)}]: a checkpoint resumes with the freeze list it was saved with; to change it, "
+            "write its weights alone first (the saved list, train.iters=0, checkpoint.save=DIR) and load "
+            "DIR/iter_0000000")
 
 
 def validate(cfg: OmniConfig, world_size: int) -> None:

@@ -90,6 +90,9 @@ class PlanExecutor:
         self.pp_group = ps.get_pipeline_model_parallel_group()
         self.channels = Channels(self.pp, len(ddp_chunks), device)
         self.encoders = {name: getattr(first, f"{name}_encoder") for name in first.encoder_names}
+        # An encoder frozen whole (model.freeze) takes no gradient: its outputs do not require
+        # grad, no gradient of them crosses back (both ends leave it out), its backward is skipped.
+        self.trains = {name: any(p.requires_grad for p in e.parameters()) for name, e in self.encoders.items()}
         self.dtype = next(first.parameters()).dtype
         tp = ps.get_tensor_model_parallel_world_size()
         self.seq_divisor = (tp if self.config.sequence_parallel else 1) * ps.get_context_parallel_world_size()
@@ -104,7 +107,7 @@ class PlanExecutor:
             return torch.empty(self._act_shape(batch), dtype=self.dtype, device=self.device)
         rows = share_outputs(items, plan.shares[micro][owner])
         return {m: torch.empty(n, self.config.hidden_size, dtype=self.dtype, device=self.device)
-                for m, n in sorted(rows.items())}
+                for m, n in sorted(rows.items()) if name == "feat" or self.trains[m]}
 
     def run(self, plan: Plan, batches: list[Batch], items: list[list[Item]], forward_step_func,
             record: bool = False, sync_debug: str = ""):
@@ -158,9 +161,10 @@ class PlanExecutor:
                 # One backward for the whole call: its shares' output gradients, in call order.
                 grads = [store.pop(("feat_grad", g, self.rank)) for g in action.micros]
                 outputs = encoded.pop(m)
-                names = sorted(outputs)
-                torch.autograd.backward([outputs[n] for n in names],
-                                        [torch.cat([g[n] for g in grads if n in g]) for n in names])
+                names = [n for n in sorted(outputs) if self.trains[n]]
+                if names:
+                    torch.autograd.backward([outputs[n] for n in names],
+                                            [torch.cat([g[n] for g in grads if n in g]) for n in names])
             elif action.kind == LLM_F:
                 tokens += self._forward(plan, action, batch, items[m], store, saved, reports, forward_step_func)
             elif action.kind == LLM_B:
@@ -175,8 +179,11 @@ class PlanExecutor:
                 group, peer = self.channels.channel(action.peer, self.rank, action.key[0])
                 for tensor in _tensors(value):
                     dist.irecv(tensor, src=peer, group=group).wait()
-                    if action.key[0] in ("act", "feat"):
-                        tensor.requires_grad_()
+                if action.key[0] == "act":
+                    value.requires_grad_()
+                elif action.key[0] == "feat":
+                    for n, tensor in value.items():
+                        tensor.requires_grad_(self.trains[n])
                 store[action.key] = value
             if start is not None:
                 clock.mark(self.rank, action, start)
@@ -196,7 +203,7 @@ class PlanExecutor:
         encoded[action.micro] = outputs
         pieces = split_outputs(outputs, [share_outputs(items[g], share) for g, share in shares])
         for (g, _), piece in zip(shares, pieces):
-            store[("feat", g, self.rank)] = {n: t.detach().requires_grad_() for n, t in piece.items()}
+            store[("feat", g, self.rank)] = {n: t.detach().requires_grad_(self.trains[n]) for n, t in piece.items()}
 
     def _forward(self, plan, action, batch, items, store, saved, reports, forward_step_func):
         m, s = action.micro, action.stage
@@ -230,12 +237,15 @@ class PlanExecutor:
         for owner, share in enumerate(saved.pop(("media", m))):
             if plan.shares[m][owner]:
                 store[("feat_grad", m, owner)] = {
-                    n: (t.grad if t.grad is not None else torch.zeros_like(t)) for n, t in share.items()}
+                    n: (t.grad if t.grad is not None else torch.zeros_like(t)) for n, t in share.items()
+                    if self.trains[n]}
 
     def _reduce_encoder_grads(self) -> None:
         """Each pipeline rank holds the gradient of its shares only: sum them, so every copy of
         the encoders takes the same optimizer step."""
-        grads = [p.main_grad for e in self.encoders.values() for p in e.parameters()]
+        grads = [p.main_grad for e in self.encoders.values() for p in e.parameters() if p.requires_grad]
+        if not grads:  # all frozen (model.freeze)
+            return
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, group=self.pp_group)
         offset = 0

@@ -14,6 +14,7 @@ from megatron.core.distributed import (
 )
 
 from megaomni.config import OmniConfig
+from megaomni.models.freeze import freeze
 from megaomni.models.omni import OmniModel
 from megaomni.parallel.model_chunks import build_model_chunks, sync_encoder_replicas
 from megaomni.training.optimizer import build_optimizer
@@ -35,11 +36,16 @@ def _log_parameters(chunks: list[OmniModel]) -> None:
         parts = {"llm": chunk.llm, **{n: getattr(chunk, f"{n}_encoder") for n in chunk.encoder_names}}
         for name, module in parts.items():
             counts[name] = counts.get(name, 0) + sum(p.numel() for p in module.parameters())
-    log.info("parameters on this rank: %s", ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
+    trained = sum(p.numel() for chunk in chunks for p in chunk.parameters() if p.requires_grad)
+    log.info("parameters on this rank: %s; %.2fM train, %.2fM frozen (model.freeze)",
+             ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()), trained / 1e6,
+             (sum(counts.values()) - trained) / 1e6)
 
 
 def build_training_state(cfg: OmniConfig, vocab_size: int, media_pad_id, device: torch.device) -> TrainingState:
     chunks = build_model_chunks(cfg, vocab_size, media_pad_id)
+    for chunk in chunks:  # before DDP and the optimizer: both leave out what does not require grad
+        freeze(chunk, cfg.model.freeze)
     # bf16: every parameter, megatron-core's and the plain torch ones (patch embedding, convs,
     # projectors), lives in bf16; the optimizer keeps fp32 master weights.
     dtype = torch.bfloat16 if cfg.train.bf16 else torch.float32

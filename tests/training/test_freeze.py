@@ -1,0 +1,351 @@
+"""``model.freeze``: the names and their validation, a frozen part's parameters and activations,
+a step that trains only the rest (against the same step unfrozen with the frozen part's
+gradients discarded), checkpoints, and PP2 under both pipeline schedules against one process.
+
+In process: one gloo rank with megatron-core's DDP, optimizer and schedules, the tiny model of
+``tests/models/test_parts.py`` and hand-made micro-batches. The PP2 runs are ``pretrain_omni.py``
+runs through ``tests/parallel``'s harness (``slow``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from megaomni.config import ConfigError, OmniConfig, load_config
+from megaomni.data.batch import Batch
+from megaomni.validation import check_model
+from tests.media_views import audio_batch, vision_batch
+from tests.models.test_parts import (
+    AUDIO_PAD,
+    IMAGE_PAD,
+    VOCAB,
+    random_frames,
+    random_patches,
+    small_config,
+)
+from tests.parallel.layouts import Model, ParitySetup, assert_same_run
+
+PAD_IDS = {"vision": IMAGE_PAD, "audio": AUDIO_PAD}
+CPU = torch.device("cpu")
+ALL_NAMES = ("llm, llm.embedding, llm.decoder, llm.output, vision, vision.encoder, vision.projector, "
+             "audio, audio.encoder, audio.projector")
+
+
+# ----------------------------------------------------------------------------- names, validation
+
+
+def _checked(*overrides: str) -> None:
+    check_model(load_config(None, overrides))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("model.freeze=[visoin]",), f"model.freeze=[visoin]: unknown part 'visoin' (valid: {ALL_NAMES})"),
+    # A disabled modality has no names.
+    (("model.audio.enabled=false", "model.freeze=[audio]"),
+     ("model.freeze=[audio]: unknown part 'audio' (valid: llm, llm.embedding, llm.decoder, llm.output, vision, "
+      "vision.encoder, vision.projector)")),
+    (("model.freeze=[llm, vision, audio]",),
+     "model.freeze=[llm, vision, audio]: freezes every part, nothing would train (leave at least one part out)"),
+    (("model.freeze=[llm, vision.encoder, vision.projector, audio]",), "freezes every part"),
+    (("model.llm.tie_embeddings=true", "model.freeze=[llm.embedding]"),
+     ("model.freeze=[llm.embedding]: with model.llm.tie_embeddings=true the embedding and output layer share one "
+      "weight: freeze both llm.embedding and llm.output, or neither")),
+])
+def test_bad_freeze_lists_fail_with_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        _checked(*overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_good_freeze_lists_pass():
+    for freeze in ("[]", "[vision]", "[llm, vision.encoder]", "[audio.projector, llm.output, vision]"):
+        _checked(f"model.freeze={freeze}")
+    _checked("model.llm.tie_embeddings=true", "model.freeze=[llm.embedding, llm.output]")
+    _checked("model.llm.tie_embeddings=true", "model.freeze=[llm]")
+    assert load_config(None, ["model.freeze=[vision.encoder, llm]"]).model.freeze == ["vision.encoder", "llm"]
+    assert OmniConfig().model.freeze == []
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def _build(*freeze: str):
+    from megaomni.models.build import build_model
+    from megaomni.models.freeze import freeze as apply_freeze
+
+    torch.manual_seed(0)
+    model = build_model(small_config(), VOCAB, PAD_IDS.__getitem__)
+    apply_freeze(model, freeze)
+    return model
+
+
+def _modules(model, name: str) -> list[torch.nn.Module]:
+    """What each name stands for, spelled out from the module tree: the reference the table of
+    megaomni/models/freeze.py is checked against."""
+    llm = model.llm
+    parts = {"llm": [llm], "llm.embedding": [llm.embedding], "llm.decoder": [llm.decoder],
+             "llm.output": [llm.output_layer]}
+    for modality in ("vision", "audio"):
+        encoder = getattr(model, f"{modality}_encoder")
+        parts[modality] = [encoder]
+        parts[f"{modality}.encoder"] = [m for n, m in encoder.named_children() if n != "projector"]
+        parts[f"{modality}.projector"] = [encoder.projector]
+    return parts[name]
+
+
+@pytest.mark.parametrize("freeze", [("llm",), ("llm.embedding",), ("llm.decoder",), ("llm.output",), ("vision",),
+                                    ("vision.encoder",), ("vision.projector",), ("audio.encoder", "llm.output")])
+def test_names_freeze_their_modules(megatron_cpu, freeze):
+    model = _build(*freeze)
+    expected = {id(p) for name in freeze for module in _modules(model, name) for p in module.parameters()}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and frozen == {n for n, p in model.named_parameters() if id(p) in expected}
+
+
+def _media(cfg: OmniConfig, seed: int, modalities=("vision", "audio")) -> dict:
+    media = {"vision": vision_batch(random_patches(cfg, [(4, 4), (2, 4)], seed).float(), [(4, 4), (2, 4)]),
+             "audio": audio_batch(random_frames(cfg, [16], seed).float(), [16])}
+    return {name: media[name] for name in modalities}
+
+
+def _encode(model, media):
+    """The vision encoder's output, the tensors autograd saved for backward while it ran, and
+    the grad mode its transformer blocks and projector ran in."""
+    encoder, modes, saved = model.vision_encoder, {}, []
+    hooks = [encoder.blocks.register_forward_hook(lambda *_: modes.__setitem__("blocks", torch.is_grad_enabled())),
+             encoder.projector.register_forward_pre_hook(lambda *_: modes.__setitem__("projector", torch.is_grad_enabled()))]
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = encoder(media)
+    for hook in hooks:
+        hook.remove()
+    return out, len(saved), modes
+
+
+def test_frozen_encoder_keeps_no_activations(megatron_cpu):
+    cfg = small_config()
+    media = _media(cfg, 0)["vision"]
+    trains = _build()
+    _, everything, modes = _encode(trains, media)
+    assert modes == {"blocks": True, "projector": True}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        trains.vision_encoder.projector(torch.randn(sum(media.rows), cfg.model.vision.hidden_size))
+    assert everything > len(saved) > 0  # the control: the body's activations are most of them
+
+    # The body frozen: it runs without autograd, the projector with it (only its activations kept).
+    body = _build("vision.encoder")
+    out, count, modes = _encode(body, media)
+    assert modes == {"blocks": False, "projector": True}
+    assert count == len(saved) and out.requires_grad
+    # Whole: nothing kept, no graph. The caller's grad mode is back afterwards, also after a failure.
+    out, count, modes = _encode(_build("vision"), media)
+    assert modes == {"blocks": False, "projector": False}
+    assert count == 0 and not out.requires_grad and torch.is_grad_enabled()
+    with pytest.raises(RuntimeError):
+        body.vision_encoder(vision_batch(torch.zeros(4, 5), [(2, 2)]))  # patches of the wrong width
+    assert torch.is_grad_enabled()
+    # Under the caller's no_grad the projector runs without grad too; on its own, as if unfrozen.
+    with torch.no_grad():
+        _, count, modes = _encode(body, media)
+    assert count == 0 and modes == {"blocks": False, "projector": False}
+    assert body.vision_encoder.projector(torch.randn(16, cfg.model.vision.hidden_size)).requires_grad
+
+
+# ----------------------------------------------------------------------------- training steps
+
+
+def _state(*freeze: str, seed: int = 0):
+    """A training state of the tiny model (megatron-core's DDP, optimizer, LR schedule) with
+    ``freeze``; weight decay on, and gradient clipping that acts (the grad norm matters)."""
+    from megaomni.training.setup import build_training_state
+
+    cfg = small_config()
+    cfg.model.freeze = list(freeze)
+    cfg.train.iters, cfg.train.warmup_iters, cfg.train.lr, cfg.train.min_lr = 4, 0, 1e-2, 1e-3
+    cfg.train.weight_decay, cfg.train.clip_grad = 0.1, 0.05
+    torch.manual_seed(seed)
+    return cfg, build_training_state(cfg, VOCAB, PAD_IDS.__getitem__, CPU)
+
+
+def _micro_batch(cfg: OmniConfig, seed: int, modalities=("vision", "audio")) -> Batch:
+    """One padded sample: text, each modality's placeholders, text; the loss on the text."""
+    media = _media(cfg, seed, modalities)
+    gen = torch.Generator().manual_seed(seed)
+    pieces = []
+    for name in modalities:
+        pieces += [torch.randint(7, VOCAB, (3,), generator=gen), torch.full((sum(media[name].tokens),), PAD_IDS[name])]
+    tokens = torch.cat([*pieces, torch.randint(7, VOCAB, (8,), generator=gen)])[None]
+    labels = torch.randint(7, VOCAB, tokens.shape, generator=gen)
+    return Batch(tokens, labels, (tokens >= 7).float(), torch.arange(tokens.shape[1])[None], media, num_samples=1)
+
+
+def _params(state) -> dict[str, torch.Tensor]:
+    return dict(state.chunks[0].named_parameters())
+
+
+def _step(cfg: OmniConfig, state, batches: list[Batch], discard: set[str] = frozenset()):
+    """One training step as the trainer takes it; the gradients of the parameters named in
+    ``discard`` are zeroed before the optimizer steps. Returns the loss, the grad norm and the
+    gradients the optimizer stepped on."""
+    from megaomni.training.schedule import StepRunner
+    from megaomni.training.step import make_forward_step
+
+    for ddp in state.ddp:
+        ddp.zero_grad_buffer()
+    state.optimizer.zero_grad()
+    reports = StepRunner(cfg, state, CPU, VOCAB).run(1, batches, make_forward_step(CPU))
+    params = _params(state)
+    for name in discard:
+        params[name].main_grad.zero_()
+    grads = {n: p.main_grad.clone() for n, p in params.items() if p.requires_grad}
+    _, grad_norm, _ = state.optimizer.step()
+    state.scheduler.step(increment=1)
+    stats = sum(r["stats"] for r in reports)
+    return float(stats[0] / stats[1]), float(grad_norm), grads
+
+
+def _copy_weights(source, target) -> None:
+    target.chunks[0].load_state_dict(source.chunks[0].state_dict())
+    target.optimizer.reload_model_params()
+
+
+@pytest.mark.parametrize("freeze", [("vision.encoder", "llm.embedding"), ("vision", "audio.projector", "llm.decoder")])
+def test_a_step_trains_only_the_rest(megatron_cpu, freeze):
+    """Against the same step unfrozen with the frozen part's gradients discarded: the same loss,
+    grad norm (clipping acts), gradients and updated weights of what trains. Frozen weights stay
+    bit-identical, where weight decay moves the reference's."""
+    cfg, state = _state(*freeze)
+    _, reference = _state()
+    _copy_weights(state, reference)
+    params = _params(state)
+    frozen = {n for n, p in params.items() if not p.requires_grad}
+    # Outside DDP's grad buffers (so outside its all-reduce) and the optimizer: no state.
+    trained = {id(p) for n, p in params.items() if n not in frozen}
+    assert {id(p) for ddp in state.ddp for b in ddp.buffers + ddp.expert_parallel_buffers for p in b.params} == trained
+    assert {id(p) for group in state.optimizer.param_groups for p in group["params"]} == trained
+    initial = {n: p.detach().clone() for n, p in params.items()}
+
+    batches = [_micro_batch(cfg, 1), _micro_batch(cfg, 2, ("vision",)), _micro_batch(cfg, 3, ("audio",))]
+    loss, norm, grads = _step(cfg, state, batches)
+    ref_loss, ref_norm, ref_grads = _step(cfg, reference, batches, discard=frozen)
+    assert loss == pytest.approx(ref_loss, rel=1e-6) and norm == pytest.approx(ref_norm, rel=1e-6)
+    assert norm > cfg.train.clip_grad
+    assert grads.keys() == set(params) - frozen
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-5, atol=1e-8, msg=name)
+    after, ref_after = _params(state), _params(reference)
+    for name in params:
+        if name in frozen:
+            assert torch.equal(after[name], initial[name]), name
+            assert after[name].grad is None and not hasattr(after[name], "main_grad"), name
+        else:
+            # Within 1e-4 of the step's size (lr): Adam's g / (|g| + eps) turns float noise in a
+            # gradient near eps into up to ~1e-7 here.
+            torch.testing.assert_close(after[name], ref_after[name], rtol=1e-6, atol=1e-4 * cfg.train.lr,
+                                       msg=lambda m, n=name: f"{n}: {m}")
+    assert any(not torch.equal(ref_after[n], initial[n]) for n in frozen)  # the control
+
+
+def test_a_micro_batch_that_reaches_nothing_trained(megatron_cpu):
+    """Only the vision projector trains (LLaVA's first stage, audio frozen as well): micro-batches
+    without images (audio alone, text alone) reach no trained parameter, and the step still runs
+    (megatron-core skips the backward of an output that needs none); only the projector moves."""
+    cfg, state = _state("llm", "audio", "vision.encoder")
+    initial = {n: p.detach().clone() for n, p in _params(state).items()}
+    _step(cfg, state, [_micro_batch(cfg, 1, ("audio",)), _micro_batch(cfg, 2), _micro_batch(cfg, 3, ())])
+    moved = {n for n, p in _params(state).items() if not torch.equal(p, initial[n])}
+    assert moved == {n for n in initial if n.startswith("vision_encoder.projector.")}
+
+
+def test_the_start_log_counts_trained_and_frozen(megatron_cpu, caplog):
+    with caplog.at_level(logging.INFO, logger="megaomni.train"):
+        _, state = _state("vision")
+    model = state.chunks[0]
+    frozen = sum(p.numel() for p in model.vision_encoder.parameters())
+    trained = sum(p.numel() for p in model.parameters()) - frozen
+    assert f"{trained / 1e6:.2f}M train, {frozen / 1e6:.2f}M frozen" in caplog.text
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoints_hold_frozen_weights_and_resume(megatron_cpu, tmp_path):
+    from megaomni.checkpoint.dist_ckpt import (
+        load_checkpoint,
+        load_weights,
+        save_checkpoint,
+    )
+    from megaomni.validation import check_resumed_freeze
+
+    cfg, state = _state("vision")
+    initial = {n: p.detach().clone() for n, p in _params(state).items()}
+    _step(cfg, state, [_micro_batch(cfg, 1)])
+    save_checkpoint(str(tmp_path), 1, state.chunks, state.optimizer, state.scheduler, common={"config": cfg.to_dict()})
+    saved = {n: p.detach().clone() for n, p in _params(state).items()}
+    vision = [n for n in saved if n.startswith("vision_encoder.")]
+    assert all(torch.equal(saved[n], initial[n]) for n in vision)
+
+    # Into an unfrozen model (other initial weights): the frozen weights as they were, the rest trained.
+    _, unfrozen = _state(seed=1)
+    assert not all(torch.equal(_params(unfrozen)[n], saved[n]) for n in vision)
+    load_weights(str(tmp_path), unfrozen.chunks)
+    for name, value in _params(unfrozen).items():
+        assert torch.equal(value, saved[name]), name
+
+    # Resumed with the same freeze list: the next step is the uninterrupted run's.
+    _, resumed = _state("vision", seed=2)
+    load_checkpoint(str(tmp_path), resumed.chunks, resumed.optimizer, resumed.scheduler)
+    batches = [_micro_batch(cfg, 2), _micro_batch(cfg, 3)]
+    assert _step(cfg, resumed, batches)[:2] == _step(cfg, state, batches)[:2]
+    for name, value in _params(resumed).items():
+        assert torch.equal(value, _params(state)[name]), name
+
+    # A full checkpoint resumes with the freeze list it was saved with (the same parts, however named).
+    cfg.checkpoint.load = str(tmp_path)
+    cfg.model.freeze = ["vision.projector", "vision.encoder"]
+    check_resumed_freeze(cfg)
+    cfg.model.freeze = []
+    with pytest.raises(ConfigError, match=r"saved with model.freeze=\[vision\], loaded with \[\]: a checkpoint "
+                                          "resumes with the freeze list it was saved with"):
+        check_resumed_freeze(cfg)
+
+
+# ----------------------------------------------------------------------------- PP2, both schedules
+
+# tests/parallel's runs, smaller: 2 LLM layers (one per stage), 2 iterations (the second shows the
+# first step's update).
+FROZEN_VISION = Model("frozen_vision", ("model.freeze=[vision]", "model.llm.num_layers=2", "train.iters=2"))
+# Every pipeline rank encodes a share of each micro-batch: never the baseline's placement.
+JOINT = ("pipeline.schedule=joint", "pipeline.joint_fallback=false")
+
+
+@pytest.fixture(scope="module")
+def parity(toy_data, tmp_path_factory) -> ParitySetup:
+    return ParitySetup(toy_data, tmp_path_factory.mktemp("freeze_parity"))
+
+
+def _saved_tensors(path, tmp_path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors by global name (megatron-core's dist_checkpointing writes PyTorch's
+    distributed checkpoint format, readable in one process)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    out = tmp_path / f"{abs(hash(str(path)))}.pt"
+    dcp_to_torch_save(str(path), str(out))
+    return {k: v for k, v in torch.load(out, weights_only=False).items() if torch.is_tensor(v)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", [(), JOINT], ids=["megatron", "joint"])
+def test_pp2_with_a_frozen_encoder_matches_one_process(parity, schedule, tmp_path):
+    records = parity.run(FROZEN_VISION, tmp_path / "run", "parallel.pp=2", *schedule, nproc=2)
+    assert_same_run(parity.reference(FROZEN_VISION), records, rel=1e-5)
+    # No gradient reached the frozen encoder on any rank: saved as it started, with no optimizer state.
+    initial = _saved_tensors(parity.init_weights(FROZEN_VISION), tmp_path)
+    final = _saved_tensors(tmp_path / "run" / "checkpoints" / "iter_0000002", tmp_path)
+    vision = [k for k in initial if k.startswith("vision_encoder.")]
+    assert vision and all(torch.equal(initial[k], final[k]) for k in vision)
+    assert not [k for k in final if k.startswith("optimizer.") and "vision_encoder." in k]
+    assert any(not torch.equal(initial[k], final[k]) for k in initial if k.startswith("audio_encoder."))
