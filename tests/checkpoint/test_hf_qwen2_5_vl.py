@@ -123,3 +123,17 @@ def test_qwen2_5_vl_import_gives_hugging_face_logits_and_export_is_exact(megatro
     vision = reloaded.config.vision_config
     assert (vision.window_size, list(vision.fullatt_block_indexes), vision.tokens_per_second) == (112, [1, 3], 3)
     assert reloaded.config.image_token_id == IMAGE
+
+
+def test_window_order_is_hugging_faces():
+    """Windows of whole, partial and exactly fitting grids (where Hugging Face's padding adds empty
+    windows), frames of a video included: the same token order and window boundaries."""
+    from transformers.vision_utils import get_vision_window_index
+
+    from megaomni.media.vision_windows import Windows
+
+    grids = torch.tensor([[1, 12, 20], [3, 8, 4], [1, 16, 16], [1, 2, 30]])
+    want_order, want_cu = get_vision_window_index(grids, MERGE, 112, PATCH)
+    windows = Windows(grids[:, 1:].repeat_interleave(grids[:, 0], dim=0), MERGE, 4, torch.device("cpu"))
+    assert torch.equal(windows.order, want_order)
+    assert torch.equal(torch.cat([torch.zeros(1, dtype=torch.long), windows.lengths.cumsum(0)]), want_cu.long())
