@@ -147,6 +147,10 @@ class AudioConfig:
     # concatenated, Linear-GELU-Linear. pool_linear (Qwen2-Audio): a clip's last incomplete group
     # dropped, a group averaged, then the norm (after pooling: the blocks have none), one Linear.
     projector: str = "mlp"  # mlp | pool_linear
+    # Qwen2.5-Omni: a clip's own frames (a window's padding dropped) in chunks of chunk_frames, each
+    # through the stem alone, with positions from 0 and attention inside it; pool_linear then pools
+    # the clip's rows across its chunks. 0: a clip whole.
+    chunk_frames: int = 0
 
 
 # Config sections of modalities registered from outside the library (megaomni.media.register):

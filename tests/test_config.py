@@ -63,6 +63,7 @@ def _valid_cfg(tmp_path, *overrides):
     (["model.vision.window_size=56", "model.vision.full_attention_layers=[2]"], 1,
      "model.vision.full_attention_layers=[2]: layer indices from 0 to model.vision.num_layers-1=1"),
     (["data.video_fps=0"], 1, "data.video_fps=0.0: must be positive"),
+    (["model.audio.chunk_frames=200"], 1, "model.audio.chunk_frames=200: needs model.audio.projector=pool_linear"),
     (["model.vision.hidden_size=72", "model.vision.num_attention_heads=4"], 1,
      "model.vision.hidden_size/num_attention_heads=18: rotary embeddings need a head dim divisible by 4"),
     (["model.vision.resize=crop"], 1,
