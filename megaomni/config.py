@@ -105,6 +105,16 @@ class VisionConfig:
     # Frames per temporal patch (Qwen2-VL: 2): a still is repeated to fill one, a video's frames
     # are grouped (the last repeated to fill the final group), each group one encoder item.
     temporal_patch_size: int = 1
+    # Windowed attention (Qwen2.5-VL): each image's merged tokens in square windows of window_size
+    # pixels a side (window_size / (patch_size*merge_size) tokens; the last ones of a row or column
+    # partial), attention inside each window but in full_attention_layers (0-based), which attend
+    # over the whole image. 0: whole images in every layer.
+    window_size: int = 0
+    full_attention_layers: list[int] = field(default_factory=list)
+    # A video's M-RoPE temporal positions (Qwen2.5-VL): tokens_per_second positions per second, a
+    # temporal group spanning temporal_patch_size / data.video_fps seconds (positions truncated to
+    # integers). 0: a group's index (Qwen2-VL).
+    tokens_per_second: int = 0
 
 
 @dataclass
@@ -137,6 +147,10 @@ class AudioConfig:
     # concatenated, Linear-GELU-Linear. pool_linear (Qwen2-Audio): a clip's last incomplete group
     # dropped, a group averaged, then the norm (after pooling: the blocks have none), one Linear.
     projector: str = "mlp"  # mlp | pool_linear
+    # Qwen2.5-Omni: a clip's own frames (a window's padding dropped) in chunks of chunk_frames, each
+    # through the stem alone, with positions from 0 and attention inside it; pool_linear then pools
+    # the clip's rows across its chunks. 0: a clip whole.
+    chunk_frames: int = 0
 
 
 # Config sections of modalities registered from outside the library (megaomni.media.register):
@@ -269,6 +283,9 @@ class DataConfig:
     max_audio_seconds: float = 4.0
     # Frames kept of a video (0: all): more are subsampled uniformly, the same frames every time.
     max_video_frames: int = 0
+    # The frame rate of a video's frames as kept (shards carry no timestamps; Qwen2.5-VL's processor
+    # samples at 2 fps). Read only where model.vision.tokens_per_second spaces time.
+    video_fps: float = 2.0
     zero_media: bool = False  # feed all-zero pixels/features: the "text only" control
     # A sample over seq_length tokens is cut to seq_length (counted as truncated) instead of
     # skipped (too_long); still skipped where the cut would split a media placeholder run (half

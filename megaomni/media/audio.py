@@ -118,6 +118,9 @@ class Audio(Modality):
         require(audio.downsample >= audio.stem_stride and audio.downsample % audio.stem_stride == 0,
                 f"model.audio.downsample={audio.downsample}: must be a multiple of model.audio.stem_stride="
                 f"{audio.stem_stride} (the stem strides, the projector merges the rest)")
+        require(audio.chunk_frames >= 0, f"model.audio.chunk_frames={audio.chunk_frames}: must be >= 0 (0: none)")
+        require(not audio.chunk_frames or audio.projector == "pool_linear", f"model.audio.chunk_frames="
+                f"{audio.chunk_frames}: needs model.audio.projector=pool_linear (it pools a clip across its chunks)")
         require(audio.features in FEATURES,
                 f"model.audio.features={audio.features}: must be one of {', '.join(FEATURES)}")
         if audio.features == "whisper":

@@ -7,6 +7,7 @@ nothing of parallelism.
 A clip may come inside a window of padding frames (Whisper's 30 s): the stem reads the whole
 window, as the Hugging Face encoder does (its last rows read the padding's features), and only
 the clip's own rows enter the transformer, as the Hugging Face encoder's attention mask leaves them.
+With ``model.audio.chunk_frames`` (Qwen2.5-Omni) only the clip's own frames are read, in chunks.
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ from megaomni.platform.transfer import to_device
 
 def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
     return (a + b - 1) // b
+
+
+def chunked(features: torch.Tensor, lengths: torch.Tensor, valid: torch.Tensor | None,
+            size: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Clips of ``lengths`` frames of ``features``, their first ``valid`` (None: all) in chunks
+    of ``size`` frames, the last of a clip shorter -> the chunks' frames, their lengths, and the
+    number of chunks of each clip."""
+    own = lengths if valid is None else valid
+    pieces = [clip[:n] for clip, n in zip(torch.split(features, lengths.tolist()), own.tolist())]
+    chunks = [list(torch.split(piece, size)) for piece in pieces]
+    flat = [chunk for clip in chunks for chunk in clip]
+    return torch.cat(flat), torch.tensor([c.shape[0] for c in flat]), [len(clip) for clip in chunks]
 
 
 class AudioEncoder(MegatronModule):
@@ -80,7 +93,11 @@ class AudioEncoder(MegatronModule):
         valid = media.info.get("valid_frames")
         if valid is not None:  # 0: the whole clip
             valid = torch.where(valid > 0, valid, lengths)
-        hidden, rows = self.stem(media.values, lengths, valid)
+        features, clips = media.values, None
+        if self.cfg.chunk_frames:  # Qwen2.5-Omni: chunks are the stem's and the blocks' inputs
+            features, lengths, clips = chunked(features, lengths, valid, self.cfg.chunk_frames)
+            valid = None
+        hidden, rows = self.stem(features, lengths, valid)
         if self.pool:
             block_rows = rows
         else:  # zero rows up to whole groups, so that merging never mixes clips
@@ -103,6 +120,7 @@ class AudioEncoder(MegatronModule):
             packed_seq_params=segment_params(block_rows, hidden.device, angles, hidden.dtype),
         )[:, 0, :]
         if self.pool:  # each clip's whole groups only
+            rows = rows if clips is None else torch.stack([r.sum() for r in torch.split(rows, clips)])
             kept = (rows // self.merge) * self.merge
             hidden = torch.cat([p[:n] for p, n in zip(torch.split(hidden, rows.tolist()), kept.tolist())])
         return self.projector(hidden)

@@ -46,6 +46,17 @@ def video_frame_indices(count: int, cap: int) -> list[int]:
     return [(2 * i + 1) * count // (2 * cap) for i in range(cap)]
 
 
+def temporal_position(time: int, cfg) -> int:
+    """The M-RoPE temporal position of a video's ``time``-th temporal group: ``time`` (Qwen2-VL),
+    or with ``model.vision.tokens_per_second`` its start in seconds times that, truncated, in
+    float32 as Qwen2.5-VL's ``get_rope_index`` computes it from ``second_per_grid_ts``."""
+    vision = cfg.model.vision
+    if not vision.tokens_per_second:
+        return time
+    seconds = torch.tensor(vision.temporal_patch_size / cfg.data.video_fps, dtype=torch.float32)
+    return int(time * (vision.tokens_per_second * seconds))
+
+
 def _sizing(cfg) -> dict:
     """The arguments :func:`image_grid` takes, from the configuration."""
     vision, data = cfg.model.vision, cfg.data
@@ -106,13 +117,13 @@ class Vision(Modality):
 
     def positions(self, items, start, cfg):
         """Qwen2-VL's: each item's merged grid, its rows by height and its columns by width, and its
-        frame index in time (0 for a still image), all offset by ``start``."""
+        place in time (:func:`temporal_position`; 0 for a still image), all offset by ``start``."""
         grids, merge = [], cfg.model.vision.merge_size
         for item in items:
             h, w = (side // merge for side in item.size)
             rows = torch.arange(h).view(h, 1).expand(h, w).reshape(-1)
             cols = torch.arange(w).view(1, w).expand(h, w).reshape(-1)
-            grids.append(torch.stack([torch.full_like(rows, item.info["time"]), rows, cols]))
+            grids.append(torch.stack([torch.full_like(rows, temporal_position(item.info["time"], cfg)), rows, cols]))
         return start + torch.cat(grids, dim=1)
 
     def flops(self, section, llm_hidden):
@@ -126,6 +137,7 @@ class Vision(Modality):
         require_stack("model.vision", vision)
         require(vision.projector_hidden_size >= 0, f"model.vision.projector_hidden_size="
                 f"{vision.projector_hidden_size}: must be >= 0 (0: the LLM's hidden size)")
+        self._check_time_and_windows(cfg)
         require(vision.resize in RESIZES, f"model.vision.resize={vision.resize}: must be one of {', '.join(RESIZES)}")
         require(vision.resample in RESAMPLES,
                 f"model.vision.resample={vision.resample}: must be one of {', '.join(RESAMPLES)}")
@@ -148,6 +160,20 @@ class Vision(Modality):
                 f"(model.vision.patch_size*merge_size)^2={cell * cell}")
         require(data.min_pixels <= data.max_pixels,
                 f"data.min_pixels={data.min_pixels}: must not exceed data.max_pixels={data.max_pixels}")
+
+
+    def _check_time_and_windows(self, cfg):
+        vision, cell = cfg.model.vision, cfg.model.vision.patch_size * cfg.model.vision.merge_size
+        require(vision.window_size >= 0 and vision.window_size % cell == 0, f"model.vision.window_size="
+                f"{vision.window_size}: must be 0 (no windows) or a multiple of patch_size*merge_size={cell}")
+        require(not vision.full_attention_layers or vision.window_size, f"model.vision.full_attention_layers="
+                f"{vision.full_attention_layers}: only with windowed attention (model.vision.window_size > 0)")
+        require(all(0 <= i < vision.num_layers for i in vision.full_attention_layers),
+                f"model.vision.full_attention_layers={vision.full_attention_layers}: layer indices from 0 to "
+                f"model.vision.num_layers-1={vision.num_layers - 1}")
+        require(vision.tokens_per_second >= 0, f"model.vision.tokens_per_second={vision.tokens_per_second}: must be "
+                ">= 0 (0: a video's temporal positions are its groups' indices)")
+        require(cfg.data.video_fps > 0, f"data.video_fps={cfg.data.video_fps}: must be positive")
 
 
 VISION = Vision()

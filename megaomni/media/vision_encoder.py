@@ -12,11 +12,14 @@ embedding is the Transformer's sinusoid of ``t`` minus that of ``t = 0``, divide
 (``t = 0`` gives the outputs of an image encoder without it), and a norm of at most ``sqrt(2)``
 whatever the width: next to a patch embedding it is an offset the encoder can read, not one
 that buries what the frame shows.
+
+Windowed attention (Qwen2.5-VL's, ``model.vision.window_size``): megaomni.media.vision_windows.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from megatron.core.transformer.module import MegatronModule
@@ -30,6 +33,7 @@ from megaomni.layers.rotary import rope_2d, sinusoid_from_zero
 from megaomni.layers.specs import encoder_layer_spec
 from megaomni.media.images import patch_positions
 from megaomni.media.modality import MediaBatch
+from megaomni.media.vision_windows import Windows
 from megaomni.ops.attention import segment_params
 from megaomni.platform.transfer import to_device
 
@@ -43,8 +47,8 @@ def temporal_embedding(times: torch.Tensor, hidden: int) -> torch.Tensor:
 
 class VisionEncoder(MegatronModule):
     """A :class:`MediaBatch` of images -> ``[N / merge^2, llm_hidden]``: ``values`` the patches
-    ``[N, C*T*p*p]`` (``T``: ``temporal_patch_size``), ``sizes`` the grids ``[n_images, 2]``, ``info["time"]`` each image's frame index
-    in its video (absent: all 0)."""
+    ``[N, C*T*p*p]`` (``T``: ``temporal_patch_size``), ``sizes`` the grids ``[n_images, 2]``,
+    ``info["time"]`` each image's frame index in its video (absent: all 0)."""
 
     def __init__(self, cfg: VisionConfig, config: TransformerConfig, llm_hidden: int, pg_collection=None):
         super().__init__(config=config)
@@ -70,10 +74,21 @@ class VisionEncoder(MegatronModule):
             per_image = temporal_embedding(to_device(times, device), self.cfg.hidden_size).to(hidden.dtype)
             hidden = hidden + per_image.repeat_interleave(to_device(lengths, device), dim=0,
                                                           output_size=hidden.shape[0])
+        params = segment_params(lengths, device, angles, hidden.dtype)
+        windows = self._windows(grids, device)
+        if windows is not None:
+            hidden, params = windows.gather(hidden), windows.segment(params, self.cfg.full_attention_layers)
         hidden = self.blocks(
             hidden_states=hidden[:, None, :],
             attention_mask=None,
             rotary_pos_emb=None,  # applied by our attention core from tables made once (segment_params)
-            packed_seq_params=segment_params(lengths, device, angles, hidden.dtype),
-        )
-        return self.projector(hidden[:, 0, :])
+            packed_seq_params=params,
+        )[:, 0, :]
+        return self.projector(hidden if windows is None else windows.scatter(hidden))
+
+    def _windows(self, grids: torch.Tensor, device: torch.device) -> Optional[Windows]:
+        """Windowed attention's order of the images' patches (model.vision.window_size), or None."""
+        if not self.cfg.window_size:
+            return None
+        return Windows(grids, self.cfg.merge_size, self.cfg.window_size // (self.cfg.patch_size * self.cfg.merge_size),
+                       device)

@@ -22,12 +22,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from megatron.core import parallel_state as ps
+from megatron.core import tensor_parallel
 from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core import parallel_state as ps
-from megatron.core import tensor_parallel
 
 from megaomni.ops.context_parallel import causal_cp_mask, gather_keys_values, sequence_ids
 from megaomni.platform.transfer import to_device
@@ -54,6 +54,15 @@ class RotaryPackedSeqParams(PackedSeqParams):
 
     rotary_cos: Optional[torch.Tensor] = None
     rotary_sin: Optional[torch.Tensor] = None
+    # Windowed attention (megaomni.media.vision_windows): megatron-core gives every layer the same
+    # params, so the layers numbered in full_layers (0-based) take their boundaries from ``full``
+    # (whole images) instead of these (windows).
+    full: Optional[PackedSeqParams] = None
+    full_layers: tuple[int, ...] = ()
+
+    def for_layer(self, index: int) -> PackedSeqParams:
+        """The boundaries layer ``index`` (0-based) attends within."""
+        return self.full if index in self.full_layers else self
 
 
 def segment_params(lengths: torch.Tensor, device: Optional[torch.device] = None,
@@ -150,6 +159,7 @@ class SDPAttention(MegatronModule):
             self.cp_group = pg_collection.cp if pg_collection is not None else ps.get_context_parallel_group()
         self.attn_mask_type = attn_mask_type
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.layer_index = layer_number - 1  # megatron-core's layer numbers start at 1
         head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
 
@@ -169,6 +179,7 @@ class SDPAttention(MegatronModule):
             raise ValueError("SDPAttention expresses masks by attn_mask_type and cu_seqlens only")
         if isinstance(packed_seq_params, RotaryPackedSeqParams):
             query, key = _rotate(query, packed_seq_params), _rotate(key, packed_seq_params)
+            packed_seq_params = packed_seq_params.for_layer(self.layer_index)
         mask_type = attn_mask_type or self.attn_mask_type
         causal = mask_type == AttnMaskType.causal
         cu_seqlens = packed_seq_params.cu_seqlens_q if packed_seq_params is not None else None

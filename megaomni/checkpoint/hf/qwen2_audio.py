@@ -22,20 +22,24 @@ _LLM = "language_model."  # the checkpoint's prefix of the LLM's names
 _OURS, _THEIRS = "audio_encoder.blocks.layers.{a}.", "audio_tower.layers.{a}."
 
 
-def model_fields(hf: dict) -> dict:
-    text, audio = hf["text_config"], hf["audio_config"]
-    llm = llama_style.llm_fields(text, "qwen2")
-    llm.update(tie_embeddings=bool(hf.get("tie_word_embeddings", text.get("tie_word_embeddings", False))))
+def audio_fields(audio: dict) -> dict:
+    """``model.audio`` fields of a Whisper-style ``audio_config`` ``audio``."""
     activation = audio.get("activation_function", "gelu")
     if activation not in _ACTIVATIONS:
         raise MappingError(f"audio_config.activation_function={activation!r}: supported: {', '.join(_ACTIVATIONS)}")
     if audio.get("scale_embedding"):
         raise MappingError("audio_config.scale_embedding=true: Qwen2-Audio's stem output is not scaled")
-    return {"llm": llm, "vision": {"enabled": False}, "audio": dict(
-        enabled=True, num_layers=audio["encoder_layers"], hidden_size=audio["d_model"],
-        num_attention_heads=audio["encoder_attention_heads"], ffn_hidden_size=audio["encoder_ffn_dim"],
-        n_mels=audio.get("num_mel_bins", 128), max_positions=audio.get("max_source_positions", 1500),
-        activation=activation, **_FIXED)}
+    return dict(enabled=True, num_layers=audio["encoder_layers"], hidden_size=audio["d_model"],
+                num_attention_heads=audio["encoder_attention_heads"], ffn_hidden_size=audio["encoder_ffn_dim"],
+                n_mels=audio.get("num_mel_bins", 128), max_positions=audio.get("max_source_positions", 1500),
+                activation=activation, **_FIXED)
+
+
+def model_fields(hf: dict) -> dict:
+    text = hf["text_config"]
+    llm = llama_style.llm_fields(text, "qwen2")
+    llm.update(tie_embeddings=bool(hf.get("tie_word_embeddings", text.get("tie_word_embeddings", False))))
+    return {"llm": llm, "vision": {"enabled": False}, "audio": audio_fields(hf["audio_config"])}
 
 
 def hf_config(model, architecture: str) -> dict:
@@ -60,12 +64,12 @@ def _prefixed(rule, prefix: str):
     return replace(rule, **{k: prefix + v for k, v in vars(rule).items() if isinstance(v, str) and k != "ours" and v})
 
 
-def rules(model) -> list:
-    audio = model.audio
+def tower_rules(audio, norm: str, linear: str) -> list:
+    """The Whisper-style encoder's rules over ``{a}`` but its position table; ``norm``, ``linear``:
+    the checkpoint's names of the projector's LayerNorm and Linear."""
     heads = Heads(audio.num_attention_heads, audio.num_attention_heads, audio.hidden_size // audio.num_attention_heads)
     attention = _THEIRS + "self_attn."
     table = [
-        Direct("audio_encoder.position_embedding", "audio_tower.embed_positions.weight"),
         QKV(_OURS + "self_attention.linear_qkv.weight", attention + "q_proj.weight", attention + "k_proj.weight",
             attention + "v_proj.weight", heads),
         QKV(_OURS + "self_attention.linear_qkv.bias", attention + "q_proj.bias", "", attention + "v_proj.bias", heads),
@@ -79,7 +83,13 @@ def rules(model) -> list:
             Direct(_OURS + f"pre_mlp_layernorm.{kind}", _THEIRS + f"final_layer_norm.{kind}"),
             Direct(_OURS + f"mlp.linear_fc1.{kind}", _THEIRS + f"fc1.{kind}"),
             Direct(_OURS + f"mlp.linear_fc2.{kind}", _THEIRS + f"fc2.{kind}"),
-            Direct(f"audio_encoder.projector.norm.{kind}", f"audio_tower.layer_norm.{kind}"),
-            Direct(f"audio_encoder.projector.linear.{kind}", f"multi_modal_projector.linear.{kind}"),
+            Direct(f"audio_encoder.projector.norm.{kind}", f"{norm}.{kind}"),
+            Direct(f"audio_encoder.projector.linear.{kind}", f"{linear}.{kind}"),
         ]
+    return table
+
+
+def rules(model) -> list:
+    table = [Direct("audio_encoder.position_embedding", "audio_tower.embed_positions.weight"),
+             *tower_rules(model.audio, "audio_tower.layer_norm", "multi_modal_projector.linear")]
     return [_prefixed(rule, _LLM) for rule in llama_style.llm_rules(model.llm)] + table

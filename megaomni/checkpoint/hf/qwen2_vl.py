@@ -17,7 +17,8 @@ from megaomni.checkpoint.hf.mapping import Direct, Heads, MappingError, Reshaped
 
 ARCHITECTURES = {"Qwen2VLForConditionalGeneration": "qwen2_vl"}
 
-_OURS, _THEIRS = "vision_encoder.blocks.layers.{v}.", "visual.blocks.{v}."
+# A vision layer's names, ours and theirs (the towers of the Qwen2-VL family share them).
+OURS, THEIRS = "vision_encoder.blocks.layers.{v}.", "visual.blocks.{v}."
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
@@ -32,25 +33,63 @@ def _mrope_section(text: dict) -> list[int]:
     return list(rope["mrope_section"])
 
 
-def model_fields(hf: dict) -> dict:
-    text, vision = _text(hf), hf["vision_config"]
+def llm_fields(hf: dict) -> dict:
+    """``model.llm`` fields of a Qwen2-VL-style ``config.json``: a Qwen2 LLM with multimodal RoPE."""
+    text = _text(hf)
     llm = llama_style.llm_fields(text, "qwen2")
     llm.update(mrope_section=_mrope_section(text),
                tie_embeddings=bool(hf.get("tie_word_embeddings", text.get("tie_word_embeddings", False))))
-    width = vision["embed_dim"]
-    if vision.get("hidden_size", llm["hidden_size"]) != llm["hidden_size"]:
-        raise MappingError(f"vision_config.hidden_size={vision['hidden_size']}: the merger must map into the LLM's "
-                           f"hidden size {llm['hidden_size']}")
+    return llm
+
+
+def require_merger_output(out: int, llm: dict, field: str) -> None:
+    if out != llm["hidden_size"]:
+        raise MappingError(f"vision_config.{field}={out}: the merger must map into the LLM's hidden size "
+                           f"{llm['hidden_size']}")
+
+
+def tower_fields(vision: dict, width: int) -> dict:
+    """``model.vision`` fields the Qwen2-VL-style towers share, of their ``vision_config``
+    ``vision`` and width ``width``; not the blocks' norm, activation and MLP width."""
     merge = vision.get("spatial_merge_size", 2)
+    return dict(enabled=True, num_layers=vision["depth"], hidden_size=width, num_attention_heads=vision["num_heads"],
+                patch_size=vision.get("patch_size", 14), merge_size=merge,
+                in_channels=vision.get("in_channels", vision.get("in_chans", 3)),
+                temporal_patch_size=vision.get("temporal_patch_size", 2),
+                rotary_base=float((vision.get("rope_parameters") or {}).get("rope_theta", 10000.0)), norm_eps=1e-6,
+                bias=True, projector_hidden_size=width * merge * merge, temporal_embedding=False,
+                resize="smart_resize", image_mean=CLIP_MEAN, image_std=CLIP_STD)
+
+
+def model_fields(hf: dict) -> dict:
+    vision, llm = hf["vision_config"], llm_fields(hf)
+    width = vision["embed_dim"]
+    require_merger_output(vision.get("hidden_size", llm["hidden_size"]), llm, "hidden_size")
     return {"llm": llm, "audio": {"enabled": False}, "vision": dict(
-        enabled=True, num_layers=vision["depth"], hidden_size=width, num_attention_heads=vision["num_heads"],
-        ffn_hidden_size=int(width * vision.get("mlp_ratio", 4)), patch_size=vision.get("patch_size", 14),
-        merge_size=merge, in_channels=vision.get("in_channels", vision.get("in_chans", 3)),
-        temporal_patch_size=vision.get("temporal_patch_size", 2),
-        rotary_base=float((vision.get("rope_parameters") or {}).get("rope_theta", 10000.0)), norm_eps=1e-6,
-        norm="layernorm", activation=vision.get("hidden_act", "quick_gelu"), bias=True,
-        projector_hidden_size=width * merge * merge, temporal_embedding=False, resize="smart_resize",
-        image_mean=CLIP_MEAN, image_std=CLIP_STD)}
+        tower_fields(vision, width), ffn_hidden_size=int(width * vision.get("mlp_ratio", 4)), norm="layernorm",
+        activation=vision.get("hidden_act", "quick_gelu"))}
+
+
+def text_config(llm, architecture: str, model_type: str) -> dict:
+    """The ``text_config`` of ``model.llm`` ``llm``: Qwen2 with multimodal RoPE."""
+    text = llama_style.llm_config(llm, architecture, "qwen2")
+    text.pop("rope_theta")
+    text.update(model_type=model_type, rope_parameters=dict(rope_type="default", rope_theta=float(llm.rotary_base),
+                                                            mrope_section=list(llm.mrope_section)))
+    return text
+
+
+def tower_config(vision, architecture: str, fixed: dict) -> dict:
+    """The ``vision_config`` fields the Qwen2-VL-style towers share, of ``model.vision``
+    ``vision``, whose fields ``fixed`` (name: value) must be ``architecture``'s."""
+    fixed = dict(bias=True, temporal_embedding=False, projector_hidden_size=vision.hidden_size * vision.merge_size**2,
+                 **fixed)
+    for field, value in fixed.items():
+        if getattr(vision, field) != value:
+            raise MappingError(f"model.vision.{field}={getattr(vision, field)}: {architecture}'s is {value}")
+    return dict(depth=vision.num_layers, num_heads=vision.num_attention_heads, patch_size=vision.patch_size,
+                spatial_merge_size=vision.merge_size, temporal_patch_size=vision.temporal_patch_size,
+                in_channels=vision.in_channels, rope_parameters=dict(rope_type="axial", rope_theta=vision.rotary_base))
 
 
 def hf_config(model, architecture: str) -> dict:
@@ -58,35 +97,39 @@ def hf_config(model, architecture: str) -> dict:
     if vision.ffn_hidden_size % vision.hidden_size:
         raise MappingError(f"model.vision.ffn_hidden_size={vision.ffn_hidden_size}: Qwen2-VL's MLP is a whole "
                            f"multiple (mlp_ratio) of hidden_size={vision.hidden_size}")
-    text = llama_style.llm_config(llm, architecture, "qwen2")
-    text.pop("rope_theta")
-    text.update(model_type="qwen2_vl_text", rope_parameters=dict(rope_type="default", rope_theta=float(llm.rotary_base),
-                                                                 mrope_section=list(llm.mrope_section)))
+    tower = tower_config(vision, architecture, dict(norm="layernorm", window_size=0, full_attention_layers=[],
+                                                    tokens_per_second=0))
     return {"architectures": [architecture], "model_type": "qwen2_vl", "tie_word_embeddings": llm.tie_embeddings,
-            "text_config": text, "vision_config": dict(
-                model_type="qwen2_vl_vision", depth=vision.num_layers, embed_dim=vision.hidden_size,
-                num_heads=vision.num_attention_heads, mlp_ratio=vision.ffn_hidden_size // vision.hidden_size,
-                hidden_size=llm.hidden_size, patch_size=vision.patch_size, spatial_merge_size=vision.merge_size,
-                temporal_patch_size=vision.temporal_patch_size, in_channels=vision.in_channels,
-                hidden_act=vision.activation, rope_parameters=dict(rope_type="axial", rope_theta=vision.rotary_base))}
+            "text_config": text_config(llm, architecture, "qwen2_vl_text"), "vision_config": dict(
+                tower, model_type="qwen2_vl_vision", embed_dim=vision.hidden_size, hidden_size=llm.hidden_size,
+                mlp_ratio=vision.ffn_hidden_size // vision.hidden_size, hidden_act=vision.activation)}
 
 
-def rules(model) -> list:
-    vision = model.vision
+def tower_rules(vision, norms: tuple[str, ...]) -> list:
+    """The rules the Qwen2-VL-style vision towers share over ``{v}``: the patch embedding, the
+    stacked attention, the norms (``norms``: their tensors, ``("weight", "bias")`` for LayerNorm)
+    and the merger; not the MLP."""
     count = vision.num_attention_heads
     heads = Heads(count, count, vision.hidden_size // count)
     shape = (vision.hidden_size, vision.in_channels, vision.temporal_patch_size, vision.patch_size, vision.patch_size)
     table = [Reshaped("vision_encoder.patch_embed.weight", "visual.patch_embed.proj.weight", shape)]
+    for kind in norms:
+        table += [Direct(OURS + f"input_layernorm.{kind}", THEIRS + f"norm1.{kind}"),
+                  Direct(OURS + f"pre_mlp_layernorm.{kind}", THEIRS + f"norm2.{kind}"),
+                  Direct(f"vision_encoder.blocks.final_layernorm.{kind}", f"visual.merger.ln_q.{kind}")]
     for kind in ("weight", "bias"):
         table += [
-            Direct(_OURS + f"input_layernorm.{kind}", _THEIRS + f"norm1.{kind}"),
-            StackedQKV(_OURS + f"self_attention.linear_qkv.{kind}", _THEIRS + f"attn.qkv.{kind}", heads),
-            Direct(_OURS + f"self_attention.linear_proj.{kind}", _THEIRS + f"attn.proj.{kind}"),
-            Direct(_OURS + f"pre_mlp_layernorm.{kind}", _THEIRS + f"norm2.{kind}"),
-            Direct(_OURS + f"mlp.linear_fc1.{kind}", _THEIRS + f"mlp.fc1.{kind}"),
-            Direct(_OURS + f"mlp.linear_fc2.{kind}", _THEIRS + f"mlp.fc2.{kind}"),
-            Direct(f"vision_encoder.blocks.final_layernorm.{kind}", f"visual.merger.ln_q.{kind}"),
+            StackedQKV(OURS + f"self_attention.linear_qkv.{kind}", THEIRS + f"attn.qkv.{kind}", heads),
+            Direct(OURS + f"self_attention.linear_proj.{kind}", THEIRS + f"attn.proj.{kind}"),
             Direct(f"vision_encoder.projector.fc1.{kind}", f"visual.merger.mlp.0.{kind}"),
             Direct(f"vision_encoder.projector.fc2.{kind}", f"visual.merger.mlp.2.{kind}"),
         ]
+    return table
+
+
+def rules(model) -> list:
+    table = tower_rules(model.vision, ("weight", "bias"))
+    for kind in ("weight", "bias"):
+        table += [Direct(OURS + f"mlp.linear_fc1.{kind}", THEIRS + f"mlp.fc1.{kind}"),
+                  Direct(OURS + f"mlp.linear_fc2.{kind}", THEIRS + f"mlp.fc2.{kind}")]
     return llama_style.llm_rules(model.llm) + table
