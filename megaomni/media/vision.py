@@ -3,14 +3,16 @@
 A still image is one item; a video is a sequence of frames, each an image with its temporal
 index ``t = 0..T-1`` (at most ``data.max_video_frames`` frames, picked evenly), and its
 ``<video>`` placeholder expands to the image pads of all its frames, frame after frame. Every
-item becomes ``(gh / merge) * (gw / merge)`` LLM tokens."""
+item becomes ``(gh / merge) * (gw / merge)`` LLM tokens, and one more for a kept class token."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from megaomni.checks import require, require_heads, require_positive, require_stack
-from megaomni.config import VisionConfig
+from megaomni.checks import require, require_choice, require_heads, require_positive, require_stack
+from megaomni.config import VISION_POSITIONS, VisionConfig
 from megaomni.errors import BadSample
 from megaomni.media.images import image_grid, load_image
 from megaomni.media.modality import EncoderFlops, ImportedOnUse, MediaItem, Modality, Source
@@ -20,9 +22,10 @@ IMAGE_EXTS = ("png", "jpg", "jpeg")
 VIDEO_FIELD = "video"  # frame N of the video: KEY.video.N.png
 
 
-def vision_tokens(grid_h: int, grid_w: int, merge: int) -> int:
-    """LLM tokens an image of ``grid_h x grid_w`` patches turns into."""
-    return (grid_h // merge) * (grid_w // merge)
+def vision_tokens(grid_h: int, grid_w: int, merge: int, class_row: bool = False) -> int:
+    """LLM tokens an image of ``grid_h x grid_w`` patches turns into (``class_row``: and its class
+    token's feature)."""
+    return (grid_h // merge) * (grid_w // merge) + int(class_row)
 
 
 def video_frame_indices(count: int, cap: int) -> list[int]:
@@ -47,8 +50,9 @@ class Vision(Modality):
     )
 
     def _item(self, grid: tuple[int, int], cfg, time: int = 0, values=None) -> MediaItem:
-        gh, gw = grid
-        return MediaItem((gh, gw), gh * gw, vision_tokens(gh, gw, cfg.model.vision.merge_size), {"time": time}, values)
+        gh, gw, vision = *grid, cfg.model.vision
+        tokens = vision_tokens(gh, gw, vision.merge_size, vision.class_token and vision.keep_class_token)
+        return MediaItem((gh, gw), gh * gw, tokens, {"time": time}, values)
 
     def _pictures(self, source: Source, members: list[tuple[str, bytes]], cfg, read) -> list[list[MediaItem]]:
         """``read(bytes)``: (patches or None, grid). A video's kept frames must share one grid."""
@@ -90,14 +94,18 @@ class Vision(Modality):
         return start + torch.cat(grids, dim=1)
 
     def flops(self, section, llm_hidden):
-        return EncoderFlops.transformer(section, llm_hidden)
+        # The layers run, and a class token's row in each image.
+        return EncoderFlops.transformer(replace(section, num_layers=section.layers_used()), llm_hidden,
+                                        extra_rows=int(section.class_token))
 
     def check(self, cfg):
         vision, data = cfg.model.vision, cfg.data
         require_positive("model.vision", vision, ("num_layers", "hidden_size", "num_attention_heads",
                                                   "ffn_hidden_size", "patch_size", "merge_size"))
-        require_heads("model.vision", vision.hidden_size, vision.num_attention_heads, 4)
+        rope = vision.position_embedding == "rope_2d"
+        require_heads("model.vision", vision.hidden_size, vision.num_attention_heads, 4 if rope else 1)
         require_stack("model.vision", vision)
+        self._check_tower(cfg)
         require(vision.temporal_patch_size >= 1, f"model.vision.temporal_patch_size={vision.temporal_patch_size}: "
                 "must be a positive integer (frames per patch)")
         require(vision.projector_hidden_size >= 0, f"model.vision.projector_hidden_size="
@@ -107,6 +115,26 @@ class Vision(Modality):
                 f"(model.vision.patch_size*merge_size)^2={cell}")
         require(data.min_pixels <= data.max_pixels,
                 f"data.min_pixels={data.min_pixels}: must not exceed data.max_pixels={data.max_pixels}")
+
+    def _check_tower(self, cfg):
+        """The CLIP / SigLIP options: positions, class token, feature layer."""
+        vision = cfg.model.vision
+        require_choice("model.vision.position_embedding", vision.position_embedding, VISION_POSITIONS)
+        if vision.position_embedding == "learned":  # a side's pixels past whole patches are dropped, as a conv does
+            side = vision.image_size // vision.patch_size
+            require(side > 0 and side % vision.merge_size == 0, f"model.vision.image_size={vision.image_size}: "
+                    "learned positions hold one grid, so images need one size (0: sizes vary), of a whole number of "
+                    f"merge_size={vision.merge_size} groups of patch_size={vision.patch_size} patches a side")
+        require(1 <= vision.layers_used() <= vision.num_layers,
+                f"model.vision.feature_layer={vision.feature_layer}: names no layer of num_layers="
+                f"{vision.num_layers} (0: the last, normed; n: layer n; -n: hidden_states[-n], -1 the last)")
+        require(vision.class_token or not vision.keep_class_token,
+                "model.vision.keep_class_token=true: needs model.vision.class_token=true")
+        if vision.class_token and vision.keep_class_token:
+            require(vision.merge_size == 1, f"model.vision.merge_size={vision.merge_size}: a kept class token "
+                    "cannot be merged with patches (merge_size=1, or keep_class_token=false)")
+            require(not cfg.model.llm.mrope_section, "model.llm.mrope_section: a kept class token has no place "
+                    "in the patch grid multimodal RoPE reads (keep_class_token=false, or plain RoPE)")
 
 
 VISION = Vision()
