@@ -88,13 +88,28 @@ class VisionConfig:
     activation: str = "swiglu"  # swiglu | gelu | gelu_tanh | quick_gelu
     bias: bool = False  # biases on every linear of the blocks
     projector_hidden_size: int = 0  # the projector's inner width; 0: the LLM's hidden size
-    temporal_patch_size: int = 1  # frames per patch (Qwen2-VL: 2; a still image is repeated)
     # Video frames' fixed sinusoidal time offset; off where the LLM's M-RoPE carries time (Qwen2-VL).
     temporal_embedding: bool = True
+    # How images are sized: fit (within data.min_pixels/max_pixels, sides multiples of
+    # patch_size*merge_size), smart_resize (Qwen2-VL's rule: fit but for sides under half a merge
+    # cell), shortest_edge_crop (CLIP: the short side to image_size, then the centre square),
+    # square (SigLIP: image_size x image_size).
+    resize: str = "fit"
+    image_size: int = 224  # shortest_edge_crop / square: the square's side in pixels (and learned positions')
+    # Bicubic as Pillow does it (HF's PIL processors) or torch (HF's torchvision processors: the
+    # fast image processors and every video processor).
+    resample: str = "pil"
+    # Pixels x/255 are normalised (x/255 - mean) / std: one value for every channel, or one per
+    # channel (OpenAI CLIP's for Qwen2-VL and CLIP, 0.5 for SigLIP).
+    image_mean: list[float] = field(default_factory=lambda: [0.5])
+    image_std: list[float] = field(default_factory=lambda: [0.5])
+    # Frames per temporal patch (Qwen2-VL: 2): a still is repeated to fill one, a video's frames
+    # are grouped (the last repeated to fill the final group), each group one encoder item.
+    temporal_patch_size: int = 1
     # Patch positions: rope_2d (rotary over each image's grid, any size) | learned (CLIP's and
-    # SigLIP's table of (image_size / patch_size)^2 positions in raster order, +1 for the class token).
+    # SigLIP's table of (image_size / patch_size)^2 positions in raster order, +1 for the class
+    # token; a fixed resize only).
     position_embedding: str = "rope_2d"
-    image_size: int = 0  # every image's side in pixels (fixed resolution); 0: variable resolution
     class_token: bool = False  # a learned row before each image's patches (CLIP's)
     keep_class_token: bool = False  # its output is a feature too (LLaVA's "full"); false: dropped ("default")
     pre_norm: bool = False  # a norm of the embeddings before the blocks (CLIP's pre_layrnorm)
@@ -128,6 +143,18 @@ class AudioConfig:
     norm: str = "rmsnorm"  # rmsnorm | layernorm (with bias)
     activation: str = "swiglu"  # swiglu | gelu | gelu_tanh | quick_gelu
     bias: bool = False  # biases on every linear of the blocks
+    # megaomni: log-mel frames of the clip as it is (HTK filters). whisper: WhisperFeatureExtractor's
+    # (Qwen2-Audio's, n_mels=128): every clip padded to Whisper's 30 s window, Slaney filters.
+    features: str = "megaomni"
+    # Positions inside each clip: rotary (rope), or a fixed table of max_positions rows added after
+    # the stem (sinusoidal: Whisper's; a buffer, never trained, loaded from a checkpoint as it is).
+    position_embedding: str = "rope"  # rope | sinusoidal
+    max_positions: int = 1500  # sinusoidal: the table's rows, the most transformer rows of a clip
+    # Each group of downsample / stem_stride transformer rows becomes one LLM token. mlp: a clip's
+    # rows zero-padded to whole groups (attention sees the zeros), the blocks' final norm, a group
+    # concatenated, Linear-GELU-Linear. pool_linear (Qwen2-Audio): a clip's last incomplete group
+    # dropped, a group averaged, then the norm (after pooling: the blocks have none), one Linear.
+    projector: str = "mlp"  # mlp | pool_linear
 
 
 # Config sections of modalities registered from outside the library (megaomni.media.register):
@@ -305,6 +332,8 @@ class TrainConfig:
     seed: int = 1234
     bf16: bool = False
     device: str = "auto"  # auto | cpu | cuda
+    # The GPU's dense bf16 peak, TFLOP/s, for MFU; 0: by the device's name (H100/H200 SXM: 989).
+    peak_tflops: float = 0.0
     output_dir: str = "runs/tiny_omni"
 
 

@@ -6,6 +6,10 @@ Matmuls cost 2 FLOPs per parameter per row they touch; attention (QK^T and AV) c
 full within an image or clip in the encoders (each modality gives its encoder's terms,
 :meth:`~megaomni.media.modality.Modality.flops`). The output layer costs ``2 * hidden * vocab``
 per token. A backward costs ``BACKWARD_RATIO`` forwards.
+
+Model FLOPs (what MFU counts, :meth:`FlopModel.training`): forward and backward of every matmul
+of the encoders, projectors and LLM, attention over the actual packed lengths, and the output
+layer; recomputation, padding, norms and elementwise work are not counted.
 """
 
 from __future__ import annotations
@@ -86,6 +90,11 @@ class FlopModel:
         rows = rows * self.rows_per_input.get(modality, 1.0) + self.extra_rows.get(modality, 0.0)
         return (2 * self.encoder_params.get(modality, 0.0) * rows
                 + self.encoder_attention.get(modality, 0.0) * rows * rows)
+
+    def training(self, seq_lens: list[int], items: list[tuple[str, int]]) -> float:
+        """Model FLOPs (forward and backward, output layer included) of a micro-batch of samples of
+        ``seq_lens`` tokens and media ``items`` ((modality, rows) each)."""
+        return TRAINING_RATIO * (sum(self.llm_forward(seq_lens)) + sum(self.item_forward(m, r) for m, r in items))
 
     def sample_training(self, tokens: int, items: list[tuple[str, int]]) -> float:
         """Training FLOPs (forward and backward) of one sample of ``tokens`` tokens and media

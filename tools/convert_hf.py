@@ -68,12 +68,14 @@ def _from_checkpoint(path: str):
 def cmd_import(args) -> None:
     from megaomni.checkpoint.dist_ckpt import save_checkpoint
 
-    architecture, sections, state = import_hf(args.hf_dir)
-    cfg = OmniConfig(model=model_config(sections))
+    imported = import_hf(args.hf_dir)
+    architecture, state = imported.architecture, imported.state
+    cfg = OmniConfig(model=model_config(imported.sections))
     chunks = _model(cfg)
     load_state(chunks[0], state)
     path = save_checkpoint(os.path.join(args.out, "checkpoint"), 0, chunks, None, None, weights_only=True,
-                           common={"config": cfg.to_dict(), "hf_architecture": architecture})
+                           common={"config": cfg.to_dict(), "hf_architecture": architecture,
+                                   "hf_config": imported.hf_config})
     with open(os.path.join(args.out, "model.yaml"), "w") as f:
         yaml.safe_dump({"model": cfg.to_dict()["model"]}, f, sort_keys=False)
     print(f"imported {architecture} ({sum(t.numel() for t in state.values()) / 1e6:.1f}M parameters): {path}, "
@@ -85,7 +87,7 @@ def cmd_export(args) -> None:
     architecture = args.architecture or common.get("hf_architecture")
     if not architecture:
         raise MappingError("the checkpoint was not imported from Hugging Face: name --architecture")
-    export_hf(cfg.model, chunks[0].state_dict(), args.out, architecture)
+    export_hf(cfg.model, chunks[0].state_dict(), args.out, architecture, common.get("hf_config"))
     print(f"exported {architecture}: {args.out}")
 
 

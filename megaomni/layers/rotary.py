@@ -1,8 +1,11 @@
 """Rotary-embedding angle tables in megatron-core's layout (``[s, 1, 1, dim]``, the two halves
-repeated for rotate-half), for positions we compute ourselves (per image / per clip), and the
-fixed sinusoidal table of the same frequencies (video frames' temporal positions)."""
+repeated for rotate-half), for positions we compute ourselves (per image / per clip), the
+fixed sinusoidal table of the same frequencies (video frames' temporal positions), and Whisper's
+sinusoidal position table."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -35,3 +38,13 @@ def sinusoid_from_zero(positions: torch.Tensor, dim: int, base: float) -> torch.
         raise ValueError(f"a sinusoidal table needs an even width, got {dim}")
     angles = positions.float()[:, None] * _inv_freq(dim, base, positions.device)[None, :]
     return torch.cat([torch.sin(angles), -2.0 * torch.sin(angles / 2) ** 2], dim=-1)
+
+
+def whisper_sinusoids(length: int, dim: int) -> torch.Tensor:
+    """Whisper's position table ``[length, dim]``: ``[sin(p w), cos(p w)]`` with ``dim / 2``
+    frequencies ``w`` from 1 down to 1/10000 (the last exactly 1/10000, unlike the Transformer's)."""
+    if dim % 2 or dim < 4:
+        raise ValueError(f"Whisper's sinusoidal table needs an even width of at least 4, got {dim}")
+    inv = torch.exp(-math.log(10000.0) / (dim // 2 - 1) * torch.arange(dim // 2))
+    angles = torch.arange(length)[:, None] * inv[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)

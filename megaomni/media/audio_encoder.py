@@ -1,7 +1,12 @@
 """Audio encoder: convolutional stem over log-mel frames, then a bidirectional transformer.
 
 Clips of different lengths are packed into one sequence; attention stays within each clip and
-rotary positions restart at every clip. Knows nothing of parallelism.
+positions (rotary, or a fixed table added to the stem's output) restart at every clip. Knows
+nothing of parallelism.
+
+A clip may come inside a window of padding frames (Whisper's 30 s): the stem reads the whole
+window, as the Hugging Face encoder does (its last rows read the padding's features), and only
+the clip's own rows enter the transformer, as the Hugging Face encoder's attention mask leaves them.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from torch import nn
 
 from megaomni.config import AudioConfig
-from megaomni.layers.projector import MLPProjector
-from megaomni.layers.rotary import rope_1d
-from megaomni.layers.specs import encoder_layer_spec
+from megaomni.layers.projector import MLPProjector, PoolProjector
+from megaomni.layers.rotary import rope_1d, whisper_sinusoids
+from megaomni.layers.specs import NORM_MODULES, encoder_layer_spec
 from megaomni.media.modality import MediaBatch
 from megaomni.ops.attention import segment_params
 from megaomni.platform.transfer import to_device
@@ -27,22 +32,33 @@ def _ceil_div(a: torch.Tensor, b: int) -> torch.Tensor:
 
 
 class AudioEncoder(MegatronModule):
-    """A :class:`MediaBatch` of clips (``values`` log-mel features ``[F, n_mels]``, ``sizes``
-    ``[n_clips, 1]`` their frames) -> ``[sum ceil(len/downsample), llm_hidden]``."""
+    """A :class:`MediaBatch` of clips -> ``[sum tokens, llm_hidden]``: ``values`` log-mel features
+    ``[F, n_mels]``, ``sizes`` ``[n_clips, 1]`` each clip's frames of them, ``info["valid_frames"]``
+    the clip's own frames at the start of those (a window's padding after them; absent or 0: all)."""
 
     def __init__(self, cfg: AudioConfig, config: TransformerConfig, llm_hidden: int, pg_collection=None):
         super().__init__(config=config)
         self.cfg = cfg
         self.merge = cfg.downsample // cfg.stem_stride
         self.head_dim = cfg.hidden_size // cfg.num_attention_heads
+        self.pool = cfg.projector == "pool_linear"
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.hidden_size, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, kernel_size=3, stride=cfg.stem_stride, padding=1)
-        self.blocks = TransformerBlock(config, encoder_layer_spec(cfg.norm), post_layer_norm=True,
+        if cfg.position_embedding == "sinusoidal":  # a buffer: saved and loaded, never trained (as Whisper's)
+            self.register_buffer("position_embedding", whisper_sinusoids(cfg.max_positions, cfg.hidden_size))
+        # pool_linear normalises after pooling: the norm is the projector's, not the blocks'.
+        self.blocks = TransformerBlock(config, encoder_layer_spec(cfg.norm), post_layer_norm=not self.pool,
                                        pg_collection=pg_collection)
-        self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=self.merge)
+        if self.pool:
+            norm = NORM_MODULES[cfg.norm](config, cfg.hidden_size, cfg.norm_eps)
+            self.projector = PoolProjector(cfg.hidden_size, llm_hidden, self.merge, norm)
+        else:
+            self.projector = MLPProjector(cfg.hidden_size, llm_hidden, merge=self.merge)
 
-    def stem(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the convolutions on every clip -> packed ``[sum out_len, hidden]``, ``out_len``.
+    def stem(self, features: torch.Tensor, lengths: torch.Tensor,
+             valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the convolutions on every clip's ``lengths`` frames -> the rows of its first
+        ``valid`` frames (None: all), packed ``[sum rows, hidden]``, and ``rows``.
 
         Clips are zero-padded to a common length and convolved as one batch. Each convolution
         must see zeros past its clip's end, as it would alone: true of the input, and made true
@@ -51,25 +67,42 @@ class AudioEncoder(MegatronModule):
         clips = torch.split(features, lengths.tolist())
         batch = nn.utils.rnn.pad_sequence(clips, batch_first=True).transpose(1, 2)  # [n, mels, T]
         hidden = F.gelu(self.conv1(batch.to(self.conv1.weight.dtype)))
-        valid = torch.arange(hidden.shape[-1], device=hidden.device)[None, :] < to_device(lengths, hidden.device)[:, None]
-        hidden = hidden * valid[:, None, :].to(hidden.dtype)
+        frames = torch.arange(hidden.shape[-1], device=hidden.device)
+        mask = frames[None, :] < to_device(lengths, hidden.device)[:, None]
+        hidden = hidden * mask[:, None, :].to(hidden.dtype)
         out = F.gelu(self.conv2(hidden)).transpose(1, 2)  # [n, T', hidden]
-        out_lengths = _ceil_div(lengths, self.cfg.stem_stride)
-        return torch.cat([out[i, :n] for i, n in enumerate(out_lengths.tolist())]), out_lengths
+        rows = _ceil_div(lengths if valid is None else valid, self.cfg.stem_stride)
+        return torch.cat([out[i, :n] for i, n in enumerate(rows.tolist())]), rows
 
     def forward(self, media: MediaBatch) -> torch.Tensor:
-        # lengths: a host tensor (MediaBatch.to leaves shape metadata there), read without a sync.
-        hidden, stem_lengths = self.stem(media.values, media.sizes[:, 0])
-        # Pad every clip to a multiple of the projector's merge so merging never mixes clips.
-        padded_lengths = _ceil_div(stem_lengths, self.merge) * self.merge
-        pieces = torch.split(hidden, stem_lengths.tolist())
-        hidden = torch.cat([F.pad(p, (0, 0, 0, n - p.shape[0])) for p, n in zip(pieces, padded_lengths.tolist())])
-        positions = to_device(torch.cat([torch.arange(n) for n in padded_lengths.tolist()]), hidden.device)
+        # sizes, info: host tensors (MediaBatch.to leaves shape metadata there), read without a sync.
+        lengths = media.sizes[:, 0]
+        valid = media.info.get("valid_frames")
+        if valid is not None:  # 0: the whole clip
+            valid = torch.where(valid > 0, valid, lengths)
+        hidden, rows = self.stem(media.values, lengths, valid)
+        if self.pool:
+            block_rows = rows
+        else:  # zero rows up to whole groups, so that merging never mixes clips
+            block_rows = _ceil_div(rows, self.merge) * self.merge
+            pieces = torch.split(hidden, rows.tolist())
+            hidden = torch.cat([F.pad(p, (0, 0, 0, n - p.shape[0])) for p, n in zip(pieces, block_rows.tolist())])
+        positions = to_device(torch.cat([torch.arange(n) for n in block_rows.tolist()]), hidden.device)
+        angles = None
+        if self.cfg.position_embedding == "sinusoidal":
+            if int(block_rows.max()) > self.cfg.max_positions:
+                raise ValueError(f"a clip of {int(block_rows.max())} transformer rows: more than "
+                                 f"model.audio.max_positions={self.cfg.max_positions}")
+            hidden = hidden + self.position_embedding[positions].to(hidden.dtype)
+        else:
+            angles = rope_1d(positions, self.head_dim, self.cfg.rotary_base)
         hidden = self.blocks(
             hidden_states=hidden[:, None, :],
             attention_mask=None,
             rotary_pos_emb=None,  # applied by our attention core from tables made once (segment_params)
-            packed_seq_params=segment_params(padded_lengths, hidden.device,
-                                             rope_1d(positions, self.head_dim, self.cfg.rotary_base), hidden.dtype),
-        )
-        return self.projector(hidden[:, 0, :])
+            packed_seq_params=segment_params(block_rows, hidden.device, angles, hidden.dtype),
+        )[:, 0, :]
+        if self.pool:  # each clip's whole groups only
+            kept = (rows // self.merge) * self.merge
+            hidden = torch.cat([p[:n] for p, n in zip(torch.split(hidden, rows.tolist()), kept.tolist())])
+        return self.projector(hidden)

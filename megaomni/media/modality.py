@@ -116,15 +116,17 @@ class EncoderFlops:
 
     @classmethod
     def transformer(cls, section, llm_hidden: int, rows_per_input: float = 1.0,
-                    extra_rows: float = 0.0) -> "EncoderFlops":
+                    projector_params: float | None = None, extra_rows: float = 0.0) -> "EncoderFlops":
         """A transformer encoder of ``section``'s layers (attention q, k, v, o and a 3-matrix
-        gated MLP, or 2 matrices ungated) and its 2-layer projector into the LLM's width (inner
-        width ``projector_hidden_size`` where the section has one, else the LLM's)."""
+        gated MLP, or 2 matrices ungated) and its projector: ``projector_params`` per transformer
+        row, by default a 2-layer MLP into the LLM's width (inner width ``projector_hidden_size``
+        where the section has one, else the LLM's)."""
         h = section.hidden_size
         mlp = 3 if section.activation == "swiglu" else 2
-        inner = getattr(section, "projector_hidden_size", 0) or llm_hidden
-        params = (section.num_layers * (4 * h * h + mlp * h * section.ffn_hidden_size)
-                  + h * inner + inner * llm_hidden)
+        if projector_params is None:
+            inner = getattr(section, "projector_hidden_size", 0) or llm_hidden
+            projector_params = h * inner + inner * llm_hidden
+        params = section.num_layers * (4 * h * h + mlp * h * section.ffn_hidden_size) + projector_params
         return cls(params, 4 * section.num_layers * h, rows_per_input, extra_rows)
 
 

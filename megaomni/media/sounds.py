@@ -14,6 +14,9 @@ import torch.nn.functional as F
 
 from megaomni.errors import BadSample
 
+# Whisper's window: its encoder has positions for 30 s of frames, so every clip is padded to it.
+WHISPER_SECONDS = 30
+
 
 def _load_wav(data: bytes) -> tuple[np.ndarray, int]:
     try:
@@ -73,30 +76,57 @@ def resample(waveform: torch.Tensor, sr_from: int, sr_to: int) -> torch.Tensor:
     return F.interpolate(waveform[None, None], size=length, mode="linear", align_corners=False)[0, 0]
 
 
-def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int) -> torch.Tensor:
+def _slaney_mel(hz: torch.Tensor) -> torch.Tensor:
+    """Slaney's mel scale (librosa's default, Whisper's): linear to 1 kHz, logarithmic above."""
+    return torch.where(hz < 1000.0, 3.0 * hz / 200.0, 15.0 + torch.log(hz / 1000.0) * (27.0 / math.log(6.4)))
+
+
+def _slaney_hz(mel: torch.Tensor) -> torch.Tensor:
+    return torch.where(mel < 15.0, 200.0 * mel / 3.0, 1000.0 * torch.exp(math.log(6.4) / 27.0 * (mel - 15.0)))
+
+
+def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, slaney: bool = False) -> torch.Tensor:
     """Triangular filters on the HTK mel scale from 0 Hz to Nyquist, unnormalised:
-    ``[n_freqs, n_mels]`` (as torchaudio's ``melscale_fbanks(norm=None, mel_scale="htk")``)."""
+    ``[n_freqs, n_mels]`` (as torchaudio's ``melscale_fbanks(norm=None, mel_scale="htk")``).
+    ``slaney``: Whisper's instead, on Slaney's scale from 0 to 8 kHz whatever the rate, each
+    triangle scaled to unit area (librosa's and HF's ``norm="slaney"``)."""
     all_freqs = torch.linspace(0, sample_rate // 2, n_freqs, dtype=torch.float64)
-    mel_max = 2595.0 * math.log10(1.0 + (sample_rate / 2) / 700.0)
-    mel_points = torch.linspace(0.0, mel_max, n_mels + 2, dtype=torch.float64)
-    hz_points = 700.0 * (10.0 ** (mel_points / 2595.0) - 1.0)
+    if slaney:
+        top = _slaney_mel(torch.tensor(8000.0, dtype=torch.float64))
+        hz_points = _slaney_hz(torch.linspace(0.0, float(top), n_mels + 2, dtype=torch.float64))
+    else:
+        mel_max = 2595.0 * math.log10(1.0 + (sample_rate / 2) / 700.0)
+        mel_points = torch.linspace(0.0, mel_max, n_mels + 2, dtype=torch.float64)
+        hz_points = 700.0 * (10.0 ** (mel_points / 2595.0) - 1.0)
     widths = hz_points[1:] - hz_points[:-1]
     slopes = hz_points[None, :] - all_freqs[:, None]  # [n_freqs, n_mels + 2]
     down = -slopes[:, :-2] / widths[:-1]
     up = slopes[:, 2:] / widths[1:]
-    return torch.clamp(torch.minimum(down, up), min=0.0).float()
+    bank = torch.clamp(torch.minimum(down, up), min=0.0)
+    if slaney:
+        bank = bank * (2.0 / (hz_points[2:] - hz_points[:-2]))
+    return bank.float()
 
 
-def log_mel(waveform: torch.Tensor, *, sample_rate: int, n_fft: int, hop_length: int, n_mels: int) -> torch.Tensor:
+def log_mel(waveform: torch.Tensor, *, sample_rate: int, n_fft: int, hop_length: int, n_mels: int,
+            whisper: bool = False) -> torch.Tensor:
     """Whisper-style log-mel features ``[1 + len // hop_length, n_mels]``: Hann-window STFT
     (centred, reflect padded), power spectrum, HTK mel filters, log10, dynamic range cut to 8
-    decades below the clip's peak, then scaled by ``(x + 4) / 4`` to roughly [-1, 1]."""
+    decades below the clip's peak, then scaled by ``(x + 4) / 4`` to roughly [-1, 1].
+
+    ``whisper``: WhisperFeatureExtractor's features exactly, ``[whisper_frames, n_mels]``: the
+    clip zero-padded to Whisper's window first (the peak is the window's; a longer clip is cut,
+    as HF truncates), Slaney filters, and the STFT's last frame dropped."""
+    if whisper:
+        waveform = F.pad(waveform, (0, WHISPER_SECONDS * sample_rate - waveform.numel()))
     if waveform.numel() <= n_fft // 2:
         raise BadSample("bad_audio", f"clip of {waveform.numel()} samples is shorter than half a window ({n_fft})")
     spec = torch.stft(waveform.float(), n_fft, hop_length=hop_length, window=torch.hann_window(n_fft),
                       center=True, pad_mode="reflect", return_complex=True)
+    if whisper:
+        spec = spec[:, :-1]
     power = spec.abs() ** 2  # [n_freqs, frames]
-    mel = power.T @ mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate)
+    mel = power.T @ mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, slaney=whisper)
     logs = torch.clamp(mel, min=1e-10).log10()
     logs = torch.maximum(logs, logs.max() - 8.0)
     return (logs + 4.0) / 4.0
@@ -120,3 +150,14 @@ def clip_length(data: bytes, ext: str) -> tuple[int, int]:
 def log_mel_frames(samples: int, hop_length: int) -> int:
     """Frames :func:`log_mel` makes of ``samples`` samples (a centred STFT)."""
     return 1 + samples // hop_length
+
+
+def whisper_frames(sample_rate: int, hop_length: int) -> int:
+    """Frames of Whisper's window, which ``log_mel(whisper=True)`` makes of any clip (3000 at 16 kHz)."""
+    return WHISPER_SECONDS * sample_rate // hop_length
+
+
+def whisper_valid_frames(samples: int, sample_rate: int, hop_length: int) -> int:
+    """Frames of Whisper's window that hold a clip of ``samples`` samples: the sum of
+    WhisperFeatureExtractor's attention mask (a frame per hop begun inside the clip)."""
+    return min(-(-samples // hop_length), whisper_frames(sample_rate, hop_length))

@@ -1,9 +1,10 @@
 """Images and videos, through the vision encoder.
 
-A still image is one item; a video is a sequence of frames, each an image with its temporal
-index ``t = 0..T-1`` (at most ``data.max_video_frames`` frames, picked evenly), and its
-``<video>`` placeholder expands to the image pads of all its frames, frame after frame. Every
-item becomes ``(gh / merge) * (gw / merge)`` LLM tokens, and one more for a kept class token."""
+A still image is one item; a video is a sequence of frames (at most ``data.max_video_frames``,
+picked evenly) in runs of ``model.vision.temporal_patch_size``, each run an item with its
+temporal index ``t = 0..T-1``, and its ``<video>`` placeholder expands to the image pads of all
+its items, one after another. Every item becomes ``(gh / merge) * (gw / merge)`` LLM tokens,
+and one more for a kept class token."""
 
 from __future__ import annotations
 
@@ -14,8 +15,21 @@ import torch
 from megaomni.checks import require, require_choice, require_heads, require_positive, require_stack
 from megaomni.config import VISION_POSITIONS, VisionConfig
 from megaomni.errors import BadSample
-from megaomni.media.images import image_grid, load_image
-from megaomni.media.modality import EncoderFlops, ImportedOnUse, MediaItem, Modality, Source
+from megaomni.media.images import (
+    FIXED_RESIZES,
+    RESAMPLES,
+    RESIZES,
+    image_grid,
+    load_pixels,
+    patchify,
+)
+from megaomni.media.modality import (
+    EncoderFlops,
+    ImportedOnUse,
+    MediaItem,
+    Modality,
+    Source,
+)
 
 IMAGE, VIDEO = "<image>", "<video>"  # placeholders as written in conversation text
 IMAGE_EXTS = ("png", "jpg", "jpeg")
@@ -36,6 +50,13 @@ def video_frame_indices(count: int, cap: int) -> list[int]:
     return [(2 * i + 1) * count // (2 * cap) for i in range(cap)]
 
 
+def _sizing(cfg) -> dict:
+    """The arguments :func:`image_grid` takes, from the configuration."""
+    vision, data = cfg.model.vision, cfg.data
+    return {"patch_size": vision.patch_size, "merge_size": vision.merge_size, "min_pixels": data.min_pixels,
+            "max_pixels": data.max_pixels, "resize": vision.resize, "image_size": vision.image_size}
+
+
 class Vision(Modality):
     name = "vision"
     pad = "<|image_pad|>"
@@ -49,38 +70,44 @@ class Vision(Modality):
                unread_exts=("mp4", "webm", "mkv", "avi", "mov"), optional=True),
     )
 
-    def _item(self, grid: tuple[int, int], cfg, time: int = 0, values=None) -> MediaItem:
-        gh, gw, vision = *grid, cfg.model.vision
+    def _item(self, grid: tuple[int, int], cfg, time: int, frames: list) -> MediaItem:
+        """The item of one temporal patch: ``frames`` its pixels (None where only measured)."""
+        gh, gw = grid
+        vision = cfg.model.vision
+        values = None if frames[0] is None else patchify(torch.stack(frames), vision.patch_size, vision.merge_size)
         tokens = vision_tokens(gh, gw, vision.merge_size, vision.class_token and vision.keep_class_token)
         return MediaItem((gh, gw), gh * gw, tokens, {"time": time}, values)
 
     def _pictures(self, source: Source, members: list[tuple[str, bytes]], cfg, read) -> list[list[MediaItem]]:
-        """``read(bytes)``: (patches or None, grid). A video's kept frames must share one grid."""
+        """``read(bytes)``: (pixels or None, grid). A video's kept frames must share one grid."""
+        step = cfg.model.vision.temporal_patch_size
         if not source.one_medium:
-            return [[self._item(grid, cfg, 0, patches)] for patches, grid in (read(data) for _, data in members)]
+            return [[self._item(grid, cfg, 0, [pixels] * step)] for pixels, grid in (read(data) for _, data in members)]
         if not members:
             return []
         kept = video_frame_indices(len(members), cfg.data.max_video_frames)
-        frames = [self._item(grid, cfg, t, patches) for t, (patches, grid) in
-                  enumerate(read(members[i][1]) for i in kept)]
-        for i, frame in zip(kept, frames):
-            if frame.size != frames[0].size:
-                first = frames[0].size
-                raise BadSample("bad_video", f"frame {i} fits {frame.size[0]}x{frame.size[1]} patches, frame "
+        frames = [read(members[i][1]) for i in kept]
+        for i, (_, grid) in zip(kept, frames):
+            if grid != frames[0][1]:
+                first = frames[0][1]
+                raise BadSample("bad_video", f"frame {i} fits {grid[0]}x{grid[1]} patches, frame "
                                 f"{kept[0]} {first[0]}x{first[1]}: a video's frames must share one size")
-        return [frames]
+        frames += frames[-1:] * (-len(frames) % step)  # as Qwen2-VL fills the last temporal patch
+        return [[self._item(frames[0][1], cfg, t, [pixels for pixels, _ in frames[t * step:(t + 1) * step]])
+                 for t in range(len(frames) // step)]]
 
     def decode(self, source, members, cfg):
         vision, data = cfg.model.vision, cfg.data
-        return self._pictures(source, members, cfg, lambda b: load_image(
-            b, patch_size=vision.patch_size, merge_size=vision.merge_size, min_pixels=data.min_pixels,
-            max_pixels=data.max_pixels, in_channels=vision.in_channels, decoder=data.decoder))
+        how = {**_sizing(cfg), "in_channels": vision.in_channels, "decoder": data.decoder,
+               "resample": vision.resample, "mean": tuple(vision.image_mean), "std": tuple(vision.image_std)}
+
+        def read(blob: bytes):
+            pixels = load_pixels(blob, **how)
+            return pixels, (pixels.shape[0] // vision.patch_size, pixels.shape[1] // vision.patch_size)
+        return self._pictures(source, members, cfg, read)
 
     def measure(self, source, members, cfg):
-        vision, data = cfg.model.vision, cfg.data
-        return self._pictures(source, members, cfg, lambda b: (None, image_grid(
-            b, patch_size=vision.patch_size, merge_size=vision.merge_size, min_pixels=data.min_pixels,
-            max_pixels=data.max_pixels)))
+        return self._pictures(source, members, cfg, lambda b: (None, image_grid(b, **_sizing(cfg))))
 
     def positions(self, items, start, cfg):
         """Qwen2-VL's: each item's merged grid, its rows by height and its columns by width, and its
@@ -101,18 +128,33 @@ class Vision(Modality):
     def check(self, cfg):
         vision, data = cfg.model.vision, cfg.data
         require_positive("model.vision", vision, ("num_layers", "hidden_size", "num_attention_heads",
-                                                  "ffn_hidden_size", "patch_size", "merge_size"))
+                                                  "ffn_hidden_size", "patch_size", "merge_size", "temporal_patch_size"))
         rope = vision.position_embedding == "rope_2d"
         require_heads("model.vision", vision.hidden_size, vision.num_attention_heads, 4 if rope else 1)
         require_stack("model.vision", vision)
         self._check_tower(cfg)
-        require(vision.temporal_patch_size >= 1, f"model.vision.temporal_patch_size={vision.temporal_patch_size}: "
-                "must be a positive integer (frames per patch)")
         require(vision.projector_hidden_size >= 0, f"model.vision.projector_hidden_size="
                 f"{vision.projector_hidden_size}: must be >= 0 (0: the LLM's hidden size)")
-        cell = (vision.patch_size * vision.merge_size) ** 2
-        require(data.max_pixels >= cell, f"data.max_pixels={data.max_pixels}: must hold one merged patch, "
-                f"(model.vision.patch_size*merge_size)^2={cell}")
+        require(vision.resize in RESIZES, f"model.vision.resize={vision.resize}: must be one of {', '.join(RESIZES)}")
+        require(vision.resample in RESAMPLES,
+                f"model.vision.resample={vision.resample}: must be one of {', '.join(RESAMPLES)}")
+        for name in ("image_mean", "image_std"):
+            values = getattr(vision, name)
+            require(len(values) in (1, vision.in_channels), f"model.vision.{name}={values}: needs one value, or "
+                    f"one per channel (model.vision.in_channels={vision.in_channels})")
+        require(all(s > 0 for s in vision.image_std), f"model.vision.image_std={vision.image_std}: must be positive")
+        cell = vision.patch_size * vision.merge_size
+        if vision.resize in FIXED_RESIZES:
+            require(vision.image_size > 0 and vision.image_size % cell == 0,
+                    f"model.vision.image_size={vision.image_size}: must be a positive multiple of "
+                    f"model.vision.patch_size*merge_size={cell}")
+            patches = (vision.image_size // vision.patch_size) ** 2
+            require(data.max_patches == 0 or data.max_patches >= patches,
+                    f"data.max_patches={data.max_patches}: must hold one {vision.image_size}-pixel image, "
+                    f"{patches} patches (or 0: no limit)")
+            return
+        require(data.max_pixels >= cell * cell, f"data.max_pixels={data.max_pixels}: must hold one merged patch, "
+                f"(model.vision.patch_size*merge_size)^2={cell * cell}")
         require(data.min_pixels <= data.max_pixels,
                 f"data.min_pixels={data.min_pixels}: must not exceed data.max_pixels={data.max_pixels}")
 
@@ -120,11 +162,9 @@ class Vision(Modality):
         """The CLIP / SigLIP options: positions, class token, feature layer."""
         vision = cfg.model.vision
         require_choice("model.vision.position_embedding", vision.position_embedding, VISION_POSITIONS)
-        if vision.position_embedding == "learned":  # a side's pixels past whole patches are dropped, as a conv does
-            side = vision.image_size // vision.patch_size
-            require(side > 0 and side % vision.merge_size == 0, f"model.vision.image_size={vision.image_size}: "
-                    "learned positions hold one grid, so images need one size (0: sizes vary), of a whole number of "
-                    f"merge_size={vision.merge_size} groups of patch_size={vision.patch_size} patches a side")
+        require(vision.position_embedding != "learned" or vision.resize in FIXED_RESIZES,
+                f"model.vision.resize={vision.resize}: learned positions hold one grid, so images need one size "
+                f"(resize {' or '.join(FIXED_RESIZES)}, to image_size)")
         require(1 <= vision.layers_used() <= vision.num_layers,
                 f"model.vision.feature_layer={vision.feature_layer}: names no layer of num_layers="
                 f"{vision.num_layers} (0: the last, normed; n: layer n; -n: hidden_states[-n], -1 the last)")

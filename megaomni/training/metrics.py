@@ -56,7 +56,7 @@ class MetricsWriter:
             per_iter = (time.perf_counter() - self._started) / max(done, 1)
             extras = "".join(f" | {k} {v:.4g}" for k, v in record.items()
                              if k.startswith(("answer", "skipped", "micro_batches", "padding", "dp_imbalance",
-                                              "max_memory"))
+                                              "max_memory", "tflops", "mfu"))
                              and isinstance(v, (int, float)))
             log.info(
                 "iter %d/%d | loss %.4f | grad_norm %.3f | lr %.3e | tokens %d | %.0f tok/s | "

@@ -15,35 +15,44 @@ from megaomni.checkpoint.dist_ckpt import load_checkpoint, save_checkpoint
 from megaomni.config import OmniConfig
 from megaomni.data.loader import OmniDataLoader
 from megaomni.data.tokenizer import OmniTokenizer
+from megaomni.flops import FlopModel
 from megaomni.models.build import padded_vocab_size
 from megaomni.platform.distributed import init_distributed
 from megaomni.training.metrics import MetricsWriter, check_finite
 from megaomni.training.schedule import StepRunner
 from megaomni.training.setup import build_training_state
 from megaomni.training.step import STAT_KEYS, make_forward_step
+from megaomni.training.throughput import batch_flops, peak_tflops
 
 log = logging.getLogger("megaomni.train")
 
 
-def reduce_step_stats(reports: list[dict], tokens: int, samples: int, device) -> dict:
+def reduce_step_stats(reports: list[dict], tokens: int, samples: int, flops: float, device) -> dict:
     """Sum the micro-batch statistics over data- and context-parallel ranks (each holds part of
-    the sums), count tokens and samples once per data-parallel rank, then share the last
-    pipeline stage's totals with every stage (other stages contribute zeros)."""
-    local = torch.zeros(len(STAT_KEYS) + 2, dtype=torch.float64, device=device)
+    the sums), count tokens, samples and model FLOPs once per data-parallel rank, then share the
+    last pipeline stage's totals with every stage (other stages contribute zeros)."""
+    local = torch.zeros(len(STAT_KEYS) + 3, dtype=torch.float64, device=device)
     if ps.is_pipeline_last_stage(ignore_virtual=True):
         for report in reports:
             local[: len(STAT_KEYS)] += report["stats"].to(local)
         if ps.get_context_parallel_rank() == 0:
-            local[-2:] = torch.tensor([tokens, samples], dtype=local.dtype)
+            local[-3:] = torch.tensor([tokens, samples, flops], dtype=local.dtype)
     dist.all_reduce(local, group=ps.get_data_parallel_group(with_context_parallel=True))
     dist.all_reduce(local, group=ps.get_pipeline_model_parallel_group())
-    values = dict(zip(STAT_KEYS + ("tokens", "samples"), local.tolist()))
+    values = dict(zip(STAT_KEYS + ("tokens", "samples", "flops"), local.tolist()))
     return {
         "loss": values["loss_sum"] / max(values["loss_tokens"], 1.0),
         "answer_nll": values["loss_sum"] / max(values["samples"], 1.0),
         "tokens": int(values["tokens"]),
         "loss_tokens": int(values["loss_tokens"]),
+        "flops": values["flops"],
     }
+
+
+def throughput_metrics(flops: float, step_time: float, peak: float) -> dict:
+    """Model TFLOP/s per GPU, and MFU where the peak is known (see megaomni.flops)."""
+    tflops = flops / step_time / dist.get_world_size() / 1e12
+    return {"tflops_per_gpu": tflops, **({"mfu": tflops / peak} if peak else {})}
 
 
 def peak_memory_gib(device) -> float:
@@ -101,6 +110,7 @@ def train(cfg: OmniConfig) -> dict:
                            enabled=_is_metrics_rank(), resume_from=start)
 
     runner = StepRunner(cfg, state, device, vocab)
+    flop_model, peak = FlopModel.from_config(cfg.model, vocab), peak_tflops(device, cfg.train.peak_tflops)
     forward_step = make_forward_step(device)
     optimizer = state.optimizer
     record: dict = {}
@@ -115,7 +125,8 @@ def train(cfg: OmniConfig) -> dict:
         _, grad_norm, _ = optimizer.step()
         state.scheduler.step(increment=1)
         tokens = sum(int((b.tokens != tokenizer.pad_id).sum()) for b in batches)
-        stats = reduce_step_stats(reports, tokens, sum(b.num_samples for b in batches), device)
+        flops = sum(batch_flops(flop_model, b, tokenizer.pad_id) for b in batches)
+        stats = reduce_step_stats(reports, tokens, sum(b.num_samples for b in batches), flops, device)
         step_time = time.perf_counter() - started
         runner.write_timeline()
         record = {
@@ -126,6 +137,7 @@ def train(cfg: OmniConfig) -> dict:
             "tokens": stats["tokens"],
             "tokens_per_s": stats["tokens"] / step_time,
             "step_time_s": step_time,
+            **throughput_metrics(stats["flops"], step_time, peak),
             "answer_nll": stats["answer_nll"],
             "loss_tokens": stats["loss_tokens"],
             "skipped_samples": sum(loader.skipped.values()),

@@ -3,7 +3,7 @@ download), a CLIP tower + Llama (the penultimate layer, class token dropped) or 
 tied Qwen2 (the last layer, unnormed, every row kept), imported into megaomni, gives the Hugging
 Face model's logits (fp32, 1e-4) on text and two images; transformers 4's tensor names import the
 same; exported back, every tensor (the unrun last layer and post_layernorm too) is bit-exact and
-``from_pretrained`` loads it with nothing missing."""
+``from_pretrained`` loads it, nothing missing, with identical logits."""
 
 from __future__ import annotations
 
@@ -77,8 +77,9 @@ def test_llava_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu
     from megaomni.models.build import build_model
 
     hf = hf_model(case, tmp_path / "hf")
-    architecture, imported, state = import_hf(str(tmp_path / "hf"))
-    cfg = OmniConfig(model=model_config(imported))
+    imported = import_hf(str(tmp_path / "hf"))
+    architecture, state = imported.architecture, imported.state
+    cfg = OmniConfig(model=model_config(imported.sections))
     vision = cfg.model.vision
     side = vision.image_size // PATCH
     check_model(cfg)
@@ -93,9 +94,9 @@ def test_llava_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu
     config = {**sparse(config, transformers.LlavaConfig().to_dict()),
               **{name: sparse(config[name], default.to_dict()) for name, default in defaults.items()}}
     write_hf(str(tmp_path / "old"), config, old)
-    _, old_sections, old_state = import_hf(str(tmp_path / "old"))
-    assert old_sections == imported and old_state.keys() == state.keys()
-    assert all(torch.equal(t, state[k]) for k, t in old_state.items())
+    old = import_hf(str(tmp_path / "old"))
+    assert old.sections == imported.sections and old.state.keys() == state.keys()
+    assert all(torch.equal(t, state[k]) for k, t in old.state.items())
 
     tokens, pixels, patches = inputs(vision.image_size, CASES[case][3])
     with torch.no_grad():
@@ -110,15 +111,14 @@ def test_llava_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu
     assert got.shape == want.shape
     assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
 
-    export_hf(cfg.model, model.state_dict(), str(tmp_path / "out"), architecture)
+    export_hf(cfg.model, model.state_dict(), str(tmp_path / "out"), architecture, imported.hf_config)
     _, exported = read_hf(str(tmp_path / "out"))
     assert exported.keys() == theirs.keys()
     assert all(torch.equal(exported[k], theirs[k]) for k in theirs)
     reloaded, info = type(hf).from_pretrained(str(tmp_path / "out"), output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    assert reloaded.config.vision_feature_layer == hf.config.vision_feature_layer
-    assert reloaded.config.vision_feature_select_strategy == hf.config.vision_feature_select_strategy
-    assert reloaded.config.vision_config.hidden_act == hf.config.vision_config.hidden_act
+    with torch.no_grad():
+        assert torch.equal(reloaded.float().eval()(input_ids=tokens, pixel_values=pixels).logits, want)
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -71,7 +71,8 @@ def logits(model, tokens: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu, tmp_path, name):
     hf = hf_model(name, tmp_path / "hf")
-    architecture, sections, state = import_hf(str(tmp_path / "hf"))
+    imported = import_hf(str(tmp_path / "hf"))
+    architecture, sections, state = imported.architecture, imported.sections, imported.state
     assert architecture == type(hf).__name__
     cfg, model = megaomni_llm(sections, state)
     tokens = torch.randint(0, VOCAB, (2, 24), generator=torch.Generator().manual_seed(1))
@@ -81,7 +82,7 @@ def test_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu, tmp_
     assert got.shape == want.shape
     assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
 
-    export_hf(cfg.model, model.state_dict(), str(tmp_path / "out"), architecture)
+    export_hf(cfg.model, model.state_dict(), str(tmp_path / "out"), architecture, imported.hf_config)
     _, original = read_hf(str(tmp_path / "hf"))
     _, exported = read_hf(str(tmp_path / "out"))
     assert exported.keys() == original.keys()
@@ -123,7 +124,8 @@ def test_bad_checkpoints_fail_with_one_line(tmp_path):
 
 def test_a_shape_that_does_not_fit_the_config(megatron_cpu, tmp_path):
     hf_model("qwen2", tmp_path / "hf")
-    _, sections, state = import_hf(str(tmp_path / "hf"))
+    imported = import_hf(str(tmp_path / "hf"))
+    sections, state = imported.sections, imported.state
     sections["llm"]["ffn_hidden_size"] = 96
     with pytest.raises(RuntimeError, match="size mismatch for llm.decoder.layers.0.mlp.linear_fc1.weight"):
         megaomni_llm(sections, state)

@@ -73,7 +73,8 @@ def test_qwen2_vl_import_gives_hugging_face_logits_and_export_is_exact(megatron_
     from megaomni.models.build import build_model
 
     hf = hf_model(tmp_path / "hf")
-    architecture, sections, state = import_hf(str(tmp_path / "hf"))
+    imported = import_hf(str(tmp_path / "hf"))
+    architecture, sections, state = imported.architecture, imported.sections, imported.state
     cfg = OmniConfig(model=model_config(sections))
     model = build_model(cfg, VOCAB, lambda name: IMAGE)
     load_state(model, state)
@@ -100,11 +101,11 @@ def test_qwen2_vl_import_gives_hugging_face_logits_and_export_is_exact(megatron_
     assert got.shape == want.shape
     assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
 
-    export_hf(cfg.model, model.state_dict(), str(tmp_path / "out"), architecture)
+    export_hf(cfg.model, model.state_dict(), str(tmp_path / "out"), architecture, imported.hf_config)
     _, original = read_hf(str(tmp_path / "hf"))
     _, exported = read_hf(str(tmp_path / "out"))
     assert exported.keys() == original.keys()
     assert all(torch.equal(exported[k], original[k]) for k in original)
     reloaded = type(hf).from_pretrained(str(tmp_path / "out")).float().eval()
-    assert reloaded.config.vision_config.hidden_act == "quick_gelu"
+    assert reloaded.config.vision_config.hidden_act == "quick_gelu" and reloaded.config.image_token_id == IMAGE
     assert reloaded.config.text_config.rope_parameters["mrope_section"] == [2, 3, 3]

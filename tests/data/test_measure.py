@@ -11,6 +11,7 @@ from megaomni.data.shards import iter_shard, list_shards
 from megaomni.errors import BadSample
 from megaomni.media import registry
 from tests.data.helpers import png
+from tests.data.test_hf_processors import FAMILIES
 from tests.data.test_media import wav_bytes
 from tests.data.test_video import frames
 
@@ -66,3 +67,29 @@ def test_too_long_audio_fails_alike(cfg):
         with pytest.raises(BadSample) as e:
             step(audio.sources[0], members, cfg)
         assert e.value.reason == "audio_too_long"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("width, height", [(300, 41), (1000, 999), (5, 7), (13, 400)])
+def test_images_in_each_hf_familys_sizing(cfg, family, width, height):
+    for name, value in FAMILIES[family].items():
+        setattr(cfg.model.vision, name, value)
+    vision = registry.get("vision")
+    assert_measure_is_decode(vision, vision.sources[0], [("png", png(width, height))], cfg)
+
+
+@pytest.mark.parametrize("cap", [0, 2, 3])
+def test_videos_in_temporal_patches(cfg, cap):
+    cfg.data.max_video_frames, cfg.model.vision.temporal_patch_size = cap, 2
+    vision = registry.get("vision")
+    (video,) = assert_measure_is_decode(vision, vision.sources[1], [("png", f) for f in frames(5)], cfg)
+    assert [item.info["time"] for item in video] == list(range(-(-(cap or 5) // 2)))
+
+
+@pytest.mark.parametrize("rate, seconds", [(16000, 0.004), (16000, 30.0), (8000, 0.75), (44100, 12.3)])
+def test_whisper_windows_at_any_rate(cfg, rate, seconds):
+    cfg.model.audio.features, cfg.data.max_audio_seconds = "whisper", 30.0
+    audio = registry.get("audio")
+    samples = np.random.default_rng(0).integers(-20000, 20000, (int(rate * seconds), 1))
+    ((item,),) = assert_measure_is_decode(audio, audio.sources[0], [("wav", wav_bytes(samples, rate))], cfg)
+    assert item.rows == 3000 and 0 < item.info["valid_frames"] <= 3000

@@ -1,7 +1,7 @@
-"""The vision encoder's CLIP / SigLIP options (model.vision.position_embedding, image_size,
-class_token, keep_class_token, pre_norm, patch_bias, feature_layer): one-line errors where they do
-not fit, FLOPs of the layers run and the class row, features per image, and an image of another
-grid refused. Their numerics are the Hugging Face towers' (tests/checkpoint/test_hf_llava.py)."""
+"""The vision encoder's CLIP / SigLIP options (model.vision.position_embedding, class_token,
+keep_class_token, pre_norm, patch_bias, feature_layer): one-line errors where they do not fit,
+FLOPs of the layers run and the class row, features per image, and an image of another grid
+refused. Their numerics are the Hugging Face towers' (tests/checkpoint/test_hf_llava.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from megaomni.media.modality import MediaItem
 from megaomni.media.vision import VISION, vision_tokens
 from megaomni.validation import check_model
 
-CLIP = dict(position_embedding="learned", image_size=56, class_token=True, pre_norm=True, feature_layer=-2,
-            norm="layernorm", activation="quick_gelu", bias=True, merge_size=1, num_layers=3)
+CLIP = dict(position_embedding="learned", resize="shortest_edge_crop", image_size=56, class_token=True,
+            pre_norm=True, feature_layer=-2, norm="layernorm", activation="quick_gelu", bias=True, merge_size=1,
+            num_layers=3)
 
 
 def config(**fields) -> OmniConfig:
@@ -27,7 +28,7 @@ def config(**fields) -> OmniConfig:
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(position_embedding="learned"), "model.vision.image_size=0: learned positions hold one grid"),
+    (dict(position_embedding="learned"), "model.vision.resize=fit: learned positions hold one grid"),
     (dict(position_embedding="sinusoid"), "model.vision.position_embedding=sinusoid: valid: rope_2d, learned"),
     (dict(feature_layer=-4, num_layers=3), "model.vision.feature_layer=-4: names no layer of num_layers=3"),
     (dict(feature_layer=3, num_layers=2), "model.vision.feature_layer=3: names no layer"),

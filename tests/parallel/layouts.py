@@ -33,16 +33,23 @@ MOE = Model("moe", ("model.llm.moe.num_experts=4", "model.llm.moe.top_k=2", "mod
                     # EP over 2 data-parallel ranks needs an even micro-batch count; every MoE run
                     # keeps it, so all layouts train on the same micro-batches.
                     "data.micro_batch_multiple=2"))
+# The options imported families bring (Qwen2-VL's): multimodal RoPE, LayerNorm blocks with
+# biases and an ungated MLP in the encoders, a wide projector.
+IMPORTED = Model("imported", ("model.llm.mrope_section=[2,3,3]", "model.llm.qkv_bias=true",
+                              "model.vision.norm=layernorm", "model.vision.activation=quick_gelu",
+                              "model.vision.bias=true", "model.vision.temporal_embedding=false",
+                              "model.vision.projector_hidden_size=256", "model.audio.norm=layernorm",
+                              "model.audio.activation=gelu", "model.audio.bias=true"))
 
 # (name, ranks, overrides, models it applies to). An MoE LLM under TP needs sequence parallelism.
 LAYOUTS = [
     ("tp2", 2, ("parallel.tp=2",), (DENSE,)),
     ("tp2_sp", 2, ("parallel.tp=2", "parallel.sp=true"), (DENSE, MOE)),
-    ("tp2_enc_tp2", 2, ("parallel.tp=2", "parallel.encoder.tp=2"), (DENSE,)),
+    ("tp2_enc_tp2", 2, ("parallel.tp=2", "parallel.encoder.tp=2"), (DENSE, IMPORTED)),
     ("pp2", 2, ("parallel.pp=2",), (DENSE, MOE)),
     ("pp2_vpp2", 2, ("parallel.pp=2", "parallel.vpp=2"), (DENSE, MOE)),
     ("pp4_vpp2", 4, ("parallel.pp=4", "parallel.vpp=2"), (DENSE, MOE)),
-    ("cp2", 2, ("parallel.cp=2",), (DENSE, MOE)),
+    ("cp2", 2, ("parallel.cp=2",), (DENSE, MOE, IMPORTED)),
     ("ep2", 2, ("parallel.ep=2",), (MOE,)),
     ("dp2_distopt", 2, ("parallel.distributed_optimizer=true",), (DENSE, MOE)),
     ("tp2_pp2", 4, ("parallel.tp=2", "parallel.pp=2"), (DENSE,)),

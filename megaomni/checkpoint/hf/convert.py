@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -61,9 +63,17 @@ def model_config(sections: dict) -> ModelConfig:
     return config_from_dict({"model": sections}).model
 
 
-def import_hf(folder: str) -> tuple[str, dict, dict[str, torch.Tensor]]:
-    """(architecture, the ``model`` sections (``model.llm``, ``model.vision``, ... fields), megaomni's
-    state dict) of a Hugging Face model folder."""
+@dataclass
+class Imported:
+    """A Hugging Face folder in megaomni's terms."""
+
+    architecture: str
+    sections: dict  # the ``model`` config sections (``model.llm``, ``model.vision``, ... fields)
+    state: dict[str, torch.Tensor]  # megaomni's state dict of the whole model
+    hf_config: dict  # its config.json, for export to keep what megaomni has no field for (token ids...)
+
+
+def import_hf(folder: str) -> Imported:
     config, theirs = read_hf(folder)
     fam = family(config)
     if hasattr(fam, "checkpoint_names"):  # a family whose checkpoints come in several layouts: one of them
@@ -76,7 +86,7 @@ def import_hf(folder: str) -> tuple[str, dict, dict[str, torch.Tensor]]:
     model = model_config(sections)
     ours = to_ours(expand(fam.rules(model), _counts(model)), theirs)
     # megaomni keeps fp32 weights (bf16 training casts them): bf16 -> fp32 -> bf16 is exact.
-    return config["architectures"][0], sections, {name: tensor.float() for name, tensor in ours.items()}
+    return Imported(config["architectures"][0], sections, {name: t.float() for name, t in ours.items()}, config)
 
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -86,10 +96,20 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     module.load_state_dict({**state, **extra}, strict=True)
 
 
-def export_hf(model: ModelConfig, state: dict[str, torch.Tensor], folder: str, architecture: str) -> None:
+def _merged(base: dict, ours: dict) -> dict:
+    """``base`` with ``ours`` written over it, section by section."""
+    out = dict(base)
+    for key, value in ours.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def export_hf(model: ModelConfig, state: dict[str, torch.Tensor], folder: str, architecture: str,
+              base_config: Optional[dict] = None) -> None:
     """Write megaomni's ``state`` (of a model of ``model``; a module's ``state_dict``, its
-    ``_extra_state`` entries aside) as a Hugging Face ``architecture`` folder."""
+    ``_extra_state`` entries aside) as a Hugging Face ``architecture`` folder; its config.json is
+    ``base_config`` (the imported one) updated with every field megaomni's config sets."""
     fam = family({"architectures": [architecture]})
     tensors = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
     theirs = to_theirs(expand(fam.rules(model), _counts(model)), tensors)
-    write_hf(folder, fam.hf_config(model, architecture), theirs)
+    write_hf(folder, _merged(base_config or {}, fam.hf_config(model, architecture)), theirs)

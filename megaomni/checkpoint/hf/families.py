@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from megaomni.checkpoint.hf import llama_style, llava, qwen2_vl
+from megaomni.checkpoint.hf import llama_style, llava, qwen2_audio, qwen2_vl
 from megaomni.checkpoint.hf.mapping import MappingError
 
-FAMILIES = {architecture: module for module in (llama_style, qwen2_vl, llava) for architecture in module.ARCHITECTURES}
+FAMILIES = {architecture: module for module in (llama_style, qwen2_vl, qwen2_audio, llava)
+            for architecture in module.ARCHITECTURES}
 
 
 def family(hf_config: dict):
