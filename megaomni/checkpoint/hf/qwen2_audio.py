@@ -7,10 +7,8 @@ sinusoidal, projector pool_linear: the LayerNorm after pooling is the projector'
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from megaomni.checkpoint.hf import llama_style
-from megaomni.checkpoint.hf.mapping import QKV, Direct, Heads, MappingError
+from megaomni.checkpoint.hf.mapping import QKV, Direct, Heads, MappingError, prefixed
 
 ARCHITECTURES = {"Qwen2AudioForConditionalGeneration": "qwen2_audio"}
 
@@ -55,11 +53,6 @@ def hf_config(model, architecture: str) -> dict:
                 activation_function=audio.activation, scale_embedding=False)}
 
 
-def _prefixed(rule, prefix: str):
-    """``rule`` with ``prefix`` before each of its Hugging Face names (a key without a bias stays "")."""
-    return replace(rule, **{k: prefix + v for k, v in vars(rule).items() if isinstance(v, str) and k != "ours" and v})
-
-
 def rules(model) -> list:
     audio = model.audio
     heads = Heads(audio.num_attention_heads, audio.num_attention_heads, audio.hidden_size // audio.num_attention_heads)
@@ -82,4 +75,4 @@ def rules(model) -> list:
             Direct(f"audio_encoder.projector.norm.{kind}", f"audio_tower.layer_norm.{kind}"),
             Direct(f"audio_encoder.projector.linear.{kind}", f"multi_modal_projector.linear.{kind}"),
         ]
-    return [_prefixed(rule, _LLM) for rule in llama_style.llm_rules(model.llm)] + table
+    return [prefixed(rule, _LLM) for rule in llama_style.llm_rules(model.llm)] + table
