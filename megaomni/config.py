@@ -68,6 +68,7 @@ class LLMConfig:
 
 NORMS = ("rmsnorm", "layernorm")  # an encoder's norm (LayerNorm with a bias)
 ACTIVATIONS = ("swiglu", "gelu", "gelu_tanh", "quick_gelu")  # an encoder's MLP (SwiGLU gated, the rest not)
+VISION_POSITIONS = ("rope_2d", "learned")  # model.vision.position_embedding
 
 
 @dataclass
@@ -94,7 +95,7 @@ class VisionConfig:
     # cell), shortest_edge_crop (CLIP: the short side to image_size, then the centre square),
     # square (SigLIP: image_size x image_size).
     resize: str = "fit"
-    image_size: int = 224  # shortest_edge_crop / square: the square's side in pixels
+    image_size: int = 224  # shortest_edge_crop / square: the square's side in pixels (and learned positions')
     # Bicubic as Pillow does it (HF's PIL processors) or torch (HF's torchvision processors: the
     # fast image processors and every video processor).
     resample: str = "pil"
@@ -115,6 +116,23 @@ class VisionConfig:
     # temporal group spanning temporal_patch_size / data.video_fps seconds (positions truncated to
     # integers). 0: a group's index (Qwen2-VL).
     tokens_per_second: int = 0
+    # Patch positions: rope_2d (rotary over each image's grid, any size) | learned (CLIP's and
+    # SigLIP's table of (image_size / patch_size)^2 positions in raster order, +1 for the class
+    # token; a fixed resize only).
+    position_embedding: str = "rope_2d"
+    class_token: bool = False  # a learned row before each image's patches (CLIP's)
+    keep_class_token: bool = False  # its output is a feature too (LLaVA's "full"); false: dropped ("default")
+    pre_norm: bool = False  # a norm of the embeddings before the blocks (CLIP's pre_layrnorm)
+    patch_bias: bool = False  # a bias on the patch embedding (SigLIP's)
+    # The output the projector reads: 0, the last layer's through the final norm; n > 0, layer n's;
+    # -n, Hugging Face's hidden_states[-n] (-1: the last layer's, -2: LLaVA's penultimate); those
+    # two without the final norm. Layers after it and the final norm are kept, frozen, for export.
+    feature_layer: int = 0
+
+    def layers_used(self) -> int:
+        """The layers run: up to the one :attr:`feature_layer` names."""
+        f = self.feature_layer
+        return self.num_layers if f == 0 else f if f > 0 else self.num_layers + 1 + f
 
 
 @dataclass

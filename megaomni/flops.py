@@ -49,6 +49,7 @@ class FlopModel:
     encoder_attention: dict = field(default_factory=dict)  # modality -> 4 * layers * hidden
     rows_per_input: dict = field(default_factory=dict)  # modality -> transformer rows per input row
     attention_width: int = 0  # query heads x head dim (0: hidden; they differ where head_dim is set)
+    extra_rows: dict = field(default_factory=dict)  # modality -> transformer rows per item besides its inputs'
 
     @classmethod
     def from_config(cls, model: ModelConfig, vocab: int = 0, stage_layers: list[int] = ()) -> "FlopModel":
@@ -58,7 +59,8 @@ class FlopModel:
         width = llm.num_attention_heads * llm.head_dim if llm.head_dim else 0
         return cls(tuple(llm_layer_costs(llm)), tuple(stage_layers) or (llm.num_layers,), llm.hidden_size, vocab,
                    {n: e.params for n, e in encoders.items()}, {n: e.attention for n, e in encoders.items()},
-                   {n: e.rows_per_input for n, e in encoders.items()}, width)
+                   {n: e.rows_per_input for n, e in encoders.items()}, width,
+                   {n: e.extra_rows for n, e in encoders.items()})
 
     def encoder_params_per_row(self) -> int:
         """Matmul parameters of the enabled encoders and projectors (per encoder row): what the
@@ -85,7 +87,7 @@ class FlopModel:
 
     def item_forward(self, modality: str, rows: int) -> float:
         """Forward FLOPs of one media item of ``rows`` encoder input rows."""
-        rows = rows * self.rows_per_input.get(modality, 1.0)
+        rows = rows * self.rows_per_input.get(modality, 1.0) + self.extra_rows.get(modality, 0.0)
         return (2 * self.encoder_params.get(modality, 0.0) * rows
                 + self.encoder_attention.get(modality, 0.0) * rows * rows)
 

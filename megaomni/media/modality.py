@@ -105,17 +105,18 @@ class MediaBatch:
 
 @dataclass(frozen=True)
 class EncoderFlops:
-    """Forward FLOPs of an encoder and its projector per item of ``r`` input rows:
-    ``2 * params * (r * rows_per_input) + attention * (r * rows_per_input)^2`` (matmuls at 2 FLOPs
-    per parameter per row; QK^T and AV over the whole item)."""
+    """Forward FLOPs of an encoder and its projector per item of ``r`` input rows, ``n = r *
+    rows_per_input + extra_rows`` transformer rows: ``2 * params * n + attention * n^2`` (matmuls
+    at 2 FLOPs per parameter per row; QK^T and AV over the whole item)."""
 
     params: float  # matmul parameters per transformer row
     attention: float  # 4 * layers * hidden: FLOPs per (query, key) pair
     rows_per_input: float = 1.0  # transformer rows per input row (a striding stem makes fewer)
+    extra_rows: float = 0.0  # transformer rows of every item besides its inputs' (a class token)
 
     @classmethod
     def transformer(cls, section, llm_hidden: int, rows_per_input: float = 1.0,
-                    projector_params: float | None = None) -> "EncoderFlops":
+                    projector_params: float | None = None, extra_rows: float = 0.0) -> "EncoderFlops":
         """A transformer encoder of ``section``'s layers (attention q, k, v, o and a 3-matrix
         gated MLP, or 2 matrices ungated) and its projector: ``projector_params`` per transformer
         row, by default a 2-layer MLP into the LLM's width (inner width ``projector_hidden_size``
@@ -126,7 +127,7 @@ class EncoderFlops:
             inner = getattr(section, "projector_hidden_size", 0) or llm_hidden
             projector_params = h * inner + inner * llm_hidden
         params = section.num_layers * (4 * h * h + mlp * h * section.ffn_hidden_size) + projector_params
-        return cls(params, 4 * section.num_layers * h, rows_per_input)
+        return cls(params, 4 * section.num_layers * h, rows_per_input, extra_rows)
 
 
 class ImportedOnUse:

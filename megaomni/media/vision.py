@@ -3,14 +3,17 @@
 A still image is one item; a video is a sequence of frames (at most ``data.max_video_frames``,
 picked evenly) in runs of ``model.vision.temporal_patch_size``, each run an item with its
 temporal index ``t = 0..T-1``, and its ``<video>`` placeholder expands to the image pads of all
-its items, one after another. Every item becomes ``(gh / merge) * (gw / merge)`` LLM tokens."""
+its items, one after another. Every item becomes ``(gh / merge) * (gw / merge)`` LLM tokens,
+and one more for a kept class token."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from megaomni.checks import require, require_heads, require_positive, require_stack
-from megaomni.config import VisionConfig
+from megaomni.checks import require, require_choice, require_heads, require_positive, require_stack
+from megaomni.config import VISION_POSITIONS, VisionConfig
 from megaomni.errors import BadSample
 from megaomni.media.images import (
     FIXED_RESIZES,
@@ -33,9 +36,10 @@ IMAGE_EXTS = ("png", "jpg", "jpeg")
 VIDEO_FIELD = "video"  # frame N of the video: KEY.video.N.png
 
 
-def vision_tokens(grid_h: int, grid_w: int, merge: int) -> int:
-    """LLM tokens an image of ``grid_h x grid_w`` patches turns into."""
-    return (grid_h // merge) * (grid_w // merge)
+def vision_tokens(grid_h: int, grid_w: int, merge: int, class_row: bool = False) -> int:
+    """LLM tokens an image of ``grid_h x grid_w`` patches turns into (``class_row``: and its class
+    token's feature)."""
+    return (grid_h // merge) * (grid_w // merge) + int(class_row)
 
 
 def video_frame_indices(count: int, cap: int) -> list[int]:
@@ -82,7 +86,8 @@ class Vision(Modality):
         gh, gw = grid
         vision = cfg.model.vision
         values = None if frames[0] is None else patchify(torch.stack(frames), vision.patch_size, vision.merge_size)
-        return MediaItem((gh, gw), gh * gw, vision_tokens(gh, gw, vision.merge_size), {"time": time}, values)
+        tokens = vision_tokens(gh, gw, vision.merge_size, vision.class_token and vision.keep_class_token)
+        return MediaItem((gh, gw), gh * gw, tokens, {"time": time}, values)
 
     def _pictures(self, source: Source, members: list[tuple[str, bytes]], cfg, read) -> list[list[MediaItem]]:
         """``read(bytes)``: (pixels or None, grid). A video's kept frames must share one grid."""
@@ -127,14 +132,18 @@ class Vision(Modality):
         return start + torch.cat(grids, dim=1)
 
     def flops(self, section, llm_hidden):
-        return EncoderFlops.transformer(section, llm_hidden)
+        # The layers run, and a class token's row in each image.
+        return EncoderFlops.transformer(replace(section, num_layers=section.layers_used()), llm_hidden,
+                                        extra_rows=int(section.class_token))
 
     def check(self, cfg):
         vision, data = cfg.model.vision, cfg.data
         require_positive("model.vision", vision, ("num_layers", "hidden_size", "num_attention_heads",
                                                   "ffn_hidden_size", "patch_size", "merge_size", "temporal_patch_size"))
-        require_heads("model.vision", vision.hidden_size, vision.num_attention_heads, 4)
+        rope = vision.position_embedding == "rope_2d"
+        require_heads("model.vision", vision.hidden_size, vision.num_attention_heads, 4 if rope else 1)
         require_stack("model.vision", vision)
+        self._check_tower(cfg)
         require(vision.projector_hidden_size >= 0, f"model.vision.projector_hidden_size="
                 f"{vision.projector_hidden_size}: must be >= 0 (0: the LLM's hidden size)")
         self._check_time_and_windows(cfg)
@@ -161,6 +170,24 @@ class Vision(Modality):
         require(data.min_pixels <= data.max_pixels,
                 f"data.min_pixels={data.min_pixels}: must not exceed data.max_pixels={data.max_pixels}")
 
+    def _check_tower(self, cfg):
+        """The CLIP / SigLIP options: positions, class token, feature layer."""
+        vision = cfg.model.vision
+        require_choice("model.vision.position_embedding", vision.position_embedding, VISION_POSITIONS)
+        require(vision.position_embedding != "learned" or vision.resize in FIXED_RESIZES,
+                f"model.vision.resize={vision.resize}: learned positions hold one grid, so images need one size "
+                f"(resize {' or '.join(FIXED_RESIZES)}, to image_size)")
+        require(1 <= vision.layers_used() <= vision.num_layers,
+                f"model.vision.feature_layer={vision.feature_layer}: names no layer of num_layers="
+                f"{vision.num_layers} (0: the last, normed; n: layer n; -n: hidden_states[-n], -1 the last)")
+        require(vision.class_token or not vision.keep_class_token,
+                "model.vision.keep_class_token=true: needs model.vision.class_token=true")
+        if vision.class_token and vision.keep_class_token:
+            require(vision.merge_size == 1, f"model.vision.merge_size={vision.merge_size}: a kept class token "
+                    "cannot be merged with patches (merge_size=1, or keep_class_token=false)")
+            require(not cfg.model.llm.mrope_section, "model.llm.mrope_section: a kept class token has no place "
+                    "in the patch grid multimodal RoPE reads (keep_class_token=false, or plain RoPE)")
+
 
     def _check_time_and_windows(self, cfg):
         vision, cell = cfg.model.vision, cfg.model.vision.patch_size * cfg.model.vision.merge_size
@@ -168,6 +195,8 @@ class Vision(Modality):
                 f"{vision.window_size}: must be 0 (no windows) or a multiple of patch_size*merge_size={cell}")
         require(not vision.full_attention_layers or vision.window_size, f"model.vision.full_attention_layers="
                 f"{vision.full_attention_layers}: only with windowed attention (model.vision.window_size > 0)")
+        require(not (vision.window_size and vision.class_token), f"model.vision.window_size={vision.window_size}: "
+                "windows cut an image's patches, which a class token does not belong to (model.vision.class_token)")
         require(all(0 <= i < vision.num_layers for i in vision.full_attention_layers),
                 f"model.vision.full_attention_layers={vision.full_attention_layers}: layer indices from 0 to "
                 f"model.vision.num_layers-1={vision.num_layers - 1}")

@@ -243,8 +243,9 @@ class PlanExecutor:
     def _reduce_encoder_grads(self) -> None:
         """Each pipeline rank holds the gradient of its shares only: sum them, so every copy of
         the encoders takes the same optimizer step."""
+        # Frozen parameters (model.freeze, a tower's unrun layers) have no gradient buffer.
         grads = [p.main_grad for e in self.encoders.values() for p in e.parameters() if p.requires_grad]
-        if not grads:  # all frozen (model.freeze)
+        if not grads:  # all frozen
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, group=self.pp_group)

@@ -76,6 +76,8 @@ class Imported:
 def import_hf(folder: str) -> Imported:
     config, theirs = read_hf(folder)
     fam = family(config)
+    if hasattr(fam, "checkpoint_names"):  # a family whose checkpoints come in several layouts: one of them
+        theirs = fam.checkpoint_names(theirs)
     sections = fam.model_fields(config)
     vocab = sections["llm"]["vocab_size"]
     if padded_vocab_size(vocab, vocab) != vocab:

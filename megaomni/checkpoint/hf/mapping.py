@@ -154,6 +154,12 @@ def expand(table: list, counts: dict[str, int]) -> list:
     return out
 
 
+def prefixed(rule, prefix: str):
+    """``rule`` with ``prefix`` before each of its Hugging Face names (a multimodal checkpoint's
+    LLM under ``language_model.``); QKV's absent key stays ""."""
+    return replace(rule, **{k: prefix + v for k, v in vars(rule).items() if isinstance(v, str) and k != "ours" and v})
+
+
 def _listed(names) -> str:
     names = sorted(names)
     return ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")

@@ -7,10 +7,8 @@ sinusoidal, projector pool_linear: the LayerNorm after pooling is the projector'
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from megaomni.checkpoint.hf import llama_style
-from megaomni.checkpoint.hf.mapping import QKV, Direct, Heads, MappingError
+from megaomni.checkpoint.hf.mapping import QKV, Direct, Heads, MappingError, prefixed
 
 ARCHITECTURES = {"Qwen2AudioForConditionalGeneration": "qwen2_audio"}
 
@@ -59,11 +57,6 @@ def hf_config(model, architecture: str) -> dict:
                 activation_function=audio.activation, scale_embedding=False)}
 
 
-def _prefixed(rule, prefix: str):
-    """``rule`` with ``prefix`` before each of its Hugging Face names (a key without a bias stays "")."""
-    return replace(rule, **{k: prefix + v for k, v in vars(rule).items() if isinstance(v, str) and k != "ours" and v})
-
-
 def tower_rules(audio, norm: str, linear: str) -> list:
     """The Whisper-style encoder's rules over ``{a}`` but its position table; ``norm``, ``linear``:
     the checkpoint's names of the projector's LayerNorm and Linear."""
@@ -92,4 +85,4 @@ def tower_rules(audio, norm: str, linear: str) -> list:
 def rules(model) -> list:
     table = [Direct("audio_encoder.position_embedding", "audio_tower.embed_positions.weight"),
              *tower_rules(model.audio, "audio_tower.layer_norm", "multi_modal_projector.linear")]
-    return [_prefixed(rule, _LLM) for rule in llama_style.llm_rules(model.llm)] + table
+    return [prefixed(rule, _LLM) for rule in llama_style.llm_rules(model.llm)] + table
