@@ -9,6 +9,7 @@ and compares tokens/s and MFU (median of the steady iterations). Prints a table 
 a run cut short resumes:
 
     python benchmarks/hf_import_bench.py --work /tmp/hf_bench [--iters 15] [--samples 400]
+        [--tag NAME KEY=VALUE ...]   # every run with these overrides too, written as hf_import_NAME_<device>.json
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=15)
     parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    parser.add_argument("--tag", default="", help="a name for the overrides below (the runs' folders, the JSON)")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE for every training run")
     args = parser.parse_args()
+    extra, tag = tuple(args.overrides), f"_{args.tag}" if args.tag else ""
     import megatron.core
     import torch
     import transformers
@@ -118,14 +122,14 @@ def main() -> None:
     with open(os.path.join(imported, "model.yaml")) as f:
         model = _flatten(yaml.safe_load(f))
     runs = {
-        "imported": summary(train(args.work, "imported_run", data, args.iters, *model,
-                                  f"checkpoint.load={os.path.join(imported, 'checkpoint')}")),
-        "native": summary(train(args.work, "native_run", data, args.iters, *model, *NATIVE)),
-        # Where a difference comes from: the same model from random weights (the load's part), and
-        # with megaomni's own encoder blocks (LayerNorm / biases / QuickGELU's part).
-        "imported_from_scratch": summary(train(args.work, "scratch_run", data, args.iters, *model)),
-        "imported_native_blocks": summary(train(args.work, "blocks_run", data, args.iters, *model, *NATIVE[:5])),
+        "imported": summary(train(args.work, f"imported_run{tag}", data, args.iters, *model,
+                                  f"checkpoint.load={os.path.join(imported, 'checkpoint')}", *extra)),
+        "native": summary(train(args.work, f"native_run{tag}", data, args.iters, *model, *NATIVE, *extra)),
     }
+    if not extra:  # where a difference comes from: the import's weights, or the encoder blocks' options
+        runs["imported_from_scratch"] = summary(train(args.work, "scratch_run", data, args.iters, *model))
+        runs["imported_native_blocks"] = summary(train(args.work, "blocks_run", data, args.iters, *model,
+                                                       *NATIVE[:5]))
     ratio = {key: runs["imported"][key] / runs["native"][key] for key in ("tokens_per_s", "mfu")
              if key in runs["native"]}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
@@ -135,9 +139,9 @@ def main() -> None:
               f"{r['step_time_s']:>8.2f}{r.get('max_memory_gib', 0):>7.1f}{r['tokens']:>8.0f}{r['micro_batches']:>6.0f}")
     print("imported / native: " + ", ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
     write_result({"device": device, "torch": torch.__version__, "megatron_core": megatron.core.__version__,
-                  "transformers": transformers.__version__, "hf_config": QWEN2_VL_2B, "common": COMMON,
+                  "transformers": transformers.__version__, "hf_config": QWEN2_VL_2B, "common": COMMON + extra,
                   "native": NATIVE, "samples": args.samples, "runs": runs, "imported_over_native": ratio},
-                 args.out, "hf_import", device)
+                 args.out, f"hf_import{tag}", device)
 
 
 if __name__ == "__main__":
