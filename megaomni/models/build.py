@@ -31,8 +31,8 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     """One stage of the omni model; encoders where ``with_encoders`` (default: ``pre_process``,
     the first stage).
 
-    ``media_pad_id(modality)`` gives the token id an encoder's outputs replace, for each enabled
-    modality's name (``"vision"``, ``"audio"``). ``llm_parallel`` /
+    ``media_pad_id(modality)`` gives the token id an encoder's outputs replace, or a tuple of them
+    (a tokenizer's ``media_pad_ids``), for each enabled modality's name (``"vision"``, ``"audio"``). ``llm_parallel`` /
     ``encoder_parallel`` are the ``TransformerConfig`` fields of the parallel layout
     (megaomni.parallel.layout) and ``encoder_pg_collection`` the encoders' process groups;
     absent, the model is built for one process."""
@@ -53,10 +53,11 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
             config = _stack_config(part, cfg.train.bf16, init_std=llm_cfg.init_std, norm=part.norm,
                                    activation=part.activation, bias=part.bias, **(encoder_parallel or {}))
             encoders[modality.name] = modality.encoder(part, config, llm_cfg.hidden_size, encoder_pg_collection)
-            encoder_pads[modality.name] = media_pad_id(modality.name)
+            pads = media_pad_id(modality.name)
+            encoder_pads[modality.name] = (pads,) if isinstance(pads, int) else tuple(pads)
     return OmniModel(cfg.model, llm, encoders, encoder_pads, shard_sequence)
 
 
 def padded_vocab_size(tokenizer_vocab: int, configured: int, multiple: int = 64) -> int:
-    size = configured or tokenizer_vocab
+    size = max(configured, tokenizer_vocab)  # never fewer rows than the tokenizer has ids
     return -(-size // multiple) * multiple

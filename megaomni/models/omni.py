@@ -17,15 +17,18 @@ from megaomni.media.modality import MediaBatch
 from megaomni.ops.attention import packed_params
 
 
-def merge_media(embeddings: torch.Tensor, tokens: torch.Tensor, pad_id: int,
+def merge_media(embeddings: torch.Tensor, tokens: torch.Tensor, pad_ids: tuple[int, ...],
                 features: torch.Tensor) -> torch.Tensor:
-    """Replace the embeddings ``[s, b, h]`` at ``tokens == pad_id`` by ``features [n, h]``,
+    """Replace the embeddings ``[s, b, h]`` where ``tokens`` is one of ``pad_ids`` (a modality's
+    pads: Qwen2-VL's image and video pads both take vision features) by ``features [n, h]``,
     filling positions sample by sample, left to right (the order media are packed in).
 
     A gather and a select, not boolean indexing, which would read the placeholder count on the
     host and so wait for the GPU. The count is checked where reading it is free (host tensors);
     on the GPU the data pipeline's own check stands (a sample's placeholders match its media)."""
-    positions = tokens == pad_id  # [b, s]
+    positions = tokens == pad_ids[0]  # [b, s]
+    for pad_id in pad_ids[1:]:
+        positions |= tokens == pad_id
     if not tokens.is_cuda:
         count = int(positions.sum())
         if count != features.shape[0]:
@@ -53,7 +56,7 @@ class OmniModel(MegatronModule):
     of how it is parallelised."""
 
     def __init__(self, cfg: ModelConfig, llm: nn.Module, encoders: dict[str, nn.Module],
-                 pad_ids: dict[str, int], shard_sequence: Callable[[torch.Tensor], torch.Tensor] = whole_sequence):
+                 pad_ids: dict[str, tuple[int, ...]], shard_sequence: Callable[[torch.Tensor], torch.Tensor] = whole_sequence):
         super().__init__(config=llm.config)
         self.model_type = llm.model_type  # megatron-core's schedules read it from the outer model
         self.cfg = cfg
@@ -65,7 +68,7 @@ class OmniModel(MegatronModule):
         self.encoder_names = list(encoders)
         for name, encoder in encoders.items():
             self.add_module(f"{name}_encoder", encoder)
-        self.pad_ids = pad_ids  # encoder name -> placeholder token id
+        self.pad_ids = pad_ids  # encoder name -> the token ids its outputs replace
         self.shard_sequence = shard_sequence
 
     @property
@@ -87,13 +90,13 @@ class OmniModel(MegatronModule):
         ``features``: the encoder outputs, already computed (modality -> rows in batch order);
         absent, this model's encoders compute them from ``media``."""
         embeddings = self.llm.embedding(input_ids=tokens, position_ids=None)  # RoPE: no position embeddings
-        for name, pad_id in self.pad_ids.items():
+        for name, pad_ids in self.pad_ids.items():
             if features is not None:
                 rows = features.get(name)
             else:
                 rows = getattr(self, f"{name}_encoder")(media[name]) if name in media else None
             if rows is not None:
-                embeddings = merge_media(embeddings, tokens, pad_id, rows)
+                embeddings = merge_media(embeddings, tokens, pad_ids, rows)
         return embeddings
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,

@@ -90,7 +90,7 @@ def train(cfg: OmniConfig) -> dict:
     device = init_distributed(cfg)
     tokenizer = load_tokenizer(cfg.data.tokenizer_path())
     vocab = padded_vocab_size(tokenizer.vocab_size, cfg.model.llm.vocab_size)
-    state = build_training_state(cfg, vocab, tokenizer.media_pad_id, device)
+    state = build_training_state(cfg, vocab, tokenizer.media_pad_ids, device)
     loader = OmniDataLoader(cfg, tokenizer, dp_rank=ps.get_data_parallel_rank(),
                             dp_size=ps.get_data_parallel_world_size())
     save_root = cfg.checkpoint.save or os.path.join(cfg.train.output_dir, "checkpoints")

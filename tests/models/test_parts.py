@@ -237,7 +237,7 @@ def test_merge_media_fills_placeholders_sample_by_sample():
     tokens = torch.tensor([[1, 9, 2, 9, 9, 3], [9, 4, 4, 9, 0, 0]])  # b=2, s=6, pad id 9
     emb = torch.randn(6, 2, 4, dtype=torch.float64)  # [s, b, h]
     features = torch.arange(5 * 4, dtype=torch.float64).view(5, 4)
-    out = merge_media(emb, tokens, 9, features)
+    out = merge_media(emb, tokens, (9,), features)
     assert out.shape == emb.shape
     order = [(0, 1), (0, 3), (0, 4), (1, 0), (1, 3)]  # (sample, position), the packing order
     for k, (b, t) in enumerate(order):
@@ -247,7 +247,11 @@ def test_merge_media_fills_placeholders_sample_by_sample():
     assert torch.equal(out.transpose(0, 1), ref.merge_features(emb.transpose(0, 1), tokens, 9, features))
     for n in (4, 6):
         with pytest.raises(ValueError, match="5 placeholder tokens"):
-            merge_media(emb, tokens, 9, torch.zeros(n, 4, dtype=torch.float64))
+            merge_media(emb, tokens, (9,), torch.zeros(n, 4, dtype=torch.float64))
+    # Two pads of one modality (Qwen2-VL's image and video pads): features fill both, in order.
+    mixed = tokens.clone()
+    mixed[0, 3] = mixed[1, 0] = 8
+    assert torch.equal(merge_media(emb, mixed, (9, 8), features), out)
 
 
 # ----------------------------------------------------------------------------- encoders
