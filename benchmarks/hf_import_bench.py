@@ -27,16 +27,8 @@ from report import write_result  # benchmarks/report.py: run as a script, this f
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Qwen2-VL-2B-Instruct's config.json (transformers 4 layout), vocabulary and all.
-QWEN2_VL_2B = {
-    "architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl", "hidden_size": 1536,
-    "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
-    "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True,
-    "vocab_size": 151936, "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-    "vision_start_token_id": 151652, "vision_end_token_id": 151653, "image_token_id": 151655,
-    "video_token_id": 151656,
-    "vision_config": {"depth": 32, "embed_dim": 1280, "mlp_ratio": 4, "num_heads": 16, "in_chans": 3,
-                      "hidden_size": 1536, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
-}
+with open(os.path.join(ROOT, "examples", "hf", "qwen2_vl_2b_instruct_config.json")) as f:
+    QWEN2_VL_2B = json.load(f)
 # The workload: one GPU, 4096-token packed rows, 8192 patches a micro-batch, 24 samples a step.
 COMMON = ("data.seq_length=4096", "data.max_tokens=4096", "data.max_patches=8192", "data.global_batch_size=24",
           "data.max_pixels=451584", "data.max_video_frames=8", "train.bf16=true", "train.lr=2e-5",

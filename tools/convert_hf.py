@@ -92,18 +92,21 @@ def cmd_export(args) -> None:
 
 
 def cmd_verify(args) -> None:
-    from transformers import AutoModelForCausalLM
+    import transformers
 
-    hf = AutoModelForCausalLM.from_pretrained(args.hf_dir, dtype=torch.float32).eval()
-    cfg, chunks, _ = _from_checkpoint(args.checkpoint)
+    cfg, chunks, common = _from_checkpoint(args.checkpoint)
+    architecture = common.get("hf_architecture") or "AutoModelForCausalLM"
+    hf = getattr(transformers, architecture).from_pretrained(args.hf_dir, dtype=torch.float32).eval()
+    device = next(chunks[0].parameters()).device
     tokens = torch.randint(0, cfg.model.llm.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
     positions = torch.arange(tokens.shape[1]).expand_as(tokens)
     with torch.no_grad():
-        want = hf(tokens).logits
-        got = chunks[0].llm(input_ids=tokens, position_ids=positions.unsqueeze(0).expand(3, -1, -1),
-                            attention_mask=None)
+        want = hf(input_ids=tokens).logits
+        positions = positions.unsqueeze(0).expand(3, -1, -1)
+        got = chunks[0].llm(input_ids=tokens.to(device), position_ids=positions.to(device),
+                            attention_mask=None).float().cpu()
     print(f"largest logit difference: {(got - want).abs().max().item():.3e} "
-          f"(logits up to {want.abs().max().item():.2f}; 2 x 32 random tokens, fp32)")
+          f"(logits up to {want.abs().max().item():.2f}; 2 x 32 random tokens, text only, fp32)")
 
 
 def main(argv: list[str] | None = None) -> int:
