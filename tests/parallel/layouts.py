@@ -40,22 +40,15 @@ IMPORTED = Model("imported", ("model.llm.mrope_section=[2,3,3]", "model.llm.qkv_
                               "model.vision.bias=true", "model.vision.temporal_embedding=false",
                               "model.vision.projector_hidden_size=256", "model.audio.norm=layernorm",
                               "model.audio.activation=gelu", "model.audio.bias=true"))
-# A CLIP tower (LLaVA's): learned positions over fixed-size images, a class token dropped after
-# the blocks, a pre-norm, features from the first of two layers: the second layer and the final
-# norm frozen, never run.
-TOWER = Model("tower", ("model.vision.position_embedding=learned", "model.vision.resize=square",
-                        "model.vision.image_size=56", "model.vision.merge_size=1", "model.vision.class_token=true",
-                        "model.vision.pre_norm=true", "model.vision.feature_layer=-2", "model.vision.norm=layernorm",
-                        "model.vision.activation=quick_gelu", "model.vision.bias=true"))
-
 # (name, ranks, overrides, models it applies to). An MoE LLM under TP needs sequence parallelism.
 LAYOUTS = [
     ("tp2", 2, ("parallel.tp=2",), (DENSE,)),
     ("tp2_sp", 2, ("parallel.tp=2", "parallel.sp=true"), (DENSE, MOE)),
-    ("tp2_enc_tp2", 2, ("parallel.tp=2", "parallel.encoder.tp=2"), (DENSE, IMPORTED, TOWER)),
+    ("tp2_enc_tp2", 2, ("parallel.tp=2", "parallel.encoder.tp=2"), (DENSE, IMPORTED)),
     ("pp2", 2, ("parallel.pp=2",), (DENSE, MOE)),
     ("pp2_vpp2", 2, ("parallel.pp=2", "parallel.vpp=2"), (DENSE, MOE)),
-    ("pp4_vpp2", 4, ("parallel.pp=4", "parallel.vpp=2"), (DENSE, MOE)),
+    # MoE under the interleaved schedule: pp2_vpp2 (CI time).
+    ("pp4_vpp2", 4, ("parallel.pp=4", "parallel.vpp=2"), (DENSE,)),
     ("cp2", 2, ("parallel.cp=2",), (DENSE, MOE, IMPORTED)),
     ("ep2", 2, ("parallel.ep=2",), (MOE,)),
     ("dp2_distopt", 2, ("parallel.distributed_optimizer=true",), (DENSE, MOE)),

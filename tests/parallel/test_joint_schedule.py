@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from tests.parallel.layouts import DENSE, IMPORTED, MOE, TOWER, assert_same_run
+from tests.parallel.layouts import DENSE, IMPORTED, MOE, assert_same_run
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,6 @@ CASES = [
                  id="dense-dp2_pp2_distopt"),
     pytest.param(MOE, 2, ("parallel.pp=2", *JOINT), id="moe-pp2"),
     pytest.param(IMPORTED, 2, ("parallel.pp=2", *JOINT), id="imported-pp2"),
-    pytest.param(TOWER, 2, ("parallel.pp=2", *JOINT), id="tower-pp2"),
     pytest.param(DENSE, 2, ("parallel.pp=2", "parallel.vpp=2", "pipeline.executor=plan",
                             "pipeline.timeline_interval=1"), id="dense-pp2_vpp2-baseline_on_executor"),
 ]

@@ -11,8 +11,8 @@ from tests.parallel.layouts import DENSE, PADDED, assert_same_run
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("nproc, layout", [(1, ()), (2, ("parallel.pp=2",)), (2, ("parallel.cp=2",))],
-                         ids=["single", "pp2", "cp2"])
+# CP2 runs packed rows in tests/parallel/test_layouts.py.
+@pytest.mark.parametrize("nproc, layout", [(1, ()), (2, ("parallel.pp=2",))], ids=["single", "pp2"])
 def test_packed_steps_equal_padded_steps(parity_setup, tmp_path, nproc, layout):
     padded = parity_setup.run(DENSE, tmp_path / "padded", *PADDED)
     packed = parity_setup.run(DENSE, tmp_path / "packed", *layout, nproc=nproc)
