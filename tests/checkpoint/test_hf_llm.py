@@ -13,7 +13,6 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from megaomni.checkpoint.hf.convert import (  # noqa: E402
-    export_hf,
     import_hf,
     load_state,
     model_config,
@@ -21,6 +20,7 @@ from megaomni.checkpoint.hf.convert import (  # noqa: E402
 )
 from megaomni.checkpoint.hf.mapping import MappingError  # noqa: E402
 from megaomni.config import OmniConfig  # noqa: E402
+from tests.checkpoint.round_trip import export_and_reload  # noqa: E402
 
 VOCAB = 256
 SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
@@ -82,12 +82,7 @@ def test_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu, tmp_
     assert got.shape == want.shape
     assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
 
-    export_hf(cfg.model, model.state_dict(), str(tmp_path / "out"), architecture, imported.hf_config)
-    _, original = read_hf(str(tmp_path / "hf"))
-    _, exported = read_hf(str(tmp_path / "out"))
-    assert exported.keys() == original.keys()
-    assert all(torch.equal(exported[k], original[k]) for k in original)
-    reloaded = type(hf).from_pretrained(str(tmp_path / "out")).float().eval()
+    reloaded = export_and_reload(cfg.model, model, imported, tmp_path, type(hf))
     with torch.no_grad():
         assert torch.equal(reloaded(tokens).logits, want)
 

@@ -11,15 +11,14 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from megaomni.checkpoint.hf.convert import (  # noqa: E402
-    export_hf,
     import_hf,
     load_state,
     model_config,
-    read_hf,
 )
 from megaomni.config import OmniConfig  # noqa: E402
 from megaomni.media.audio import AUDIO_MODALITY, clip_tokens  # noqa: E402
 from megaomni.media.modality import MediaItem  # noqa: E402
+from tests.checkpoint.round_trip import export_and_reload  # noqa: E402
 
 VOCAB, AUDIO, MELS = 256, 250, 16
 POSITIONS = 150  # max_source_positions: Hugging Face takes windows of 2 * 150 frames (3 s; Whisper's: 30 s)
@@ -71,7 +70,7 @@ def test_qwen2_audio_import_gives_hugging_face_logits_and_export_is_exact(megatr
 
     hf = hf_model(tmp_path / "hf")
     imported = import_hf(str(tmp_path / "hf"))
-    architecture, sections, state = imported.architecture, imported.sections, imported.state
+    sections, state = imported.sections, imported.state
     cfg = OmniConfig(model=model_config(sections))
     model = build_model(cfg, VOCAB, lambda name: AUDIO)
     load_state(model, state)
@@ -94,12 +93,7 @@ def test_qwen2_audio_import_gives_hugging_face_logits_and_export_is_exact(megatr
     assert got.shape == want.shape
     assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
 
-    export_hf(cfg.model, model.state_dict(), str(tmp_path / "out"), architecture, imported.hf_config)
-    _, original = read_hf(str(tmp_path / "hf"))
-    _, exported = read_hf(str(tmp_path / "out"))
-    assert exported.keys() == original.keys()
-    assert all(torch.equal(exported[k], original[k]) for k in original)
-    reloaded = type(hf).from_pretrained(str(tmp_path / "out")).float().eval()
+    reloaded = export_and_reload(cfg.model, model, imported, tmp_path, type(hf))
     with torch.no_grad():  # the same model: config.json says what the original's does
         assert torch.equal(reloaded(input_ids=tokens, input_features=windows, feature_attention_mask=mask).logits,
                            want)

@@ -11,16 +11,15 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from megaomni.checkpoint.hf.convert import (  # noqa: E402
-    export_hf,
     import_hf,
     load_state,
     model_config,
-    read_hf,
 )
 from megaomni.config import OmniConfig  # noqa: E402
 from megaomni.data.positions import mrope_positions  # noqa: E402
 from megaomni.media.modality import MediaItem  # noqa: E402
 from megaomni.media.vision import VISION  # noqa: E402
+from tests.checkpoint.round_trip import export_and_reload  # noqa: E402
 
 VOCAB, IMAGE, VIDEO, START, END = 256, 250, 251, 252, 253
 MERGE, PATCH, T = 2, 14, 2
@@ -74,7 +73,7 @@ def test_qwen2_vl_import_gives_hugging_face_logits_and_export_is_exact(megatron_
 
     hf = hf_model(tmp_path / "hf")
     imported = import_hf(str(tmp_path / "hf"))
-    architecture, sections, state = imported.architecture, imported.sections, imported.state
+    sections, state = imported.sections, imported.state
     cfg = OmniConfig(model=model_config(sections))
     model = build_model(cfg, VOCAB, lambda name: (IMAGE, VIDEO))
     load_state(model, state)
@@ -99,11 +98,6 @@ def test_qwen2_vl_import_gives_hugging_face_logits_and_export_is_exact(megatron_
     assert got.shape == want.shape
     assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
 
-    export_hf(cfg.model, model.state_dict(), str(tmp_path / "out"), architecture, imported.hf_config)
-    _, original = read_hf(str(tmp_path / "hf"))
-    _, exported = read_hf(str(tmp_path / "out"))
-    assert exported.keys() == original.keys()
-    assert all(torch.equal(exported[k], original[k]) for k in original)
-    reloaded = type(hf).from_pretrained(str(tmp_path / "out")).float().eval()
+    reloaded = export_and_reload(cfg.model, model, imported, tmp_path, type(hf))
     assert reloaded.config.vision_config.hidden_act == "quick_gelu" and reloaded.config.image_token_id == IMAGE
     assert reloaded.config.text_config.rope_parameters["mrope_section"] == [2, 3, 3]
