@@ -21,6 +21,7 @@ from megaomni.data.positions import mrope_positions  # noqa: E402
 from megaomni.media.modality import MediaItem  # noqa: E402
 from megaomni.media.vision import VISION  # noqa: E402
 from tests.checkpoint.round_trip import export_and_reload  # noqa: E402
+from tests.checkpoint.test_hf_qwen2_vl import inputs  # noqa: E402
 
 VOCAB, IMAGE, VIDEO, START, END = 256, 250, 251, 252, 253
 MERGE, PATCH, T = 2, 14, 2
@@ -47,33 +48,12 @@ def hf_model(folder) -> torch.nn.Module:
     return model
 
 
-def inputs():
-    """Text, image (12x20 patches: 6x10 merged tokens, windows of 4x4 of them: 2x3 windows, the
-    last row and column partial), text, video (3 steps of 8x4: one partial window each), text,
-    image (10x18: 2x3 windows), text: token ids with Hugging Face's pad ids, the mm token types,
-    the patches, and megaomni's items and runs. The video's temporal extent (positions 0..3)
-    stays within its spatial one (4 rows), where transformers 5's rule for the text after it
-    (max(h, w) / merge past its start) and Qwen's (one past its largest position) agree."""
-    g = torch.Generator().manual_seed(1)
-    media = [("image", [(12, 20)]), ("video", [(8, 4)] * 3), ("image", [(10, 18)])]
-    ids, types, runs, items_all = [], [], [], []
-    for kind, grids in media:
-        ids += torch.randint(0, 200, (5,), generator=g).tolist() + [START]
-        types += [0] * 6
-        items = [MediaItem((h, w), h * w, (h // MERGE) * (w // MERGE), {"time": t}, None)
-                 for t, (h, w) in enumerate(grids)]
-        count = sum(i.tokens for i in items)
-        runs.append(("vision", len(ids), len(ids) + count, items))
-        ids += [IMAGE if kind == "image" else VIDEO] * count
-        types += [1 if kind == "image" else 2] * count
-        ids.append(END)
-        types.append(0)
-        items_all += items
-    ids += torch.randint(0, 200, (7,), generator=g).tolist()
-    types += [0] * 7
-    width = 3 * T * PATCH * PATCH
-    patches = [torch.randn(i.rows, width, generator=g) for i in items_all]
-    return torch.tensor([ids]), torch.tensor([types]), runs, items_all, patches
+# Text, an image of 12x20 patches (6x10 merged tokens, windows of 4x4 of them: 2x3 windows, the
+# last row and column partial), a video of 3 steps of 8x4 (one partial window each), an image of
+# 10x18 (2x3 windows). The video's temporal extent (positions 0..3) stays within its spatial one
+# (4 rows), where transformers 5's rule for the text after it (max(h, w) / merge past its start)
+# and Qwen's (one past its largest position) agree.
+MEDIA = (("image", [(12, 20)]), ("video", [(8, 4)] * 3), ("image", [(10, 18)]))
 
 
 def test_qwen2_5_vl_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu, tmp_path):
@@ -89,7 +69,7 @@ def test_qwen2_5_vl_import_gives_hugging_face_logits_and_export_is_exact(megatro
     load_state(model, state)
     model.eval()
 
-    tokens, types, runs, items, patches = inputs()
+    tokens, types, runs, items, patches = inputs(MEDIA)
     image_items = [0, 4]
     image_grid = torch.tensor([[1, *items[i].size] for i in image_items])
     video_grid = torch.tensor([[3, *items[1].size]])

@@ -43,11 +43,11 @@ def hf_model(folder) -> torch.nn.Module:
     return model
 
 
-def inputs():
-    """Text, image (4x6 patches), text, video (2 steps of 4x4), image (2x2), text: token ids with
-    Hugging Face's pad ids, the mm token types, the patches, and megaomni's items and runs."""
+def inputs(media=(("image", [(4, 6)]), ("video", [(4, 4), (4, 4)]), ("image", [(2, 2)]))):
+    """Text before each of ``media`` ((kind, patch grids of its items): by default an image of 4x6
+    patches, a video of 2 steps of 4x4, an image of 2x2) and after the last: token ids with Hugging
+    Face's pad ids, the mm token types, the patches, and megaomni's items and runs."""
     g = torch.Generator().manual_seed(1)
-    media = [("image", [(4, 6)]), ("video", [(4, 4), (4, 4)]), ("image", [(2, 2)])]
     ids, types, runs, items_all = [], [], [], []
     for kind, grids in media:
         ids += torch.randint(0, 200, (5,), generator=g).tolist() + [START]
