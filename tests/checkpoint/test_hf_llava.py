@@ -26,6 +26,7 @@ from megaomni.config import OmniConfig  # noqa: E402
 from megaomni.media.modality import MediaItem  # noqa: E402
 from megaomni.media.vision import VISION, vision_tokens  # noqa: E402
 from megaomni.validation import check_model  # noqa: E402
+from tests.checkpoint.round_trip import save_perturbed  # noqa: E402
 
 VOCAB, IMAGE, PATCH = 256, 250, 14
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -45,11 +46,7 @@ def hf_model(case: str, folder) -> torch.nn.Module:
     config = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE, **fields)
     torch.manual_seed(0)
     model = transformers.LlavaForConditionalGeneration(config).float().eval()
-    with torch.no_grad():  # biases and norms start at 0 / 1: give them values, so a wrong map shows
-        for name, param in model.named_parameters():
-            if name.endswith("bias") or "norm" in name or "layrnorm" in name:
-                param.add_(0.1 * torch.randn_like(param))
-    model.save_pretrained(folder)
+    save_perturbed(model, folder, ("norm", "layrnorm"))
     return model
 
 

@@ -20,7 +20,7 @@ from megaomni.checkpoint.hf.convert import (  # noqa: E402
 )
 from megaomni.checkpoint.hf.mapping import MappingError  # noqa: E402
 from megaomni.config import OmniConfig  # noqa: E402
-from tests.checkpoint.round_trip import export_and_reload  # noqa: E402
+from tests.checkpoint.round_trip import export_and_reload, save_perturbed  # noqa: E402
 
 VOCAB = 256
 SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
@@ -45,11 +45,7 @@ def hf_model(name: str, folder) -> torch.nn.Module:
     config_cls, model_cls, extra = FAMILIES[name]
     torch.manual_seed(0)
     model = model_cls(config_cls(**SHAPE, **extra)).float().eval()
-    with torch.no_grad():  # biases start at 0: give them values, so a wrong map shows
-        for param_name, param in model.named_parameters():
-            if param_name.endswith("bias") or "norm" in param_name:
-                param.add_(0.1 * torch.randn_like(param))
-    model.save_pretrained(folder)
+    save_perturbed(model, folder, ("norm",))
     return model
 
 

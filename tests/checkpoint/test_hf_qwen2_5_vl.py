@@ -20,7 +20,7 @@ from megaomni.config import OmniConfig  # noqa: E402
 from megaomni.data.positions import mrope_positions  # noqa: E402
 from megaomni.media.modality import MediaItem  # noqa: E402
 from megaomni.media.vision import VISION  # noqa: E402
-from tests.checkpoint.round_trip import export_and_reload  # noqa: E402
+from tests.checkpoint.round_trip import export_and_reload, save_perturbed  # noqa: E402
 from tests.checkpoint.test_hf_qwen2_vl import inputs  # noqa: E402
 
 VOCAB, IMAGE, VIDEO, START, END = 256, 250, 251, 252, 253
@@ -40,11 +40,7 @@ def hf_model(folder) -> torch.nn.Module:
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END)
     torch.manual_seed(0)
     model = transformers.Qwen2_5_VLForConditionalGeneration(config).float().eval()
-    with torch.no_grad():  # biases and norms start at 0 / 1: give them values, so a wrong map shows
-        for name, param in model.named_parameters():
-            if name.endswith("bias") or "norm" in name or "ln_q" in name:
-                param.add_(0.1 * torch.randn_like(param))
-    model.save_pretrained(folder)
+    save_perturbed(model, folder, ("norm", "ln_q"))
     return model
 
 
