@@ -21,10 +21,10 @@ from megaomni.data.positions import mrope_positions  # noqa: E402
 from megaomni.media.modality import MediaItem  # noqa: E402
 from megaomni.media.vision import VISION  # noqa: E402
 from tests.checkpoint.round_trip import export_and_reload, save_perturbed  # noqa: E402
-from tests.checkpoint.test_hf_qwen2_vl import inputs  # noqa: E402
 
-VOCAB, IMAGE, VIDEO, START, END = 256, 250, 251, 252, 253
-MERGE, PATCH, T = 2, 14, 2
+# Qwen2-VL's test builder and the token ids / patch sizes it builds with.
+from tests.checkpoint.test_hf_qwen2_vl import END, IMAGE, MERGE, PATCH, START, VIDEO, VOCAB, T, inputs  # noqa: E402
+
 # 3 positions per second, a group of T frames at 4 fps half a second: groups at 0, 1.5, 3 -> 0, 1, 3.
 TOKENS_PER_SECOND, FPS = 3, 4.0
 
