@@ -1,12 +1,14 @@
 """Hugging Face models in and out of megaomni (the LLM families of megaomni.checkpoint.hf).
 
     python tools/convert_hf.py import HF_DIR OUT     # OUT/checkpoint (weights) + OUT/model.yaml
-    python tools/convert_hf.py export CKPT OUT_DIR   # safetensors + config.json from_pretrained loads
+    python tools/convert_hf.py export CKPT OUT_DIR   # safetensors + config.json + tokenizer files
     python tools/convert_hf.py verify HF_DIR CKPT    # the largest logit difference on a fixed input
 
 The imported checkpoint holds the weights only (``iter_0000000``): ``checkpoint.load=OUT/checkpoint``
 starts a run from them under any parallel layout (checkpoints reshard on load). ``model.yaml`` is
-the recipe's ``model`` section for that checkpoint. Runs in one process, on the GPU where there is one.
+the recipe's ``model`` section for that checkpoint. The checkpoint also keeps the architecture,
+config.json and tokenizer / processor files of HF_DIR, and so does every checkpoint trained from
+it: ``export`` of a trained checkpoint writes a complete folder. Runs in one process, on the GPU where there is one.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from megaomni.checkpoint.hf.convert import (  # noqa: E402
     import_hf,
     load_state,
     model_config,
+    read_tokenizer_files,
 )
 from megaomni.checkpoint.hf.mapping import MappingError  # noqa: E402
 from megaomni.config import (  # noqa: E402
@@ -75,7 +78,7 @@ def cmd_import(args) -> None:
     load_state(chunks[0], state)
     path = save_checkpoint(os.path.join(args.out, "checkpoint"), 0, chunks, None, None, weights_only=True,
                            common={"config": cfg.to_dict(), "hf_architecture": architecture,
-                                   "hf_config": imported.hf_config})
+                                   "hf_config": imported.hf_config, "hf_files": read_tokenizer_files(args.hf_dir)})
     with open(os.path.join(args.out, "model.yaml"), "w") as f:
         yaml.safe_dump({"model": cfg.to_dict()["model"]}, f, sort_keys=False)
     print(f"imported {architecture} ({sum(t.numel() for t in state.values()) / 1e6:.1f}M parameters): {path}, "
@@ -87,7 +90,8 @@ def cmd_export(args) -> None:
     architecture = args.architecture or common.get("hf_architecture")
     if not architecture:
         raise MappingError("the checkpoint was not imported from Hugging Face: name --architecture")
-    export_hf(cfg.model, chunks[0].state_dict(), args.out, architecture, common.get("hf_config"))
+    export_hf(cfg.model, chunks[0].state_dict(), args.out, architecture, common.get("hf_config"),
+              common.get("hf_files"))
     print(f"exported {architecture}: {args.out}")
 
 

@@ -65,6 +65,17 @@ def _sharded_state(chunks: list, optimizer, is_loading: bool) -> dict:
     return {**models, "optimizer": optimizer_state}
 
 
+# What a checkpoint imported from Hugging Face records of its origin (tools/convert_hf.py import):
+# the architecture, its config.json and its tokenizer / processor files. Every checkpoint trained
+# from it keeps them, so that export needs the checkpoint alone.
+ORIGIN_KEYS = ("hf_architecture", "hf_config", "hf_files")
+
+
+def origin(common: dict) -> dict:
+    """The :data:`ORIGIN_KEYS` entries of a checkpoint's common state."""
+    return {key: common[key] for key in ORIGIN_KEYS if key in common}
+
+
 def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, scheduler, common: dict,
                     weights_only: bool = False) -> str:
     """Collective: every rank calls it. ``chunks`` are this rank's unwrapped model chunks;
@@ -122,11 +133,12 @@ def load_checkpoint(path: str, chunks: list, optimizer, scheduler) -> dict:
     (same layout only) RNG; returns the common state saved with it (``iteration``, data-loader
     position, ...). A weights-only checkpoint starts training from its weights at iteration 0."""
     path = resolve_checkpoint(path)
-    if dist_checkpointing.load_common_state_dict(path).get("weights_only"):
+    common = dist_checkpointing.load_common_state_dict(path)
+    if common.get("weights_only"):
         load_weights(path, chunks)
         optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
         log.info("initialised from weights %s", path)
-        return {"iteration": 0}
+        return {"iteration": 0, **origin(common)}
     state = dist_checkpointing.load(_sharded_state(chunks, optimizer, is_loading=True), path)
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(state.pop(f"model{i}"))

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import yaml
 from megatron.core import parallel_state as ps
 
-from megaomni.checkpoint.dist_ckpt import load_checkpoint, save_checkpoint
+from megaomni.checkpoint.dist_ckpt import load_checkpoint, origin, save_checkpoint
 from megaomni.config import OmniConfig
 from megaomni.data.loader import OmniDataLoader
 from megaomni.data.tokenizer import load_tokenizer
@@ -96,15 +96,15 @@ def train(cfg: OmniConfig) -> dict:
     save_root = cfg.checkpoint.save or os.path.join(cfg.train.output_dir, "checkpoints")
     _save_config(cfg)
 
-    start = 0
+    start, carried = 0, {}
     if cfg.checkpoint.load:
         common = load_checkpoint(cfg.checkpoint.load, state.chunks, state.optimizer, state.scheduler)
-        start = common["iteration"]
+        start, carried = common["iteration"], origin(common)
         if "data" in common:
             loader.load_state_dict(common["data"])
     if cfg.train.iters == 0:
         save_checkpoint(save_root, 0, state.chunks, state.optimizer, state.scheduler,
-                        common={"config": cfg.to_dict()}, weights_only=True)
+                        common={"config": cfg.to_dict(), **carried}, weights_only=True)
         return {}
     writer = MetricsWriter(cfg.train.output_dir, cfg.train.iters, cfg.logging.log_interval,
                            enabled=_is_metrics_rank(), resume_from=start)
@@ -151,7 +151,7 @@ def train(cfg: OmniConfig) -> dict:
         interval = cfg.checkpoint.save_interval
         if (iteration == cfg.train.iters and cfg.checkpoint.save_last) or (interval and iteration % interval == 0):
             save_checkpoint(save_root, iteration, state.chunks, optimizer, state.scheduler,
-                            common={"data": loader.state_dict(), "config": cfg.to_dict()})
+                            common={"data": loader.state_dict(), "config": cfg.to_dict(), **carried})
     loader.close()
     writer.close()
     return record

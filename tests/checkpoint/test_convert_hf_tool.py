@@ -1,6 +1,7 @@
 """tools/convert_hf.py end to end: a Hugging Face Qwen2 folder imported, verified, exported (bit-exact,
-``from_pretrained`` loads it), and training from the imported weights equal under TP2 to
-one process (checkpoints reshard: the import is written once, for any layout)."""
+``from_pretrained`` loads it, the folder's other files come back byte for byte), training from
+the imported weights equal under TP2 to one process (checkpoints reshard: the import is written
+once, for any layout), and the trained checkpoint exported with no more than its path."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def test_import_verify_export_and_train(tmp_path):
             if name.endswith("bias"):
                 param.normal_(0, 0.1)
     hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "chat_template.jinja").write_text("{{ messages }}")
 
     assert "imported Qwen2ForCausalLM" in convert("import", str(tmp_path / "hf"), str(tmp_path / "mo"))
     difference = float(convert("verify", str(tmp_path / "hf"), str(tmp_path / "mo" / "checkpoint"))
@@ -71,14 +73,22 @@ def test_import_verify_export_and_train(tmp_path):
     _, exported = read_hf(str(tmp_path / "back"))
     assert exported.keys() == original.keys() and all(torch.equal(exported[k], original[k]) for k in original)
     assert transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "back")).config.model_type == "qwen2"
+    for name in ("chat_template.jinja", "generation_config.json"):
+        assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "hf" / name).read_bytes()
 
     model = flatten(yaml.safe_load((tmp_path / "mo" / "model.yaml").read_text()))
     common = (f"data.path={text_data(tmp_path / 'data')}", *model, f"checkpoint.load={tmp_path / 'mo' / 'checkpoint'}",
-              "train.iters=3", "train.warmup_iters=0", "checkpoint.save_last=false", "data.global_batch_size=8",
-              "data.seq_length=64")
+              "train.iters=3", "train.warmup_iters=0", "data.global_batch_size=8", "data.seq_length=64")
     runs = {}
-    for name, nproc, layout in (("one", 1, ()), ("tp2", 2, ("parallel.tp=2",))):
+    for name, nproc, layout in (("one", 1, ()), ("tp2", 2, ("parallel.tp=2", "checkpoint.save_last=false"))):
         proc = run_pretrain(f"train.output_dir={tmp_path / name}", *common, *layout, nproc=nproc)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         runs[name] = read_metrics(str(tmp_path / name))
     assert_same_run(runs["one"], runs["tp2"], rel=1e-5)
+
+    convert("export", str(tmp_path / "one" / "checkpoints"), str(tmp_path / "trained"))
+    trained = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "trained"))
+    _, weights = read_hf(str(tmp_path / "trained"))
+    assert weights.keys() == original.keys() and not torch.equal(weights["lm_head.weight"], original["lm_head.weight"])
+    assert trained.config.model_type == "qwen2"
+    assert (tmp_path / "trained" / "chat_template.jinja").read_bytes() == b"{{ messages }}"

@@ -3,6 +3,7 @@ back, through the family's table (megaomni.checkpoint.hf.families)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from dataclasses import dataclass
@@ -41,6 +42,24 @@ def read_hf(folder: str) -> tuple[dict, dict[str, torch.Tensor]]:
             raise MappingError(f"{folder}: shard {name} (listed in {INDEX}) is missing")
         tensors.update(load_file(os.path.join(folder, name)))
     return config, tensors
+
+
+# The files of a model folder besides its weights and config.json that serving needs: tokenizer,
+# chat template, processor and generation settings. Import keeps them, export writes them back.
+TOKENIZER_FILES = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template*", "*preprocessor_config.json", "processor_config.json", "generation_config.json",
+                   "*.tiktoken")
+
+
+def read_tokenizer_files(folder: str) -> dict[str, bytes]:
+    """``folder``'s :data:`TOKENIZER_FILES`, by name."""
+    names = sorted(n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))
+                   and any(fnmatch.fnmatch(n, pattern) for pattern in TOKENIZER_FILES))
+    files = {}
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            files[name] = f.read()
+    return files
 
 
 def write_hf(folder: str, config: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -105,11 +124,15 @@ def _merged(base: dict, ours: dict) -> dict:
 
 
 def export_hf(model: ModelConfig, state: dict[str, torch.Tensor], folder: str, architecture: str,
-              base_config: Optional[dict] = None) -> None:
+              base_config: Optional[dict] = None, files: Optional[dict[str, bytes]] = None) -> None:
     """Write megaomni's ``state`` (of a model of ``model``; a module's ``state_dict``, its
     ``_extra_state`` entries aside) as a Hugging Face ``architecture`` folder; its config.json is
-    ``base_config`` (the imported one) updated with every field megaomni's config sets."""
+    ``base_config`` (the imported one) updated with every field megaomni's config sets, beside
+    ``files`` (the imported tokenizer and processor files, :func:`read_tokenizer_files`)."""
     fam = family({"architectures": [architecture]})
     tensors = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
     theirs = to_theirs(expand(fam.rules(model), _counts(model)), tensors)
     write_hf(folder, _merged(base_config or {}, fam.hf_config(model, architecture)), theirs)
+    for name, data in (files or {}).items():
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(data)
