@@ -371,6 +371,9 @@ class CheckpointConfig:
     save_interval: int = 0  # 0: save only at the end
     save_last: bool = True  # false: no checkpoint at the last iteration (benchmarks)
     load: str = ""  # a checkpoint directory (or its parent holding `latest`)
+    # Load the weights alone: a new optimizer, LR schedule and data position, from iteration 0, under
+    # any model.freeze (a next training stage, e.g. LLaVA's stage 2 from its stage 1).
+    finetune: bool = False
 
 
 @dataclass
@@ -485,15 +488,35 @@ def config_from_dict(tree: dict, overrides: tuple[str, ...] | list[str] = ()) ->
     return _build(OmniConfig, tree, "")
 
 
+def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> dict:
+    """A recipe's tree; ``base: OTHER.yaml`` (relative to the file) is read first and the file's
+    sections are written over it, key by key (a next training stage changes a few fields)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config {path}: no such file")
+    if os.path.abspath(path) in seen:
+        raise ConfigError(f"--config {seen[0]}: its base chain returns to {path}")
+    with open(path) as f:
+        tree = yaml.safe_load(f) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"--config {path}: not a mapping of sections")
+    base = tree.pop("base", None)
+    if not base:
+        return tree
+    return merge_trees(_read_yaml(os.path.join(os.path.dirname(path), base), (*seen, os.path.abspath(path))), tree)
+
+
+def merge_trees(base: dict, tree: dict) -> dict:
+    """``tree`` written over ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in tree.items():
+        out[key] = merge_trees(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return out
+
+
 def load_config(path: Optional[str] = None, overrides: tuple[str, ...] | list[str] = ()) -> OmniConfig:
-    """YAML file (optional) + ``KEY=VALUE`` overrides -> validated-by-type OmniConfig."""
-    tree: dict = {}
-    if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"--config {path}: no such file")
-        with open(path) as f:
-            tree = yaml.safe_load(f) or {}
-    return config_from_dict(tree, overrides)
+    """YAML file (optional, with its ``base``) + ``KEY=VALUE`` overrides -> validated-by-type OmniConfig."""
+    return config_from_dict(_read_yaml(path) if path else {}, overrides)
 
 
 def describe_fields(cls=OmniConfig, prefix: str = "") -> list[str]:

@@ -158,7 +158,8 @@ def check_paths(cfg: OmniConfig) -> None:
 
 def check_resumed_freeze(cfg: OmniConfig) -> None:
     """A full checkpoint resumes under the freeze list it was saved with: its optimizer state
-    covers the parts that trained, and only those. Weights alone load under any."""
+    covers the parts that trained, and only those. Weights alone (a weights-only checkpoint, or
+    ``checkpoint.finetune``) load under any."""
     # Imported here, only for a run that loads one: megatron-core's checkpointing pulls in its
     # optimizer and FSDP code, whose imports warn about optional packages.
     from megatron.core import dist_checkpointing
@@ -170,14 +171,13 @@ def check_resumed_freeze(cfg: OmniConfig) -> None:
     except FileNotFoundError:
         return  # not a checkpoint: the loader says so
     common = dist_checkpointing.load_common_state_dict(path)
-    if common.get("weights_only"):
+    if common.get("weights_only") or cfg.checkpoint.finetune:
         return
     saved, listed, names = common["config"]["model"].get("freeze", []), cfg.model.freeze, part_names(cfg.model)
     same = all(n in names for n in saved) and frozen_leaves(cfg.model, saved) == frozen_leaves(cfg.model, listed)
     require(same, f"checkpoint.load={cfg.checkpoint.load}: saved with model.freeze=[{', '.join(saved)}], loaded with "
             f"[{', '.join(listed)}]: a checkpoint resumes with the freeze list it was saved with; to change it, "
-            "write its weights alone first (the saved list, train.iters=0, checkpoint.save=DIR) and load "
-            "DIR/iter_0000000")
+            "start a next stage from its weights (checkpoint.finetune=true)")
 
 
 def validate(cfg: OmniConfig, world_size: int) -> None:

@@ -128,13 +128,14 @@ def load_weights(path: str, chunks: list) -> dict:
     return dist_checkpointing.load_common_state_dict(path)
 
 
-def load_checkpoint(path: str, chunks: list, optimizer, scheduler) -> dict:
+def load_checkpoint(path: str, chunks: list, optimizer, scheduler, finetune: bool = False) -> dict:
     """Collective. Restores the model, and from a full checkpoint the optimizer, scheduler and
     (same layout only) RNG; returns the common state saved with it (``iteration``, data-loader
-    position, ...). A weights-only checkpoint starts training from its weights at iteration 0."""
+    position, ...). A weights-only checkpoint, or any with ``finetune``, starts training from its
+    weights at iteration 0 (a new optimizer, schedule and data position)."""
     path = resolve_checkpoint(path)
     common = dist_checkpointing.load_common_state_dict(path)
-    if common.get("weights_only"):
+    if common.get("weights_only") or finetune:
         load_weights(path, chunks)
         optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
         log.info("initialised from weights %s", path)

@@ -22,6 +22,8 @@ from megaomni.media import dali_decode
 RESIZES = ("fit", "smart_resize", "shortest_edge_crop", "square")  # model.vision.resize
 FIXED_RESIZES = ("shortest_edge_crop", "square")  # an image_size x image_size square, whatever the image
 RESAMPLES = ("pil", "torch")  # model.vision.resample
+# OpenAI CLIP's normalisation (model.vision.image_mean / image_std): CLIP's processors and Qwen2-VL's.
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 def patch_positions(grid_h: int, grid_w: int, merge: int) -> torch.Tensor:

@@ -98,7 +98,8 @@ def train(cfg: OmniConfig) -> dict:
 
     start, carried = 0, {}
     if cfg.checkpoint.load:
-        common = load_checkpoint(cfg.checkpoint.load, state.chunks, state.optimizer, state.scheduler)
+        common = load_checkpoint(cfg.checkpoint.load, state.chunks, state.optimizer, state.scheduler,
+                                 cfg.checkpoint.finetune)
         start, carried = common["iteration"], origin(common)
         if "data" in common:
             loader.load_state_dict(common["data"])

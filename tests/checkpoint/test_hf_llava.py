@@ -23,6 +23,7 @@ from megaomni.checkpoint.hf.convert import (  # noqa: E402
 from megaomni.checkpoint.hf.llava import model_fields  # noqa: E402
 from megaomni.checkpoint.hf.mapping import MappingError  # noqa: E402
 from megaomni.config import OmniConfig  # noqa: E402
+from megaomni.media.images import CLIP_MEAN, CLIP_STD  # noqa: E402
 from megaomni.media.modality import MediaItem  # noqa: E402
 from megaomni.media.vision import VISION, vision_tokens  # noqa: E402
 from megaomni.validation import check_model  # noqa: E402
@@ -74,10 +75,14 @@ def test_llava_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu
     from megaomni.models.build import build_model
 
     hf = hf_model(case, tmp_path / "hf")
+    if case == "siglip_qwen2":  # a processor's own normalisation, over the tower's usual one
+        (tmp_path / "hf" / "preprocessor_config.json").write_text('{"image_mean": [0.1, 0.2, 0.3], "image_std": [2]}')
     imported = import_hf(str(tmp_path / "hf"))
     architecture, state = imported.architecture, imported.state
     cfg = OmniConfig(model=model_config(imported.sections))
     vision = cfg.model.vision
+    assert (vision.image_mean, vision.image_std) == (([0.1, 0.2, 0.3], [2.0]) if case == "siglip_qwen2" else
+                                                     (list(CLIP_MEAN), list(CLIP_STD)))
     side = vision.image_size // PATCH
     check_model(cfg)
     model = build_model(cfg, VOCAB, lambda name: IMAGE)
@@ -91,6 +96,9 @@ def test_llava_import_gives_hugging_face_logits_and_export_is_exact(megatron_cpu
     config = {**sparse(config, transformers.LlavaConfig().to_dict()),
               **{name: sparse(config[name], default.to_dict()) for name, default in defaults.items()}}
     write_hf(str(tmp_path / "old"), config, old)
+    if case == "siglip_qwen2":
+        (tmp_path / "old" / "preprocessor_config.json").write_bytes((tmp_path / "hf" / "preprocessor_config.json")
+                                                                     .read_bytes())
     old = import_hf(str(tmp_path / "old"))
     assert old.sections == imported.sections and old.state.keys() == state.keys()
     assert all(torch.equal(t, state[k]) for k, t in old.state.items())

@@ -26,9 +26,9 @@ from transformers import (
 
 from megaomni.config import OmniConfig
 from megaomni.media import registry
+from megaomni.media.images import CLIP_MEAN, CLIP_STD
 from tests.data.test_media import wav_bytes
 
-CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 QWEN_PIXELS = {"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 64}
 # Each family's model.vision fields (data.min_pixels / max_pixels: QWEN_PIXELS for Qwen2-VL).
 FAMILIES = {

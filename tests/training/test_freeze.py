@@ -312,6 +312,16 @@ def test_checkpoints_hold_frozen_weights_and_resume(megatron_cpu, tmp_path):
                                           "resumes with the freeze list it was saved with"):
         check_resumed_freeze(cfg)
 
+    # A next stage (checkpoint.finetune) under another list: the weights, at iteration 0, a new optimizer.
+    cfg.checkpoint.finetune = True
+    check_resumed_freeze(cfg)
+    _, stage2 = _state(seed=3)
+    assert load_checkpoint(str(tmp_path), stage2.chunks, stage2.optimizer, stage2.scheduler, finetune=True) == \
+        {"iteration": 0}
+    for name, value in _params(stage2).items():
+        assert torch.equal(value, saved[name]), name
+    assert not stage2.optimizer.state_dict()["state"]
+
 
 # ----------------------------------------------------------------------------- PP2, the joint schedule
 

@@ -13,7 +13,7 @@ import torch
 
 from megaomni.checkpoint.hf.families import family
 from megaomni.checkpoint.hf.mapping import MappingError, expand, to_ours, to_theirs
-from megaomni.config import ModelConfig, config_from_dict
+from megaomni.config import ModelConfig, config_from_dict, merge_trees
 from megaomni.models.build import padded_vocab_size
 
 INDEX = "model.safetensors.index.json"
@@ -92,12 +92,25 @@ class Imported:
     hf_config: dict  # its config.json, for export to keep what megaomni has no field for (token ids...)
 
 
+PREPROCESSOR = "preprocessor_config.json"
+
+
+def processor_fields(preprocessor: dict) -> dict:
+    """``model.vision`` fields an image processor's settings (``preprocessor_config.json``) fix:
+    its normalisation, where it differs from the family's default."""
+    return {field: [float(v) for v in preprocessor[field]] for field in ("image_mean", "image_std")
+            if field in preprocessor}
+
+
 def import_hf(folder: str) -> Imported:
     config, theirs = read_hf(folder)
     fam = family(config)
     if hasattr(fam, "checkpoint_names"):  # a family whose checkpoints come in several layouts: one of them
         theirs = fam.checkpoint_names(theirs)
     sections = fam.model_fields(config)
+    if sections["vision"].get("enabled", True) and os.path.isfile(os.path.join(folder, PREPROCESSOR)):
+        with open(os.path.join(folder, PREPROCESSOR)) as f:
+            sections["vision"].update(processor_fields(json.load(f)))
     vocab = sections["llm"]["vocab_size"]
     if padded_vocab_size(vocab, vocab) != vocab:
         raise MappingError(f"vocab_size={vocab}: megaomni pads the vocabulary to {padded_vocab_size(vocab, vocab)} "
@@ -115,14 +128,6 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     module.load_state_dict({**state, **extra}, strict=True)
 
 
-def _merged(base: dict, ours: dict) -> dict:
-    """``base`` with ``ours`` written over it, section by section."""
-    out = dict(base)
-    for key, value in ours.items():
-        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
-
-
 def export_hf(model: ModelConfig, state: dict[str, torch.Tensor], folder: str, architecture: str,
               base_config: Optional[dict] = None, files: Optional[dict[str, bytes]] = None) -> None:
     """Write megaomni's ``state`` (of a model of ``model``; a module's ``state_dict``, its
@@ -132,7 +137,7 @@ def export_hf(model: ModelConfig, state: dict[str, torch.Tensor], folder: str, a
     fam = family({"architectures": [architecture]})
     tensors = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
     theirs = to_theirs(expand(fam.rules(model), _counts(model)), tensors)
-    write_hf(folder, _merged(base_config or {}, fam.hf_config(model, architecture)), theirs)
+    write_hf(folder, merge_trees(base_config or {}, fam.hf_config(model, architecture)), theirs)
     for name, data in (files or {}).items():
         with open(os.path.join(folder, name), "wb") as f:
             f.write(data)

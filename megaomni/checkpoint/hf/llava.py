@@ -14,6 +14,7 @@ from __future__ import annotations
 from megaomni.checkpoint.hf import llama_style
 from megaomni.checkpoint.hf.mapping import QKV, Direct, Heads, MappingError, Reshaped, prefixed
 from megaomni.config import VisionConfig
+from megaomni.media.images import CLIP_MEAN, CLIP_STD
 
 ARCHITECTURES = {"LlavaForConditionalGeneration": "llava"}
 
@@ -25,9 +26,10 @@ _TOWERS = {  # model_type -> (its defaults, megaomni's (class_token, pre_norm, p
     "siglip_vision_model": (dict(patch_size=16, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
                                  vision_use_head=True), (False, False, True)),
 }
-# How each tower's Hugging Face processor sizes images (image_size a side); mean / std are the
-# processor's own (preprocessor_config.json), set with the rest of the media settings.
+# How each tower's Hugging Face processor sizes and normalises images (image_size a side; a folder's
+# preprocessor_config.json overrides the mean / std, megaomni.checkpoint.hf.convert).
 _RESIZES = {"clip_vision_model": "shortest_edge_crop", "siglip_vision_model": "square"}
+_NORMALISATION = {"clip_vision_model": (CLIP_MEAN, CLIP_STD), "siglip_vision_model": ([0.5], [0.5])}
 _TEXT_DEFAULTS = {
     "llama": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                   vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-6),
@@ -89,7 +91,8 @@ def model_fields(hf: dict) -> dict:
         patch_size=vision["patch_size"], merge_size=1, in_channels=vision["num_channels"],
         norm_eps=float(vision["layer_norm_eps"]), norm="layernorm", activation=_ACTIVATIONS[vision["hidden_act"]],
         bias=True, projector_hidden_size=0, temporal_embedding=False, position_embedding="learned",
-        image_size=vision["image_size"], resize=_RESIZES[tower], class_token=class_token,
+        image_size=vision["image_size"], resize=_RESIZES[tower], image_mean=list(_NORMALISATION[tower][0]),
+        image_std=list(_NORMALISATION[tower][1]), class_token=class_token,
         keep_class_token=class_token and strategy == "full", pre_norm=pre_norm, patch_bias=patch_bias,
         feature_layer=layer)}
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from megaomni.checkpoint.hf import llama_style
 from megaomni.checkpoint.hf.mapping import Direct, Heads, MappingError, Reshaped, StackedQKV
+from megaomni.media.images import CLIP_MEAN, CLIP_STD
 
 ARCHITECTURES = {"Qwen2VLForConditionalGeneration": "qwen2_vl"}
 
 # A vision layer's names, ours and theirs (the towers of the Qwen2-VL family share them).
 OURS, THEIRS = "vision_encoder.blocks.layers.{v}.", "visual.blocks.{v}."
-CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
 def _text(hf: dict) -> dict:
@@ -58,7 +58,7 @@ def tower_fields(vision: dict, width: int) -> dict:
                 temporal_patch_size=vision.get("temporal_patch_size", 2),
                 rotary_base=float((vision.get("rope_parameters") or {}).get("rope_theta", 10000.0)), norm_eps=1e-6,
                 bias=True, projector_hidden_size=width * merge * merge, temporal_embedding=False,
-                resize="smart_resize", image_mean=CLIP_MEAN, image_std=CLIP_STD)
+                resize="smart_resize", image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
 
 
 def model_fields(hf: dict) -> dict:
