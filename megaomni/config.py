@@ -314,6 +314,9 @@ class DataConfig:
     # The frame rate of a video's frames as kept (shards carry no timestamps; Qwen2.5-VL's processor
     # samples at 2 fps). Read only where model.vision.tokens_per_second spaces time.
     video_fps: float = 2.0
+    # A <video> placeholder right before an <audio> one (nothing between) is that video with its
+    # audio track, interleaved by time (Qwen2.5-Omni's use_audio_in_video; megaomni/data/audio_in_video.py).
+    audio_in_video: bool = False
     zero_media: bool = False  # feed all-zero pixels/features: the "text only" control
     # A sample over seq_length tokens is cut to seq_length (counted as truncated) instead of
     # skipped (too_long); still skipped where the cut would split a media placeholder run (half
