@@ -116,6 +116,13 @@ class VisionConfig:
     # temporal group spanning temporal_patch_size / data.video_fps seconds (positions truncated to
     # integers). 0: a group's index (Qwen2-VL).
     tokens_per_second: int = 0
+    # The float32 products of a group's position in the order Qwen2.5-Omni takes them, (index *
+    # seconds) * tokens_per_second; false: Qwen2.5-VL's, index * (tokens_per_second * seconds).
+    # They differ by one at some frame rates (25 fps, 25 positions per second).
+    seconds_first: bool = False
+    # data.audio_in_video: a video and its audio track alternate in chunks of this many seconds of
+    # positions (tokens_per_second * seconds_per_chunk; Qwen2.5-Omni's 2). 0: no chunks.
+    seconds_per_chunk: int = 0
     # Patch positions: rope_2d (rotary over each image's grid, any size) | learned (CLIP's and
     # SigLIP's table of (image_size / patch_size)^2 positions in raster order, +1 for the class
     # token; a fixed resize only).
@@ -169,6 +176,9 @@ class AudioConfig:
     # through the stem alone, with positions from 0 and attention inside it; pool_linear then pools
     # the clip's rows across its chunks. 0: a clip whole.
     chunk_frames: int = 0
+    # Qwen2.5-Omni's 2 rows of audio start / end embeddings [2, LLM hidden]: its forward never
+    # reads them, but its checkpoints hold them; kept as a buffer (never trained) for export.
+    bos_eos_embedding: bool = False
 
 
 # Config sections of modalities registered from outside the library (megaomni.media.register):
@@ -304,6 +314,9 @@ class DataConfig:
     # The frame rate of a video's frames as kept (shards carry no timestamps; Qwen2.5-VL's processor
     # samples at 2 fps). Read only where model.vision.tokens_per_second spaces time.
     video_fps: float = 2.0
+    # A <video> placeholder right before an <audio> one (nothing between) is that video with its
+    # audio track, interleaved by time (Qwen2.5-Omni's use_audio_in_video; megaomni/data/audio_in_video.py).
+    audio_in_video: bool = False
     zero_media: bool = False  # feed all-zero pixels/features: the "text only" control
     # A sample over seq_length tokens is cut to seq_length (counted as truncated) instead of
     # skipped (too_long); still skipped where the cut would split a media placeholder run (half

@@ -11,6 +11,7 @@ import os
 
 from megaomni.checks import divisors, require, require_heads, require_positive
 from megaomni.config import DataConfig, MoEConfig, OmniConfig, ParallelConfig
+from megaomni.data import audio_in_video
 from megaomni.media import dali_decode, registry
 from megaomni.models.freeze import frozen_leaves, leaf_prefixes, part_names
 from megaomni.parallel.rules import check_parallel_layout
@@ -122,6 +123,7 @@ def check_data(cfg: OmniConfig) -> None:
     for name in ("workers", "max_video_frames"):
         require(getattr(data, name) >= 0, f"data.{name}={getattr(data, name)}: must be >= 0 (0: "
                 f"{'decode in the training process' if name == 'workers' else 'no cap'})")
+    audio_in_video.check(cfg)
 
 
 def check_train(cfg: OmniConfig) -> None:

@@ -38,12 +38,16 @@ class MediaTokens:
 
 # A tokenizer takes, per placeholder, the first row whose tokens it has all. LLaVA's rows come first:
 # the Qwen-based LLaVA models' tokenizers also hold Qwen2-VL's tokens, but their processors repeat
-# <image> / <video>.
+# <image> / <video>. Qwen2.5-Omni's tokenizer names Qwen2-VL's ids anew (<|vision_bos|> ...), and
+# holds Qwen2-Audio's audio tokens; a video with its audio track (data.audio_in_video) takes both
+# rows (megaomni/data/audio_in_video.py).
 FAMILIES = (
     MediaTokens("LLaVA", IMAGE, (), "<image>", ()),
     MediaTokens("LLaVA-NeXT-Video", VIDEO, (), "<video>", ()),
     MediaTokens("Qwen2-VL", IMAGE, ("<|vision_start|>",), "<|image_pad|>", ("<|vision_end|>",)),
     MediaTokens("Qwen2-VL", VIDEO, ("<|vision_start|>",), "<|video_pad|>", ("<|vision_end|>",)),
+    MediaTokens("Qwen2.5-Omni", IMAGE, ("<|vision_bos|>",), "<|IMAGE|>", ("<|vision_eos|>",)),
+    MediaTokens("Qwen2.5-Omni", VIDEO, ("<|vision_bos|>",), "<|VIDEO|>", ("<|vision_eos|>",)),
     MediaTokens("Qwen2-Audio", AUDIO, ("<|audio_bos|>",), "<|AUDIO|>", ("<|audio_eos|>",)),
 )
 

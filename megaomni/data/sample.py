@@ -4,7 +4,9 @@ next-token labels, the answer loss mask, and decoded media.
 The tokenizer frames each turn (megaomni/data/chat_format.py) and says what a placeholder becomes
 (megaomni/data/media_tokens.py). Each modality (megaomni.media.registry) decodes its own members; a
 placeholder expands to its pad token, once per LLM token its items become (a video: all its
-frames' pads), between the tokens the tokenizer puts around them (``<|vision_start|>`` ...)."""
+frames' pads), between the tokens the tokenizer puts around them (``<|vision_start|>`` ...); with
+``data.audio_in_video``, ``<video><audio>`` is a video and its audio track, interleaved
+(megaomni/data/audio_in_video.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Optional
 import torch
 
 from megaomni.config import DataConfig, OmniConfig
+from megaomni.data import audio_in_video
 from megaomni.data.positions import mrope_positions
 from megaomni.data.shards import RawSample
 from megaomni.data.tokenizer import Tokenizer, reserved_tokens
@@ -114,12 +117,12 @@ def _kept_length(length: int, spans: list[Span], answer: list[bool], data: DataC
     return limit
 
 
-def _chat_tokens(turns: list[dict], tokenizer: Tokenizer,
-                 expand: dict[str, Iterator]) -> tuple[list[int], list[bool], list[Run], list[Span]]:
+def _chat_tokens(turns: list[dict], tokenizer: Tokenizer, expand: dict[str, Iterator],
+                 cfg: Optional[OmniConfig] = None) -> tuple[list[int], list[bool], list[Run], list[Span]]:
     """Chat-formatted token ids, whether each is trained on (an answer's content and the ids its
     frame trains after it: ``<|end|>``, ``<|im_end|>``), and the placeholders' runs of pads and
     spans, in text order. ``expand`` maps a placeholder to an iterator over its media: (modality,
-    that medium's items)."""
+    that medium's items). ``cfg``: where its ``data.audio_in_video`` pairs videos with clips."""
     tokens: list[int] = []
     answer: list[bool] = []
     runs: list[Run] = []
@@ -128,8 +131,15 @@ def _chat_tokens(turns: list[dict], tokenizer: Tokenizer,
         is_answer = turn["role"] == "assistant"
         tokens += frame.before
         answer += [False] * len(frame.before)
-        for piece in tokenizer.encode_content(turn["content"]):
-            if isinstance(piece, str):  # a placeholder
+        pieces = tokenizer.encode_content(turn["content"])
+        for piece in audio_in_video.pair(pieces) if cfg is not None and cfg.data.audio_in_video else pieces:
+            if isinstance(piece, tuple):  # a video and its audio track: one run, one span
+                ids, track = audio_in_video.lay_out([next(expand[p]) for p in piece],
+                                                    [tokenizer.expansion(p) for p in piece], cfg)
+                runs.append((audio_in_video.NAME, len(tokens), len(tokens) + len(ids), track))
+                spans.append((len(tokens), len(tokens) + len(ids)))
+                tokens += ids
+            elif isinstance(piece, str):  # a placeholder
                 name, items = next(expand[piece])
                 before, pad, after = tokenizer.expansion(piece)
                 start, count = len(tokens) + len(before), sum(item.tokens for item in items)
@@ -169,14 +179,15 @@ def build_sample(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig) -> Sampl
         members = raw.members.get(source.placeholder, [])
         media = modality.decode(source, members, cfg) if members else []
         expand[source.placeholder] = iter([(modality.name, items) for items in media])
-    tokens, answer, runs, spans = _chat_tokens(turns, tokenizer, expand)
+    tokens, answer, runs, spans = _chat_tokens(turns, tokenizer, expand, cfg)
     keep = _kept_length(len(tokens), spans, answer, cfg.data)
     # A cut keeps the labels of the whole sample: the last kept token still predicts the next one.
     labels, loss = tokens[1:] + [tokenizer.pad_id], answer[1:] + [False]
     media: dict[str, list[MediaItem]] = {m.name: [] for m in registry.modalities()}
     for name, _, end, items in runs:
-        if end <= keep:
-            media[name] += items
+        if end <= keep:  # a video with its track: the items of both
+            for modality, its in items.media.items() if isinstance(items, audio_in_video.Track) else [(name, items)]:
+                media[modality] += its
     if cfg.data.zero_media:  # the text-only control: same shapes and token counts, no content
         media = {name: [replace(item, values=torch.zeros_like(item.values)) for item in items]
                  for name, items in media.items()}

@@ -59,6 +59,8 @@ class AudioEncoder(MegatronModule):
         self.conv2 = nn.Conv1d(cfg.hidden_size, cfg.hidden_size, kernel_size=3, stride=cfg.stem_stride, padding=1)
         if cfg.position_embedding == "sinusoidal":  # a buffer: saved and loaded, never trained (as Whisper's)
             self.register_buffer("position_embedding", whisper_sinusoids(cfg.max_positions, cfg.hidden_size))
+        if cfg.bos_eos_embedding:  # never read: carried, untrained, so that an export writes it back
+            self.register_buffer("bos_eos_embedding", torch.zeros(2, llm_hidden))
         # pool_linear normalises after pooling: the norm is the projector's, not the blocks'.
         self.blocks = TransformerBlock(config, encoder_layer_spec(cfg.norm), post_layer_norm=not self.pool,
                                        pg_collection=pg_collection)

@@ -53,11 +53,14 @@ def video_frame_indices(count: int, cap: int) -> list[int]:
 def temporal_position(time: int, cfg) -> int:
     """The M-RoPE temporal position of a video's ``time``-th temporal group: ``time`` (Qwen2-VL),
     or with ``model.vision.tokens_per_second`` its start in seconds times that, truncated, in
-    float32 as Qwen2.5-VL's ``get_rope_index`` computes it from ``second_per_grid_ts``."""
+    float32 as Qwen2.5-VL's ``get_rope_index`` computes it from ``second_per_grid_ts`` (with
+    ``model.vision.seconds_first``, as Qwen2.5-Omni's does: the same products in another order)."""
     vision = cfg.model.vision
     if not vision.tokens_per_second:
         return time
     seconds = torch.tensor(vision.temporal_patch_size / cfg.data.video_fps, dtype=torch.float32)
+    if vision.seconds_first:
+        return int(time * seconds * vision.tokens_per_second)
     return int(time * (vision.tokens_per_second * seconds))
 
 
@@ -202,6 +205,8 @@ class Vision(Modality):
                 f"model.vision.num_layers-1={vision.num_layers - 1}")
         require(vision.tokens_per_second >= 0, f"model.vision.tokens_per_second={vision.tokens_per_second}: must be "
                 ">= 0 (0: a video's temporal positions are its groups' indices)")
+        require(vision.seconds_per_chunk >= 0, f"model.vision.seconds_per_chunk={vision.seconds_per_chunk}: must be "
+                ">= 0 (0: no chunks)")
         require(cfg.data.video_fps > 0, f"data.video_fps={cfg.data.video_fps}: must be positive")
 
 

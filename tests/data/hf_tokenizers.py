@@ -1,5 +1,5 @@
 """Tiny Hugging Face tokenizer folders of the families megaomni knows (Qwen2-VL, Qwen2-Audio,
-LLaVA), made in-process: a byte-level BPE over a few sentences, Qwen2's pre-tokenizer, the
+Qwen2.5-Omni, LLaVA), made in-process: a byte-level BPE over a few sentences, Qwen2's pre-tokenizer, the
 family's special tokens and its chat template (written here from the models' own)."""
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[
 CHATML = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 QWEN2_VL_TOKENS = (*CHATML, "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 QWEN2_AUDIO_TOKENS = (*CHATML, "<|audio_bos|>", "<|audio_eos|>", "<|AUDIO|>")
+QWEN2_5_OMNI_TOKENS = (*CHATML, "<|vision_bos|>", "<|vision_eos|>", "<|IMAGE|>", "<|VIDEO|>", "<|audio_bos|>",
+                       "<|audio_eos|>", "<|AUDIO|>")
 LLAVA_TOKENS = ("<unk>", "<s>", "</s>", "<image>", "<pad>")
 
 # Qwen2-VL-Instruct's template: ChatML, the default system prompt, vision tokens for image and video parts.
@@ -87,6 +89,11 @@ def qwen2_vl(path: str) -> str:
 
 def qwen2_audio(path: str) -> str:
     return hf_folder(path, QWEN2_AUDIO_TOKENS, CHATML_TEMPLATE, eos="<|im_end|>", pad="<|endoftext|>")
+
+
+def qwen2_5_omni(path: str) -> str:
+    """Its media tokens; ChatML over string content (its template's content parts are not read)."""
+    return hf_folder(path, QWEN2_5_OMNI_TOKENS, CHATML_TEMPLATE, eos="<|im_end|>", pad="<|endoftext|>")
 
 
 def llava(path: str) -> str:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from megaomni.checkpoint.hf import llama_style, llava, qwen2_5_vl, qwen2_audio, qwen2_vl
+from megaomni.checkpoint.hf import llama_style, llava, qwen2_5_omni, qwen2_5_vl, qwen2_audio, qwen2_vl
 from megaomni.checkpoint.hf.mapping import MappingError
 
-FAMILIES = {architecture: module for module in (llama_style, qwen2_vl, qwen2_5_vl, qwen2_audio, llava)
+FAMILIES = {architecture: module for module in (llama_style, qwen2_vl, qwen2_5_vl, qwen2_audio, qwen2_5_omni, llava)
             for architecture in module.ARCHITECTURES}
 
 

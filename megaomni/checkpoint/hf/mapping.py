@@ -8,6 +8,7 @@ megaomni tensor no rule fills, is an error that lists the names: nothing is drop
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -138,6 +139,28 @@ class GatedMLP:
 
     def to_theirs(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         return [t.contiguous() for t in tensor.chunk(2, dim=0)]
+
+
+@dataclass(frozen=True)
+class Computed:
+    """A tensor of ours that the family's checkpoints lack because its model computes it (a
+    non-persistent buffer: Qwen2.5-Omni's Whisper position table): ``make()`` on import; on
+    export none, and ours must still be ``make()``'s, since the family's model would not read it."""
+
+    ours: str
+    make: Callable[[], torch.Tensor]
+
+    def names(self) -> tuple[str, ...]:
+        return ()
+
+    def to_ours(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return self.make()
+
+    def to_theirs(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        if not torch.equal(tensor.float(), self.make().float()):
+            raise MappingError(f"{self.ours}: differs from the table this family computes, and its checkpoints "
+                               "cannot hold another")
+        return []
 
 
 def expand(table: list, counts: dict[str, int]) -> list:

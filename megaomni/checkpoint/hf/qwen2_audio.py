@@ -40,21 +40,26 @@ def model_fields(hf: dict) -> dict:
     return {"llm": llm, "vision": {"enabled": False}, "audio": audio_fields(hf["audio_config"])}
 
 
-def hf_config(model, architecture: str) -> dict:
-    audio, llm = model.audio, model.llm
+def audio_config(audio, architecture: str) -> dict:
+    """The Whisper-style ``audio_config`` fields of ``model.audio`` ``audio`` (no ``model_type``)."""
     for field, value in _FIXED.items():
         if getattr(audio, field) != value:
             raise MappingError(f"model.audio.{field}={getattr(audio, field)}: {architecture}'s is {value}")
     if audio.activation not in _ACTIVATIONS:
         raise MappingError(f"model.audio.activation={audio.activation}: {architecture}'s is one of "
                            f"{', '.join(_ACTIVATIONS)}")
-    text = llama_style.llm_config(llm, architecture, "qwen2")
-    return {"architectures": [architecture], "model_type": "qwen2_audio", "tie_word_embeddings": llm.tie_embeddings,
-            "text_config": {"model_type": "qwen2", **text}, "audio_config": dict(
-                model_type="qwen2_audio_encoder", encoder_layers=audio.num_layers, d_model=audio.hidden_size,
+    return dict(encoder_layers=audio.num_layers, d_model=audio.hidden_size,
                 encoder_attention_heads=audio.num_attention_heads, encoder_ffn_dim=audio.ffn_hidden_size,
                 num_mel_bins=audio.n_mels, max_source_positions=audio.max_positions,
-                activation_function=audio.activation, scale_embedding=False)}
+                activation_function=audio.activation, scale_embedding=False)
+
+
+def hf_config(model, architecture: str) -> dict:
+    llm, audio = model.llm, audio_config(model.audio, architecture)
+    text = llama_style.llm_config(llm, architecture, "qwen2")
+    return {"architectures": [architecture], "model_type": "qwen2_audio", "tie_word_embeddings": llm.tie_embeddings,
+            "text_config": {"model_type": "qwen2", **text},
+            "audio_config": dict(model_type="qwen2_audio_encoder", **audio)}
 
 
 def tower_rules(audio, norm: str, linear: str) -> list:
