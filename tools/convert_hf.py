@@ -2,13 +2,20 @@
 
     python tools/convert_hf.py import HF_DIR OUT     # OUT/checkpoint (weights) + OUT/model.yaml
     python tools/convert_hf.py export CKPT OUT_DIR   # safetensors + config.json + tokenizer files
-    python tools/convert_hf.py verify HF_DIR CKPT    # the largest logit difference on a fixed input
+    python tools/convert_hf.py verify HF_DIR CKPT    # the largest logit difference on a built-in input
 
 The imported checkpoint holds the weights only (``iter_0000000``): ``checkpoint.load=OUT/checkpoint``
 starts a run from them under any parallel layout (checkpoints reshard on load). ``model.yaml`` is
 the recipe's ``model`` section for that checkpoint. The checkpoint also keeps the architecture,
 config.json and tokenizer / processor files of HF_DIR, and so does every checkpoint trained from
-it: ``export`` of a trained checkpoint writes a complete folder. Runs in one process, on the GPU where there is one.
+it: ``export`` of a trained checkpoint writes a complete folder. Runs in one process, on the GPU
+where there is one.
+
+``verify`` builds both models (fp32) and runs one input through both: where HF_DIR holds a
+tokenizer, a conversation with an image, a video and a clip (those the family takes and the
+model has enabled; megaomni.checkpoint.hf.probe) and text, made by megaomni's data pipeline
+with that tokenizer and the checkpoint's processors; else 2 x 32 random tokens. It prints the
+largest logit difference and what the input held, and exits 0 (``--tolerance``: 1 above it).
 """
 
 from __future__ import annotations
@@ -40,8 +47,8 @@ from megaomni.config import (  # noqa: E402
 )
 
 
-def _model(cfg: OmniConfig):
-    """The whole model in this process (one rank, CPU)."""
+def _model(cfg: OmniConfig, media_pad_id=lambda name: 0):
+    """The whole model in this process (one rank, CPU); ``media_pad_id`` as build_model's."""
     import warnings
 
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex|apex).*")
@@ -51,10 +58,10 @@ def _model(cfg: OmniConfig):
     cfg.train.device = "auto"  # the GPU where there is one: megaomni's CPU mode refuses a CUDA machine
     cfg.parallel, cfg.pipeline = ParallelConfig(), PipelineConfig()
     init_distributed(cfg)
-    return build_model_chunks(cfg, cfg.model.llm.vocab_size, lambda name: 0)
+    return build_model_chunks(cfg, cfg.model.llm.vocab_size, media_pad_id)
 
 
-def _from_checkpoint(path: str):
+def _from_checkpoint(path: str, media_pad_id=lambda name: 0):
     """The model of a megaomni checkpoint, its weights loaded, and the checkpoint's common state."""
     from megatron.core import dist_checkpointing
 
@@ -63,7 +70,7 @@ def _from_checkpoint(path: str):
     path = resolve_checkpoint(path)
     common = dist_checkpointing.load_common_state_dict(path)
     cfg = config_from_dict(common["config"])
-    chunks = _model(cfg)
+    chunks = _model(cfg, media_pad_id)
     load_weights(path, chunks)
     return cfg, chunks, common
 
@@ -95,22 +102,48 @@ def cmd_export(args) -> None:
     print(f"exported {architecture}: {args.out}")
 
 
-def cmd_verify(args) -> None:
+def _random_tokens(cfg: OmniConfig, model, hf) -> tuple[torch.Tensor, torch.Tensor]:
+    """megaomni's and Hugging Face's logits of 2 x 32 random tokens (the LLM alone)."""
+    tokens = torch.randint(0, cfg.model.llm.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(tokens.shape[1]).expand(3, *tokens.shape)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        got = model.llm(input_ids=tokens.to(device), position_ids=positions.to(device), attention_mask=None)
+        return got.float().cpu(), hf(input_ids=tokens).logits
+
+
+def cmd_verify(args) -> int:
     import transformers
 
-    cfg, chunks, common = _from_checkpoint(args.checkpoint)
+    from megaomni.checkpoint.hf import probe
+    from megaomni.errors import BadSample
+    from megaomni.media import registry
+
+    torch.backends.cudnn.allow_tf32 = False  # fp32 convolutions on a GPU too (the audio stem; matmuls are already)
+    tokenizer, why = probe.tokenizer_of(args.hf_dir)
+    cfg, chunks, common = _from_checkpoint(args.checkpoint, tokenizer.media_pad_ids if tokenizer else lambda name: 0)
     architecture = common.get("hf_architecture") or "AutoModelForCausalLM"
     hf = getattr(transformers, architecture).from_pretrained(args.hf_dir, dtype=torch.float32).eval()
-    device = next(chunks[0].parameters()).device
-    tokens = torch.randint(0, cfg.model.llm.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
-    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
-    with torch.no_grad():
-        want = hf(input_ids=tokens).logits
-        positions = positions.unsqueeze(0).expand(3, -1, -1)
-        got = chunks[0].llm(input_ids=tokens.to(device), position_ids=positions.to(device),
-                            attention_mask=None).float().cpu()
-    print(f"largest logit difference: {(got - want).abs().max().item():.3e} "
-          f"(logits up to {want.abs().max().item():.2f}; 2 x 32 random tokens, text only, fp32)")
+    built = None
+    if tokenizer is not None:
+        try:
+            built = probe.build_probe(tokenizer, cfg, architecture)
+        except BadSample as e:  # a chat template that cannot frame it, media the processors refuse
+            why = f"the probe cannot be made ({e})"
+    if built is not None:
+        with torch.no_grad():
+            want = hf(**probe.hf_inputs(architecture, built, hf.config)).logits
+        got, held = probe.logits(chunks[0], built), f"probe: {built.describe()}"
+    else:
+        got, want = _random_tokens(cfg, chunks[0], hf)
+        media = registry.enabled(cfg.model)
+        held = "2 x 32 random tokens, text only" + (f"; media not probed: {why}" if media else f" ({why})")
+    difference = (got - want).abs().max().item()
+    print(f"largest logit difference: {difference:.3e} (logits up to {want.abs().max().item():.2f}; {held}; fp32)")
+    if args.tolerance is not None and not difference <= args.tolerance:
+        print(f"convert_hf: the difference exceeds --tolerance {args.tolerance:g}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,16 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     ver = verbs.add_parser("verify", help="logits of the Hugging Face model against the checkpoint's")
     ver.add_argument("hf_dir")
     ver.add_argument("checkpoint")
+    ver.add_argument("--tolerance", type=float, help="exit 1 where the difference exceeds it (default: report only)")
     args = parser.parse_args(argv)
     try:
-        {"import": cmd_import, "export": cmd_export, "verify": cmd_verify}[args.verb](args)
+        return {"import": cmd_import, "export": cmd_export, "verify": cmd_verify}[args.verb](args) or 0
     except (MappingError, ConfigError, FileNotFoundError) as err:
         print(f"convert_hf: {err}", file=sys.stderr)
         return 2
     finally:
         from megaomni.platform.distributed import shutdown
         shutdown()
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from megaomni.checkpoint.hf.mapping import QKV, Direct, GatedMLP, Heads, Mapping
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
                  "Qwen3MoeForCausalLM": "qwen3_moe"}
 
+MEDIA = ()  # text only (tools/convert_hf.py verify's probe: a conversation's ids)
 _LAYER = "llm.decoder.layers.{i}."
 _HF = "model.layers.{i}."
 
@@ -133,3 +134,8 @@ def llm_rules(llm) -> list:
     if not llm.tie_embeddings:
         table.append(Direct("llm.output_layer.weight", "lm_head.weight"))
     return table
+
+
+def hf_inputs(sample, hf_config, cfg) -> dict:
+    """The Hugging Face model's keyword inputs of ``sample`` (made under ``cfg``): its ids."""
+    return {"input_ids": sample.tokens[None]}

@@ -11,12 +11,16 @@ transformers 4 (``vision_tower.vision_model.*``); writes the former."""
 
 from __future__ import annotations
 
+import torch
+
 from megaomni.checkpoint.hf import llama_style
 from megaomni.checkpoint.hf.mapping import QKV, Direct, Heads, MappingError, Reshaped, prefixed
 from megaomni.config import VisionConfig
 from megaomni.media.images import CLIP_MEAN, CLIP_STD
+from megaomni.media.vision import IMAGE
 
 ARCHITECTURES = {"LlavaForConditionalGeneration": "llava"}
+MEDIA = (IMAGE,)  # the placeholders the family takes (tools/convert_hf.py verify's probe)
 
 # config.json leaves out what equals the config class's default: transformers' defaults.
 _TOWER_DEFAULTS = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -175,3 +179,15 @@ def rules(model) -> list:
                   Direct(f"vision_encoder.projector.fc1.{kind}", f"multi_modal_projector.linear_1.{kind}"),
                   Direct(f"vision_encoder.projector.fc2.{kind}", f"multi_modal_projector.linear_2.{kind}")]
     return [prefixed(rule, _LLM) for rule in llama_style.llm_rules(model.llm)] + table
+
+
+def hf_inputs(sample, hf_config, cfg) -> dict:
+    """The ids and ``pixel_values`` ``[images, C, H, W]`` of ``sample``: each image's patches
+    (raster order, each (C, p, p) flattened) put back in place."""
+    inputs, images = {"input_ids": sample.tokens[None]}, sample.media.get("vision", [])
+    if images:
+        channels, patch = hf_config.vision_config.num_channels, hf_config.vision_config.patch_size
+        inputs["pixel_values"] = torch.stack([
+            item.values.reshape(*item.size, channels, patch, patch).permute(2, 0, 3, 1, 4)
+            .reshape(channels, item.size[0] * patch, item.size[1] * patch) for item in images])
+    return inputs

@@ -9,11 +9,14 @@ full_attention_layers, tokens_per_second; a group's seconds from data.video_fps)
 
 from __future__ import annotations
 
+import torch
+
 from megaomni.checkpoint.hf import llama_style, qwen2_vl
 from megaomni.checkpoint.hf.mapping import Direct, GatedMLP, MappingError
 from megaomni.checkpoint.hf.qwen2_vl import OURS, THEIRS
 
 ARCHITECTURES = {"Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl"}
+MEDIA = qwen2_vl.MEDIA
 
 # Hugging Face's defaults where a config.json leaves them out (Qwen2_5_VLVisionConfig's).
 _WINDOW, _FULL_LAYERS, _TOKENS_PER_SECOND = 112, (7, 15, 23, 31), 4
@@ -57,3 +60,13 @@ def rules(model) -> list:
                            THEIRS + f"mlp.up_proj.{kind}"),
                   Direct(OURS + f"mlp.linear_fc2.{kind}", THEIRS + f"mlp.down_proj.{kind}")]
     return llama_style.llm_rules(model.llm) + table
+
+
+def hf_inputs(sample, hf_config, cfg) -> dict:
+    """Qwen2-VL's inputs and each video's seconds per temporal group, as Qwen2.5-VL's processor
+    gives them (``second_per_grid_ts``: ``temporal_patch_size / data.video_fps``)."""
+    inputs = qwen2_vl.vision_inputs(sample, hf_config)
+    if "video_grid_thw" in inputs:
+        seconds = cfg.model.vision.temporal_patch_size / cfg.data.video_fps
+        inputs["second_per_grid_ts"] = torch.full((len(inputs["video_grid_thw"]),), seconds)
+    return inputs

@@ -7,10 +7,14 @@ sinusoidal, projector pool_linear: the LayerNorm after pooling is the projector'
 
 from __future__ import annotations
 
+import torch
+
 from megaomni.checkpoint.hf import llama_style
 from megaomni.checkpoint.hf.mapping import QKV, Direct, Heads, MappingError, prefixed
+from megaomni.media.audio import AUDIO
 
 ARCHITECTURES = {"Qwen2AudioForConditionalGeneration": "qwen2_audio"}
+MEDIA = (AUDIO,)  # the placeholders the family takes (tools/convert_hf.py verify's probe)
 
 # model.audio fields Qwen2-Audio fixes (nn.LayerNorm's eps; conv2's stride, AvgPool1d(2) after it).
 _FIXED = dict(norm="layernorm", norm_eps=1e-5, bias=True, stem_stride=2, downsample=4,
@@ -91,3 +95,28 @@ def rules(model) -> list:
     table = [Direct("audio_encoder.position_embedding", "audio_tower.embed_positions.weight"),
              *tower_rules(model.audio, "audio_tower.layer_norm", "multi_modal_projector.linear")]
     return [prefixed(rule, _LLM) for rule in llama_style.llm_rules(model.llm)] + table
+
+
+def audio_inputs(sample, window: int) -> dict:
+    """A megaomni ``sample``'s clips as Hugging Face's Whisper-style inputs: ``input_features``
+    ``[clips, mels, window]`` (each clip's rows transposed, in a window zero-padded to
+    ``window`` frames where its rows are fewer: megaomni's features of the clip alone) and
+    ``feature_attention_mask`` over each clip's own frames."""
+    clips = sample.media.get("audio", [])
+    if not clips:
+        return {}
+    features = torch.zeros(len(clips), clips[0].values.shape[1], window)
+    mask = torch.zeros(len(clips), window, dtype=torch.long)
+    for i, clip in enumerate(clips):
+        if clip.rows > window:
+            raise MappingError(f"a clip of {clip.rows} feature frames: the Hugging Face model takes windows of "
+                               f"{window} (max_source_positions * 2)")
+        features[i, :, :clip.rows] = clip.values.T
+        mask[i, :clip.info.get("valid_frames", clip.rows)] = 1
+    return {"input_features": features, "feature_attention_mask": mask}
+
+
+def hf_inputs(sample, hf_config, cfg) -> dict:
+    """The Hugging Face model's keyword inputs of ``sample`` (made under ``cfg``)."""
+    window = 2 * hf_config.audio_config.max_source_positions
+    return {"input_ids": sample.tokens[None], **audio_inputs(sample, window)}

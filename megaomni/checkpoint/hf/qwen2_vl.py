@@ -12,11 +12,15 @@ and std (its processor's defaults; the pixel budget is ``data.min_pixels`` / ``d
 
 from __future__ import annotations
 
+import torch
+
 from megaomni.checkpoint.hf import llama_style
 from megaomni.checkpoint.hf.mapping import Direct, Heads, MappingError, Reshaped, StackedQKV
 from megaomni.media.images import CLIP_MEAN, CLIP_STD
+from megaomni.media.vision import IMAGE, VIDEO
 
 ARCHITECTURES = {"Qwen2VLForConditionalGeneration": "qwen2_vl"}
+MEDIA = (IMAGE, VIDEO)  # the placeholders the family takes (tools/convert_hf.py verify's probe)
 
 # A vision layer's names, ours and theirs (the towers of the Qwen2-VL family share them).
 OURS, THEIRS = "vision_encoder.blocks.layers.{v}.", "visual.blocks.{v}."
@@ -133,3 +137,33 @@ def rules(model) -> list:
         table += [Direct(OURS + f"mlp.linear_fc1.{kind}", THEIRS + f"mlp.fc1.{kind}"),
                   Direct(OURS + f"mlp.linear_fc2.{kind}", THEIRS + f"mlp.fc2.{kind}")]
     return llama_style.llm_rules(model.llm) + table
+
+
+def vision_inputs(sample, hf_config) -> dict:
+    """The Hugging Face model's ids and vision inputs of a megaomni ``sample`` (one row): its
+    mm token types (1 image, 2 video), each image's patches and ``[1, h, w]`` grid, each
+    video's (its items: its temporal groups, from time 0) and ``[T, h, w]`` grid. An item is
+    an image's or a video's by the pads it fills (``image_token_id``, ``video_token_id``)."""
+    ids, image, video = sample.tokens[None], hf_config.image_token_id, hf_config.video_token_id
+    pads = ids[0][(ids[0] == image) | (ids[0] == video)].tolist()
+    images, videos, at = [], [], 0
+    for item in sample.media.get("vision", []):
+        if pads[at] == image:
+            images.append([item])
+        elif item.info["time"] == 0 or not videos:
+            videos.append([item])
+        else:
+            videos[-1].append(item)
+        at += item.tokens
+    inputs = {"input_ids": ids, "mm_token_type_ids": ((ids == image).int() + 2 * (ids == video).int())}
+    for kind, media in (("image", images), ("video", videos)):
+        if media:
+            key = "pixel_values" if kind == "image" else "pixel_values_videos"
+            inputs[key] = torch.cat([item.values for items in media for item in items])
+            inputs[f"{kind}_grid_thw"] = torch.tensor([[len(items), *items[0].size] for items in media])
+    return inputs
+
+
+def hf_inputs(sample, hf_config, cfg) -> dict:
+    """The Hugging Face model's keyword inputs of ``sample`` (made under ``cfg``)."""
+    return vision_inputs(sample, hf_config)
