@@ -323,12 +323,19 @@ class DataConfig:
     # an image is a wrong sample) or leave no answer token to learn from.
     truncate: bool = False
     seed: int = 1234
-    # Processes that decode shards when the loader starts (forked, like PyTorch's DataLoader
-    # workers); 0: decode in the training process. Same samples and order either way.
+    # Processes (forked, like PyTorch's DataLoader workers) that index shards and decode each
+    # step's micro-batches; 0: in the training process. Same samples and steps either way.
     workers: int = 0
     # Make the next step's micro-batches in a background thread while this one trains (in
     # pinned memory on CUDA). Same steps and checkpointed position either way.
     prefetch: bool = True
+    # With workers: steps whose micro-batches the workers decode ahead of the one training.
+    prefetch_steps: int = 2
+    # Each data set's sample index (megaomni/data/index.py): auto builds a missing or stale one
+    # (written into the data set's folder, or index_dir), require makes that an error (a corpus
+    # is indexed once, by tools/index_data.py). index_dir: "" keeps indexes in each data set.
+    index: str = "auto"
+    index_dir: str = ""
 
     def datasets(self) -> list[tuple[str, float]]:
         """``path`` as (directory, weight) entries; [] when it is empty."""

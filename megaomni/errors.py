@@ -15,7 +15,12 @@ class BadSample(Exception):
       different sizes); length: ``too_long``,
       ``over_budget`` (packing: larger than one micro-batch's ``data.max_*``);
     - shards (counted once a shard): ``corrupt_shard`` (its unreadable rest is skipped),
-      ``empty_shard``.
+      ``empty_shard``;
+    - the index (megaomni.data.index): ``index_mismatch`` (a sample decodes to other sizes than
+      its index row says: the shard changed since).
+
+    Most are found when a data set is indexed (text and media headers); media whose bytes are
+    bad past their headers fail only when their micro-batch is decoded, and are counted then.
 
     ``detail`` says what exactly was wrong."""
 

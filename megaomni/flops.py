@@ -87,20 +87,18 @@ class FlopModel:
 
     def item_forward(self, modality: str, rows: int) -> float:
         """Forward FLOPs of one media item of ``rows`` encoder input rows."""
-        rows = rows * self.rows_per_input.get(modality, 1.0) + self.extra_rows.get(modality, 0.0)
-        return (2 * self.encoder_params.get(modality, 0.0) * rows
-                + self.encoder_attention.get(modality, 0.0) * rows * rows)
+        return self.items_forward(modality, 1, rows, rows * rows)
+
+    def items_forward(self, modality: str, items: int, rows: int, squares: int) -> float:
+        """Forward FLOPs of ``items`` media items of ``rows`` input rows in all, ``squares`` the sum
+        of their rows squared: each item's ``n = rows * rows_per_input + extra_rows`` transformer
+        rows cost ``2 * params * n + attention * n^2``, summed."""
+        per, extra = self.rows_per_input.get(modality, 1.0), self.extra_rows.get(modality, 0.0)
+        n = per * rows + extra * items
+        n_squared = per * per * squares + 2 * per * extra * rows + extra * extra * items
+        return 2 * self.encoder_params.get(modality, 0.0) * n + self.encoder_attention.get(modality, 0.0) * n_squared
 
     def training(self, seq_lens: list[int], items: list[tuple[str, int]]) -> float:
         """Model FLOPs (forward and backward, output layer included) of a micro-batch of samples of
         ``seq_lens`` tokens and media ``items`` ((modality, rows) each)."""
         return TRAINING_RATIO * (sum(self.llm_forward(seq_lens)) + sum(self.item_forward(m, r) for m, r in items))
-
-    def sample_training(self, tokens: int, items: list[tuple[str, int]]) -> float:
-        """Training FLOPs (forward and backward) of one sample of ``tokens`` tokens and media
-        ``items`` ((modality, rows) each): its LLM layers and its encoders. The output layer is
-        left out, as the balancer always has (counting it would move micro-batches between ranks)."""
-        cost = TRAINING_RATIO * sum(self.llm_layers_forward([tokens]))
-        for modality, rows in items:
-            cost += TRAINING_RATIO * self.item_forward(modality, rows)
-        return cost

@@ -124,6 +124,9 @@ def check_data(cfg: OmniConfig) -> None:
         require(getattr(data, name) >= 0, f"data.{name}={getattr(data, name)}: must be >= 0 (0: "
                 f"{'decode in the training process' if name == 'workers' else 'no cap'})")
     audio_in_video.check(cfg)
+    require(data.prefetch_steps >= 1, f"data.prefetch_steps={data.prefetch_steps}: must be >= 1")
+    require(data.index in ("auto", "require"), f"data.index={data.index!r}: valid: auto (build a missing or stale "
+            "index), require (an error instead)")
 
 
 def check_train(cfg: OmniConfig) -> None:

@@ -22,6 +22,7 @@ from megaomni.config import DataConfig, OmniConfig
 from megaomni.data import audio_in_video
 from megaomni.data.positions import mrope_positions
 from megaomni.data.shards import RawSample
+from megaomni.data.sizes import SampleSizes
 from megaomni.data.tokenizer import Tokenizer, reserved_tokens
 from megaomni.errors import BadSample
 from megaomni.media import registry
@@ -45,6 +46,10 @@ class Sample:
     truncated_from: int = 0  # the length before data.truncate cut it to data.seq_length; 0: not cut
     # long [3, L] multimodal RoPE positions (model.llm.mrope_section set); None: 0..L-1.
     positions: Optional[torch.Tensor] = None
+
+    def sizes(self) -> SampleSizes:
+        return SampleSizes.of(self.tokens.numel(), {name: [item.rows for item in items]
+                                                    for name, items in self.media.items()})
 
 
 def parse_conversation(data: bytes | None, reserved: Sequence[str] | None = None) -> list[dict]:
@@ -166,8 +171,9 @@ def text_tokens(turns: list[dict], tokenizer: Tokenizer) -> list[int]:
     return _chat_tokens(turns, tokenizer, no_media)[0]
 
 
-def build_sample(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig) -> Sample:
-    """Raises :class:`BadSample` when the sample cannot be used (see ``BadSample.reason``)."""
+def _layout(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig, decode: bool):
+    """The sample's token ids, answer flags, media runs and kept length, its media decoded (or,
+    ``decode=False``, measured from headers). Raises :class:`BadSample`."""
     if raw.error is not None:  # its members were already found wanting (shards.py)
         raise raw.error
     turns = parse_conversation(raw.conversation, tokenizer.reserved_tokens)
@@ -177,17 +183,37 @@ def build_sample(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig) -> Sampl
     expand = {}
     for modality, source in registry.sources():
         members = raw.members.get(source.placeholder, [])
-        media = modality.decode(source, members, cfg) if members else []
+        media = (modality.decode if decode else modality.measure)(source, members, cfg) if members else []
         expand[source.placeholder] = iter([(modality.name, items) for items in media])
     tokens, answer, runs, spans = _chat_tokens(turns, tokenizer, expand, cfg)
-    keep = _kept_length(len(tokens), spans, answer, cfg.data)
-    # A cut keeps the labels of the whole sample: the last kept token still predicts the next one.
-    labels, loss = tokens[1:] + [tokenizer.pad_id], answer[1:] + [False]
+    return tokens, answer, runs, _kept_length(len(tokens), spans, answer, cfg.data)
+
+
+def _kept_media(runs: list[Run], keep: int) -> dict[str, list[MediaItem]]:
+    """Each modality's items whose runs the kept tokens hold whole (a cut drops the rest)."""
     media: dict[str, list[MediaItem]] = {m.name: [] for m in registry.modalities()}
     for name, _, end, items in runs:
         if end <= keep:  # a video with its track: the items of both
             for modality, its in items.media.items() if isinstance(items, audio_in_video.Track) else [(name, items)]:
                 media[modality] += its
+    return media
+
+
+def measure_sample(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig) -> tuple[SampleSizes, bool]:
+    """What :func:`build_sample` would make of ``raw``, in sizes, without decoding its media; and
+    whether data.truncate cut it. Raises :class:`BadSample` as it would, but for media whose
+    bytes are bad past their headers (those fail only when decoded)."""
+    tokens, _, runs, keep = _layout(raw, tokenizer, cfg, decode=False)
+    media = {name: [item.rows for item in items] for name, items in _kept_media(runs, keep).items()}
+    return SampleSizes.of(keep, media), keep < len(tokens)
+
+
+def build_sample(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig) -> Sample:
+    """Raises :class:`BadSample` when the sample cannot be used (see ``BadSample.reason``)."""
+    tokens, answer, runs, keep = _layout(raw, tokenizer, cfg, decode=True)
+    # A cut keeps the labels of the whole sample: the last kept token still predicts the next one.
+    labels, loss = tokens[1:] + [tokenizer.pad_id], answer[1:] + [False]
+    media = _kept_media(runs, keep)
     if cfg.data.zero_media:  # the text-only control: same shapes and token counts, no content
         media = {name: [replace(item, values=torch.zeros_like(item.values)) for item in items]
                  for name, items in media.items()}

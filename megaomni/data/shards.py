@@ -11,13 +11,14 @@ shard unreadable from some point on keeps the samples before that point.
 from __future__ import annotations
 
 import functools
-import glob
+import io
 import os
 import tarfile
 import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
+from megaomni.data import storage
 from megaomni.errors import BadSample
 from megaomni.media import registry
 from megaomni.media.modality import Source
@@ -36,6 +37,9 @@ class RawSample:
     members: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
     unread: list[str] = field(default_factory=list)  # names of members of a kind this reader does not decode
     error: Optional[BadSample] = None  # a problem of the members themselves: the sample fails with it
+    # Its members' bytes in the shard, headers included (the index records them; read_sample reads them back).
+    offset: int = 0
+    nbytes: int = 0
 
     def count(self, source: Source) -> int:
         """Media of ``source`` in this sample."""
@@ -45,15 +49,15 @@ class RawSample:
     @property
     def where(self) -> str:
         """``SHARD.tar:KEY`` (``SHARD.tar`` for a whole-shard problem), for logs."""
-        name = os.path.basename(self.shard)
+        name = storage.basename(self.shard)
         return f"{name}:{self.key}" if self.key else name
 
 
 def list_shards(path: str) -> list[str]:
     """The ``*.tar`` files of directory ``path``, sorted."""
-    if not os.path.isdir(path):
+    if not storage.is_dir(path):
         raise FileNotFoundError(f"data path {path}: no such directory")
-    shards = sorted(glob.glob(os.path.join(path, "*.tar")))
+    shards = storage.list_files(path, ".tar")
     if not shards:
         raise FileNotFoundError(f"data path {path}: holds no *.tar shards")
     return shards
@@ -159,9 +163,31 @@ def _sample(key: str, path: str, members: list[tuple[str, Optional[int], str, by
     return sample
 
 
+Member = tuple[str, Optional[int], str, bytes]  # (name, index, ext, bytes)
+
+
+def _read_members(tar: tarfile.TarFile, groups: dict[str, list[Member]], spans: dict[str, list[int]]) -> None:
+    """Reads ``tar``'s members into ``groups`` by key, and each key's byte span into ``spans``."""
+    kinds = _kinds()
+    for member in tar:
+        key, index, ext = _split_name(member.name)
+        if not member.isfile() or index == -1:
+            continue
+        if ext in kinds.read:
+            data = tar.extractfile(member).read()
+        elif kinds.is_unread(ext):
+            data = b""
+        else:
+            continue
+        groups.setdefault(key, []).append((member.name, index, ext, data))
+        span = spans.setdefault(key, [member.offset, 0])
+        span[1] = max(span[1], member.offset_data + -(-member.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
+
+
 def iter_shard(path: str) -> Iterator[RawSample]:
-    """Raw samples of one shard, in order of first appearance of their key. Members with other
-    extensions are ignored (WebDataset shards may carry fields this pipeline does not read).
+    """Raw samples of one shard, in order of first appearance of their key, each with the byte
+    span of its members. Members with other extensions are ignored (WebDataset shards may carry
+    fields this pipeline does not read).
 
     A shard unreadable from some point on (cut short, a garbled header, data past its end
     marker) yields the samples read before that point, then a ``corrupt_shard`` stand-in; a
@@ -169,37 +195,53 @@ def iter_shard(path: str) -> Iterator[RawSample]:
     ``error`` set: the loader counts it as it counts any bad sample, and training goes on.
     Only whole members are kept, so a sample cut at that point lacks one: its JSON or a file
     for a placeholder, which :func:`~megaomni.data.sample.build_sample` refuses."""
-    if os.path.getsize(path) == 0:
+    if storage.stat(path)[0] == 0:
         yield RawSample(key="", shard=path, error=BadSample("empty_shard", "a 0-byte file"))
         return
-    members: dict[str, list[tuple[str, Optional[int], str, bytes]]] = {}  # key -> (name, index, ext, bytes)
-    key, name, broken = "", "", None
-    kinds = _kinds()
+    groups: dict[str, list[Member]] = {}
+    spans: dict[str, list[int]] = {}
+    tar, broken = None, None
     try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                key, index, ext = _split_name(member.name)
-                name = member.name
-                if not member.isfile() or index == -1:
-                    continue
-                if ext in kinds.read:
-                    members.setdefault(key, []).append((name, index, ext, tar.extractfile(member).read()))
-                elif kinds.is_unread(ext):
-                    members.setdefault(key, []).append((name, index, ext, b""))
+        with storage.open_file(path) as f, tarfile.open(fileobj=f) as tar:
+            _read_members(tar, groups, spans)
             _check_end(tar)
     except SHARD_ERRORS as e:
         broken = str(e).splitlines()[0] if str(e) else type(e).__name__
-    for sample_key, group in members.items():
-        yield _sample(sample_key, path, group)
+    name = tar.members[-1].name if tar is not None and tar.members else ""  # the last member read
+    for sample_key, group in groups.items():
+        sample = _sample(sample_key, path, group)
+        sample.offset, end = spans[sample_key]
+        sample.nbytes = end - sample.offset
+        yield sample
     if broken is not None:
         at = f"at or after member {name}" if name else "from its start"
-        yield RawSample(key=key, shard=path, error=BadSample(
+        yield RawSample(key=_split_name(name)[0] if name else "", shard=path, error=BadSample(
             "corrupt_shard", f"unreadable {at}: {broken}; the rest of the shard is skipped"))
-    elif not members:
+    elif not groups:
         yield RawSample(key="", shard=path, error=BadSample("empty_shard", "holds no samples"))
 
 
+def read_sample(path: str, offset: int, nbytes: int, reader: storage.RangeReader) -> RawSample:
+    """The raw sample whose members span ``nbytes`` bytes at ``offset`` of shard ``path`` (as
+    :func:`iter_shard` found them): one range read, no scan. A shard whose bytes there do not
+    parse any more (changed since it was indexed) gives a ``corrupt_shard`` stand-in."""
+    groups: dict[str, list[Member]] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(reader.read(path, offset, nbytes))) as tar:
+            _read_members(tar, groups, {})
+    except SHARD_ERRORS as e:
+        return RawSample(key="", shard=path, error=BadSample(
+            "corrupt_shard", f"bytes {offset}..{offset + nbytes} unreadable ({e}): changed since it was indexed?"))
+    if not groups:
+        return RawSample(key="", shard=path, error=BadSample(
+            "corrupt_shard", f"no members at bytes {offset}..{offset + nbytes}: changed since it was indexed?"))
+    key = next(iter(groups))  # the span starts at its sample's first member; another key's members are not its
+    sample = _sample(key, path, groups[key])
+    sample.offset, sample.nbytes = offset, nbytes
+    return sample
+
+
 def index_shards(paths: list[str]) -> list[RawSample]:
-    """Every raw sample of ``paths``, in shard order. Holds all bytes in memory: fine for small
-    data sets; a streaming reader can replace this function without touching its callers."""
+    """Every raw sample of ``paths``, in shard order, all bytes in memory (for tools and tests;
+    the loader reads samples by range, :func:`read_sample`)."""
     return [sample for path in paths for sample in iter_shard(path)]

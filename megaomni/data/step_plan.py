@@ -12,38 +12,38 @@ from dataclasses import dataclass
 from megaomni.config import DataConfig
 from megaomni.data.balance import assign_to_ranks, contiguous_split, imbalance
 from megaomni.data.packing import ffd_pack
-from megaomni.data.sample import Sample
+from megaomni.data.sizes import SampleSizes
 from megaomni.flops import FlopModel
 from megaomni.media import registry
 
 _SCALE = 1 << 20  # fixed-point unit of a budget when several budgets bind at once
 
 
-def _budgeted():
+def budgeted():
     """The modalities whose encoder rows a micro-batch budget limits (``Modality.budget``)."""
     return [m for m in registry.modalities() if m.budget]
 
 
-def sample_sizes(sample: Sample) -> tuple[int, ...]:
+def sample_sizes(sizes: SampleSizes) -> tuple[int, ...]:
     """(LLM tokens, then each budgeted modality's rows: image patches, audio frames)."""
-    return (sample.tokens.numel(), *(sum(item.rows for item in sample.media.get(m.name, ())) for m in _budgeted()))
+    return (sizes.tokens, *(sizes.rows(m.name) for m in budgeted()))
 
 
 def budgets(data: DataConfig) -> tuple[int, ...]:
     """Per-micro-batch budgets in :func:`sample_sizes` order; 0: no limit."""
-    return (data.max_tokens or data.seq_length, *(getattr(data, m.budget) for m in _budgeted()))
+    return (data.max_tokens or data.seq_length, *(getattr(data, m.budget) for m in budgeted()))
 
 
-def over_budget(sample: Sample, data: DataConfig) -> str | None:
-    """Why ``sample`` fits no micro-batch, or None."""
-    names = ("tokens", *(m.rows_name for m in _budgeted()))
-    for name, size, budget in zip(names, sample_sizes(sample), budgets(data)):
+def over_budget(sizes: SampleSizes, data: DataConfig) -> str | None:
+    """Why a sample of ``sizes`` fits no micro-batch, or None."""
+    names = ("tokens", *(m.rows_name for m in budgeted()))
+    for name, size, budget in zip(names, sample_sizes(sizes), budgets(data)):
         if budget and size > budget:
             return f"{size} {name} > budget {budget}"
     return None
 
 
-def pack(samples: list[Sample], data: DataConfig) -> list[list[int]]:
+def pack(samples: list[SampleSizes], data: DataConfig) -> list[list[int]]:
     """First-fit-decreasing over the whole step: positions (into ``samples``) of each micro-batch.
 
     With one budget the lengths pack exactly; with encoder budgets too, each sample's fill is its
@@ -86,13 +86,7 @@ class StepPlan:
     imbalance_after: float  # the same, after balancing
 
 
-def sample_cost(sample: Sample, flops: FlopModel) -> float:
-    """Training FLOPs of one sample, from its sizes."""
-    return flops.sample_training(sample.tokens.numel(), [(name, item.rows) for name, items in sample.media.items()
-                                                         for item in items])
-
-
-def plan_step(samples: list[Sample], data: DataConfig, flops: FlopModel, ranks: int, minimum: int,
+def plan_step(samples: list[SampleSizes], data: DataConfig, flops: FlopModel, ranks: int, minimum: int,
               pad_multiple: int, equal: bool = False) -> StepPlan:
     """``minimum``: micro-batches each rank needs (the interleaved schedule needs >= pp);
     ``equal``: every rank runs the same number (``data.micro_batch_multiple`` makes the count
@@ -100,16 +94,16 @@ def plan_step(samples: list[Sample], data: DataConfig, flops: FlopModel, ranks: 
     packs = pack(samples, data)
     multiple = data.micro_batch_multiple
     packs = split_to(packs, -(-max(len(packs), ranks * minimum) // multiple) * multiple)
-    longest = max(sum(samples[i].tokens.numel() for i in p) for p in packs)
+    longest = max(sum(samples[i].tokens for i in p) for p in packs)
     length = min(-(-longest // pad_multiple) * pad_multiple, budgets(data)[0])
-    sample_costs = [sample_cost(s, flops) for s in samples]
+    sample_costs = [s.cost(flops) for s in samples]
     pack_costs = [sum(sample_costs[i] for i in p) for p in packs]
     assigned = assign_to_ranks(pack_costs, ranks, minimum, equal)
 
     def rank_costs(split):
         return [sum(pack_costs[i] for i in mine) for mine in split]
 
-    used = sum(s.tokens.numel() for s in samples)
+    used = sum(s.tokens for s in samples)
     return StepPlan(packs=packs, length=length, ranks=assigned, padding=1 - used / (length * len(packs)),
                     imbalance_before=imbalance(rank_costs(contiguous_split(len(packs), ranks))),
                     imbalance_after=imbalance(rank_costs(assigned)))

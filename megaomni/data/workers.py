@@ -1,71 +1,125 @@
-"""Shards -> samples, in the training process or in forked worker processes (``data.workers``).
+"""Where the loader's work runs: in the training process, or in ``data.workers`` forked worker
+processes (like PyTorch's DataLoader workers: the tokenizer and config are inherited, not
+pickled). The work is indexing shards (megaomni/data/index.py) and decoding micro-batches: each
+data-parallel rank decodes its own micro-batches only, read from their shards by byte range.
+Results come back in submission order, so nothing a run sees depends on the number of workers.
 
-Either way a shard's outcomes come back whole and in shard order, so the samples, their order
-and the skip tally (first case of each reason) do not depend on the number of workers.
+A decoded micro-batch comes back as one :class:`Batch` whose tensors travel through shared
+memory (PyTorch's multiprocessing reductions: a file descriptor per tensor, a dozen a batch),
+not pickled bytes. A sample the index took but whose bytes do not decode (an image cut short
+past its header) becomes a blank one-token sample that trains nothing, so the micro-batch keeps
+its shape on every rank and on resume; the skip is reported with the batch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
-import pickle
-from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Iterator, Union
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Callable, Optional
 
 import torch
+import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions for tensors)
 
 from megaomni.config import OmniConfig
+from megaomni.data.batch import Batch
+from megaomni.data.collate import collate, collate_packed
 from megaomni.data.sample import Sample, build_sample
-from megaomni.data.shards import iter_shard
-from megaomni.data.step_plan import over_budget
+from megaomni.data.shards import read_sample
+from megaomni.data.storage import RangeReader
 from megaomni.data.tokenizer import Tokenizer
 from megaomni.errors import BadSample
 
-# A shard's samples in order: a Sample, or (where, reason, detail) for one skipped.
-Outcome = Union[Sample, tuple[str, str, str]]
-Decoder = Callable[[list[str]], Iterator[list[Outcome]]]
+Ref = tuple[str, int, int, int]  # a sample: (shard path, byte offset, byte count, LLM tokens the index says)
+Skip = tuple[str, str, str]  # (where, reason, detail)
+
+_context: Optional[tuple[Tokenizer, OmniConfig, RangeReader]] = None  # this process's, set once
 
 
-def decode_shard(path: str, tokenizer: Tokenizer, cfg: OmniConfig) -> list[Outcome]:
-    outcomes: list[Outcome] = []
-    for raw in iter_shard(path):
-        try:
-            sample = build_sample(raw, tokenizer, cfg)
-            if cfg.data.packing and (why := over_budget(sample, cfg.data)):
-                raise BadSample("over_budget", why)
-            outcomes.append(sample)
-        except BadSample as e:
-            # Not the exception itself: BadSample does not survive pickling (its args are the message).
-            outcomes.append((raw.where, e.reason, e.detail))
-    return outcomes
-
-
-_worker: tuple[Tokenizer, OmniConfig] | None = None  # set in each worker process
-
-
-def _start_worker(tokenizer: Tokenizer, cfg: OmniConfig) -> None:
-    global _worker
-    _worker = (tokenizer, cfg)
+def _start(tokenizer: Tokenizer, cfg: OmniConfig) -> None:
+    global _context
+    _context = (tokenizer, cfg, RangeReader())
     torch.set_num_threads(1)  # the workers share the cores; intra-op threads would oversubscribe them
 
 
-def _decode_in_worker(path: str) -> bytes:
-    # Plain pickle copies tensors into the bytes; the pool's own pickler would pass each tensor
-    # through a shared-memory file (a file descriptor per tensor: thousands for a shard).
-    return pickle.dumps(decode_shard(path, *_worker), protocol=pickle.HIGHEST_PROTOCOL)
+def _call(fn: Callable, *args):
+    return fn(*args, *_context)
 
 
-@contextlib.contextmanager
-def shard_decoder(tokenizer: Tokenizer, cfg: OmniConfig) -> Iterator[Decoder]:
-    """A function: shard paths -> each shard's outcomes, in order. With ``data.workers`` > 0 it
-    holds a pool of forked processes until the ``with`` ends (fork: the tokenizer and config are
-    inherited, not pickled, and no ``__main__`` guard is needed)."""
-    workers = cfg.data.workers
-    if workers < 0:
-        raise ValueError(f"data.workers={workers}: must be >= 0 (0: decode in the training process)")
-    if workers == 0:
-        yield lambda paths: (decode_shard(path, tokenizer, cfg) for path in paths)
-        return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start_worker,
-                             initargs=(tokenizer, cfg)) as pool:
-        yield lambda paths: (pickle.loads(result) for result in pool.map(_decode_in_worker, paths))
+def _blank(pad_id: int, mrope: bool) -> Sample:
+    """One padding token, trained on nothing: the place of a sample that did not decode."""
+    return Sample(key="", tokens=torch.tensor([pad_id]), labels=torch.tensor([pad_id]), loss_mask=torch.zeros(1),
+                  positions=torch.zeros(3, 1, dtype=torch.long) if mrope else None)
+
+
+def decode_micro_batch(refs: list[Ref], length: int, packed: bool, tokenizer: Tokenizer, cfg: OmniConfig,
+                       reader: RangeReader) -> tuple[Batch, list[Skip]]:
+    """The micro-batch of ``refs``: one packed row of ``length`` tokens, or right-padded rows."""
+    samples, skipped = [], []
+    for path, offset, nbytes, tokens in refs:
+        raw = read_sample(path, offset, nbytes, reader)
+        try:
+            sample = build_sample(raw, tokenizer, cfg)
+            if sample.tokens.numel() != tokens:
+                raise BadSample("index_mismatch", f"{sample.tokens.numel()} tokens decoded, {tokens} indexed: "
+                                "the index is not this data's (rebuild it: tools/index_data.py)")
+        except BadSample as e:
+            skipped.append((raw.where, e.reason, e.detail))
+            sample = _blank(tokenizer.pad_id, bool(cfg.model.llm.mrope_section))
+        samples.append(sample)
+    batch = collate_packed(samples, tokenizer.pad_id, length) if packed else \
+        collate(samples, tokenizer.pad_id, length=length)
+    batch.num_samples -= len(skipped)
+    return batch, skipped
+
+
+class _Deferred:
+    """A Future-like result computed in the caller's thread when first asked for."""
+
+    def __init__(self, fn: Callable, args: tuple):
+        self._fn, self._args, self._done, self._value = fn, args, False, None
+
+    def result(self):
+        if not self._done:
+            self._value, self._done = self._fn(*self._args), True
+        return self._value
+
+    def cancel(self) -> bool:
+        return True
+
+
+class Workers:
+    """``submit(fn, *args)`` runs ``fn(*args, tokenizer, cfg, reader)`` in a worker (or, with no
+    workers, when its result is asked for); ``map`` runs it over items, results in order."""
+
+    def __init__(self, tokenizer: Tokenizer, cfg: OmniConfig):
+        count = cfg.data.workers
+        if count < 0:
+            raise ValueError(f"data.workers={count}: must be >= 0 (0: decode in the training process)")
+        self._local = (tokenizer, cfg, RangeReader())
+        self._pool: Optional[ProcessPoolExecutor] = None
+        if count:
+            self._pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"),
+                                             initializer=_start, initargs=(tokenizer, cfg))
+            # Fork now, from the thread that builds the loader, before a prefetch thread exists.
+            self._pool.submit(int).result()
+
+    def submit(self, fn: Callable, *args) -> Future | _Deferred:
+        if self._pool is None:
+            return _Deferred(fn, (*args, *self._local))
+        return self._pool.submit(_call, fn, *args)
+
+    def map(self, fn: Callable, items: list) -> list:
+        if self._pool is None:
+            return [fn(item, *self._local[:2]) for item in items]
+        return list(self._pool.map(_call_two, [fn] * len(items), items))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._local[2].close()
+
+
+def _call_two(fn: Callable, item):
+    """``fn(item, tokenizer, cfg)`` (the indexer takes no reader)."""
+    return fn(item, *_context[:2])

@@ -9,6 +9,7 @@ cost model and the pipeline planner ask it; none of them names a modality.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -143,6 +144,15 @@ class ImportedOnUse:
         return getattr(importlib.import_module(module), name)
 
 
+# model.<modality> fields of the encoder's architecture and its pixel / feature values: no item's
+# size or token count follows them (everything else is assumed to, see Modality.size_fields).
+VALUE_FIELDS = frozenset({
+    "enabled", "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "rotary_base", "norm_eps",
+    "norm", "activation", "bias", "projector_hidden_size", "temporal_embedding", "position_embedding", "pre_norm",
+    "patch_bias", "feature_layer", "window_size", "full_attention_layers", "tokens_per_second", "max_positions",
+    "in_channels", "image_mean", "image_std", "resample", "n_mels"})
+
+
 class Modality(ABC):
     """The interface every modality implements (see the module docstring). ``name`` is also its
     config section (``model.<name>``, with an ``enabled`` field), its encoder's attribute
@@ -189,3 +199,9 @@ class Modality(ABC):
 
     def enabled(self, model_cfg) -> bool:
         return getattr(model_cfg, self.name).enabled
+
+    def size_fields(self, cfg) -> dict:
+        """The ``model.<name>`` settings its items' sizes and tokens follow (what a data set's
+        index records it was built with): all but :data:`VALUE_FIELDS`."""
+        section = dataclasses.asdict(getattr(cfg.model, self.name))
+        return {k: v for k, v in section.items() if k not in VALUE_FIELDS}

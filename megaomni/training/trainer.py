@@ -13,7 +13,7 @@ from megatron.core import parallel_state as ps
 
 from megaomni.checkpoint.dist_ckpt import load_checkpoint, origin, save_checkpoint
 from megaomni.config import OmniConfig
-from megaomni.data.loader import OmniDataLoader
+from megaomni.data.loader import OmniDataLoader, merged
 from megaomni.data.tokenizer import load_tokenizer
 from megaomni.flops import FlopModel
 from megaomni.models.build import padded_vocab_size
@@ -47,6 +47,14 @@ def reduce_step_stats(reports: list[dict], tokens: int, samples: int, flops: flo
         "loss_tokens": int(values["loss_tokens"]),
         "flops": values["flops"],
     }
+
+
+def _over_data_parallel(counts: dict) -> list[dict]:
+    """Every data-parallel rank's ``counts`` (each decodes its own micro-batches; the other ranks
+    of its model replica decode the same ones)."""
+    gathered: list = [None] * ps.get_data_parallel_world_size()
+    dist.all_gather_object(gathered, counts, group=ps.get_data_parallel_group())
+    return gathered
 
 
 def throughput_metrics(flops: float, step_time: float, peak: float) -> dict:
@@ -128,6 +136,7 @@ def train(cfg: OmniConfig) -> dict:
         tokens = sum(int((b.tokens != tokenizer.pad_id).sum()) for b in batches)
         flops = sum(batch_flops(flop_model, b, tokenizer.pad_id) for b in batches)
         stats = reduce_step_stats(reports, tokens, sum(b.num_samples for b in batches), flops, device)
+        skipped = merged(loader.index_skipped, *_over_data_parallel(loader.decode_skipped))
         step_time = time.perf_counter() - started
         runner.write_timeline()
         record = {
@@ -141,8 +150,8 @@ def train(cfg: OmniConfig) -> dict:
             **throughput_metrics(stats["flops"], step_time, peak),
             "answer_nll": stats["answer_nll"],
             "loss_tokens": stats["loss_tokens"],
-            "skipped_samples": sum(loader.skipped.values()),
-            "skipped": loader.skipped,  # reason -> count (megaomni/data/errors.py lists the reasons)
+            "skipped_samples": sum(skipped.values()),
+            "skipped": skipped,  # reason -> count (megaomni/errors.py lists the reasons)
             **({"truncated_samples": loader.truncated} if cfg.data.truncate else {}),
             **step_plan_metrics(loader.last_plan),
             **({"max_memory_gib": peak_memory_gib(device)} if device.type == "cuda" else {}),

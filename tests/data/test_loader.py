@@ -7,7 +7,9 @@ import shutil
 import pytest
 import torch
 
+from megaomni.data.blend import SampleStream
 from megaomni.data.loader import OmniDataLoader
+from megaomni.errors import BadSample
 from tests.data.conftest import SMALL_SAMPLES
 from tests.data.helpers import conversation, png, unpadded_rows, write_shard
 from tests.media_views import audio_features, audio_lengths, image_grids, image_patches
@@ -93,11 +95,30 @@ def test_corrupt_samples_are_skipped_and_counted(cfg, tokenizer, tmp_path, caplo
     cfg.data.path = str(tmp_path)
     with caplog.at_level(logging.INFO, logger="megaomni.data"):
         loader = make_loader(cfg, tokenizer)
-    assert loader.skipped == {"bad_image": 1, "bad_json": 1, "placeholder_mismatch": 1}
-    assert len(loader.samples) == SMALL_SAMPLES + 1
+    # The index finds what the text and the media headers show; an image cut past its header
+    # only when decoded, in the step whose micro-batch holds it (then counted, as every skip).
+    assert loader.skipped == {"bad_json": 1, "placeholder_mismatch": 1}
+    assert len(loader.samples) == SMALL_SAMPLES + 2
+    assert loader.samples.skipped().counts == {"bad_image": 1}
     (line,) = [r.getMessage() for r in caplog.records if r.name == "megaomni.data"]
-    assert "skipped 3" in line and "bad_json 1" in line
+    assert "skipped 2" in line and "bad_json 1" in line
     assert len(loader.next_step()) == 4
+    (bad,) = [i for i in range(len(loader.samples)) if _fails(loader.samples, i)]
+    loaders = [make_loader(cfg, tokenizer, rank=rank, size=2) for rank in range(2)]
+    for _ in range(5):  # 40 samples: past an epoch, on both ranks
+        for each in loaders:
+            each.next_step()
+    taken = SampleStream([len(loader.samples)], [1.0], loaders[0].cfg.data.seed).take(40)
+    assert sum(each.skipped.get("bad_image", 0) for each in loaders) == taken.count(bad) >= 1
+    assert all(each.skipped.get("bad_json") == 1 for each in loaders)
+
+
+def _fails(samples, i) -> bool:
+    try:
+        samples[i]
+    except BadSample:
+        return True
+    return False
 
 
 def test_global_batch_must_divide(cfg, tokenizer):

@@ -13,7 +13,7 @@ import torch
 from megaomni.data.balance import assign_to_ranks, contiguous_split, imbalance
 from megaomni.data.loader import OmniDataLoader
 from megaomni.data.sample import Sample
-from megaomni.data.step_plan import pack, plan_step, sample_cost, sample_sizes, split_to
+from megaomni.data.step_plan import pack, plan_step, sample_sizes, split_to
 from megaomni.flops import TRAINING_RATIO, FlopModel
 from tests.media_views import sample_media
 
@@ -101,10 +101,10 @@ def _random_samples(seed: int, n: int) -> list[Sample]:
 def test_every_budget_holds(cfg, seed):
     samples = _random_samples(seed, 40)
     cfg.data.max_tokens, cfg.data.max_patches, cfg.data.max_audio_frames = 128, 160, 200
-    packs = pack(samples, cfg.data)
+    packs = pack([s.sizes() for s in samples], cfg.data)
     assert sorted(i for p in packs for i in p) == list(range(40))
     for p in packs:
-        totals = [sum(sample_sizes(samples[i])[d] for i in p) for d in range(3)]
+        totals = [sum(sample_sizes(samples[i].sizes())[d] for i in p) for d in range(3)]
         assert totals[0] <= 128 and totals[1] <= 160 and totals[2] <= 200
     # Halving the fullest micro-batches keeps every sample, in step order within each.
     more = split_to(packs, len(packs) + 3)
@@ -114,12 +114,12 @@ def test_every_budget_holds(cfg, seed):
 def test_balancing_beats_the_contiguous_split(cfg):
     samples = sorted(_random_samples(7, 48), key=lambda s: -s.tokens.numel())  # worst case: sorted
     cfg.data.max_tokens = 64
-    plan = plan_step(samples, cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8)
+    plan = plan_step([s.sizes() for s in samples], cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8)
     assert plan.imbalance_after < plan.imbalance_before
     assert plan.imbalance_after < 1.1
     assert sorted(p for mine in plan.ranks for p in mine) == list(range(len(plan.packs)))
     cfg.data.micro_batch_multiple = 8
-    even = plan_step(samples, cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8,
+    even = plan_step([s.sizes() for s in samples], cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8,
                      equal=True)
     assert len(even.packs) % 8 == 0 and len(even.packs) >= len(plan.packs)
     assert {len(mine) for mine in even.ranks} == {len(even.packs) // 4}
@@ -146,5 +146,5 @@ def test_cost_model_counts_attention_quadratically(cfg):
     short.media = long.media = {}
     linear = TRAINING_RATIO * 2 * sum(flops.layer_params) * 10
     per_pair = TRAINING_RATIO * 4 * cfg.model.llm.num_layers * cfg.model.llm.hidden_size  # causal: n(n+1)/2 pairs
-    assert sample_cost(long, flops) - 2 * sample_cost(short, flops) == pytest.approx(per_pair * (210 - 2 * 55))
-    assert sample_cost(short, flops) > linear
+    assert long.sizes().cost(flops) - 2 * short.sizes().cost(flops) == pytest.approx(per_pair * (210 - 2 * 55))
+    assert short.sizes().cost(flops) > linear
