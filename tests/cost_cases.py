@@ -25,7 +25,8 @@ def make_samples(sizes: list[dict], cfg: OmniConfig) -> list[Sample]:
 
 
 def plan_dp_step(samples: list[Sample], cfg: OmniConfig, dp: int) -> StepPlan:
-    return plan_step([s.sizes() for s in samples], cfg.data, FlopModel.from_config(cfg.model), dp, cfg.parallel.min_micro_batches(), 8)
+    sizes = [s.sizes() for s in samples]
+    return plan_step(sizes, cfg.data, FlopModel.from_config(cfg.model), dp, cfg.parallel.min_micro_batches(), 8)
 
 
 def item_list(sizes: list[dict], cfg: OmniConfig) -> list[Item]:

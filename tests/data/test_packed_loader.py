@@ -114,12 +114,13 @@ def test_every_budget_holds(cfg, seed):
 def test_balancing_beats_the_contiguous_split(cfg):
     samples = sorted(_random_samples(7, 48), key=lambda s: -s.tokens.numel())  # worst case: sorted
     cfg.data.max_tokens = 64
-    plan = plan_step([s.sizes() for s in samples], cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8)
+    sizes = [s.sizes() for s in samples]
+    plan = plan_step(sizes, cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8)
     assert plan.imbalance_after < plan.imbalance_before
     assert plan.imbalance_after < 1.1
     assert sorted(p for mine in plan.ranks for p in mine) == list(range(len(plan.packs)))
     cfg.data.micro_batch_multiple = 8
-    even = plan_step([s.sizes() for s in samples], cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8,
+    even = plan_step(sizes, cfg.data, FlopModel.from_config(cfg.model), ranks=4, minimum=1, pad_multiple=8,
                      equal=True)
     assert len(even.packs) % 8 == 0 and len(even.packs) >= len(plan.packs)
     assert {len(mine) for mine in even.ranks} == {len(even.packs) // 4}
