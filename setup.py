@@ -1,20 +1,20 @@
 import os
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 
 def packing_extension() -> dict:
-    """setup() arguments for the C++ packing extension (csrc/packing.cpp -> megaomni._packing_ext).
-    Empty when MEGAOMNI_NO_EXT=1 or torch is not importable at build time: megaomni.data.packing
-    then runs its Python reference, with the same results."""
+    """setup() arguments for the packing kernels (csrc/packing.cpp -> megaomni._packing_ext).
+
+    Plain C++ (no torch or pybind11 headers, nothing imported here at build time), built as an
+    ordinary extension module in seconds; megaomni.data.packing opens it with ctypes. Optional: a
+    failed compile (no C++ compiler, say) warns and installs without it, and MEGAOMNI_NO_EXT=1
+    skips it; megaomni.data.packing then runs its Python reference, with the same results."""
     if os.environ.get("MEGAOMNI_NO_EXT") == "1":
         return {}
-    try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
-    except ImportError:
-        return {}
-    extension = CppExtension("megaomni._packing_ext", ["csrc/packing.cpp"], extra_compile_args=["-O3"])
-    return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
+    extension = Extension("megaomni._packing_ext", ["csrc/packing.cpp"], language="c++", optional=True,
+                          extra_compile_args=["-O3", "-std=c++17", "-pthread"], extra_link_args=["-pthread"])
+    return {"ext_modules": [extension]}
 
 
 setup(

@@ -1,29 +1,60 @@
 """Packing samples into budgets: first-fit-decreasing bins, cost-balanced assignment, cu_seqlens and
 position ids of a packed sequence, and the copy of samples' rows into a packed buffer.
 
-Each function's reference below is the definition of its output; ``csrc/packing.cpp`` (built by
-``setup.py`` as ``megaomni._packing_ext``) gives identical outputs faster (tests assert both).
-``impl="auto"`` takes the C++ one when it is built, ``"python"`` forces the reference, ``"cpp"``
-insists on the extension. Both raise ValueError on bad values: the reference checks here, the
-extension inside its own loops (a collator calls these per packed bin, where tensor-op checks in
-Python would cost more than the work).
+Each function's reference below is the definition of its output; ``csrc/packing.cpp`` (plain C++,
+built by ``setup.py`` as ``megaomni._packing_ext`` and called here through ctypes over the tensors'
+buffers) gives identical outputs faster (tests assert both). ``impl="auto"`` takes the C++ one when
+it is built, ``"python"`` forces the reference, ``"cpp"`` insists on the extension. Both raise
+ValueError on bad values: the reference checks here, the extension inside its own loops (a
+collator calls these per packed bin, where tensor-op checks in Python would cost more than the
+work).
 """
 
 from __future__ import annotations
 
+import ctypes
 import heapq
+import math
 import operator
 from typing import Optional, Sequence, Union
 
 import torch
 
-try:
-    from megaomni import _packing_ext
-except ImportError:  # not built (MEGAOMNI_NO_EXT=1, no torch at build time): the reference runs
-    _packing_ext = None
-
 IMPLS = ("auto", "cpp", "python")
 INT32_MAX = 2**31 - 1  # cu_seqlens are int32, as megatron-core's PackedSeqParams takes them
+INT64_MAX = 2**63 - 1
+ABI_VERSION = 1  # csrc/packing.cpp's kAbiVersion: the signatures below
+COPY_GRAIN = 4096  # pack_copy goes multi-threaded (torch's thread count) above this many samples
+
+
+def _load_ext() -> Optional[ctypes.CDLL]:
+    """The kernels of csrc/packing.cpp: the file of the module ``megaomni._packing_ext``, opened
+    with ctypes (whose calls release the GIL), with each function's signature. None when it is not
+    built (MEGAOMNI_NO_EXT=1, no compiler) or is a build of another version: the reference runs."""
+    try:
+        from megaomni import _packing_ext as module
+        lib = ctypes.CDLL(module.__file__)
+        lib.megaomni_packing_abi_version.restype = ctypes.c_int64
+        if lib.megaomni_packing_abi_version() != ABI_VERSION:
+            return None
+    except (ImportError, OSError, AttributeError):
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    signatures = {
+        "megaomni_ffd_pack": (ptr, i64, i64, i64, ptr),
+        "megaomni_balanced_assign": (ptr, i64, i64, ptr, i64, ptr),
+        "megaomni_cu_seqlens": (ptr, i64, ptr),
+        "megaomni_positions": (ptr, i64, ptr),
+        "megaomni_pack_copy": (ptr, i64, i64, ptr, ptr, i64, ptr, i64, ptr, i64, i64),
+    }
+    for name, argtypes in signatures.items():
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, i64
+    lib.megaomni_packing_error.argtypes, lib.megaomni_packing_error.restype = (), ctypes.c_char_p
+    return lib
+
+
+_packing_ext = _load_ext()
 
 Ints = Union[torch.Tensor, Sequence[int]]
 
@@ -37,9 +68,15 @@ def _use_cpp(impl: str) -> bool:
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r}: valid are {', '.join(IMPLS)}")
     if impl == "cpp" and _packing_ext is None:
-        raise RuntimeError("impl='cpp': megaomni._packing_ext is not built "
-                           "(pip install --no-build-isolation -e . with torch installed and MEGAOMNI_NO_EXT unset)")
+        raise RuntimeError("impl='cpp': megaomni._packing_ext is not built, or is from another version "
+                           "(pip install --no-build-isolation -e . with a C++ compiler and MEGAOMNI_NO_EXT unset)")
     return impl != "python" and _packing_ext is not None
+
+
+def _ext_error(code: int) -> Exception:
+    """The exception for an extension function's negative return: -1 a bad value, -2 out of memory."""
+    message = _packing_ext.megaomni_packing_error().decode()
+    return ValueError(message) if code == -1 else MemoryError(message) if code == -2 else RuntimeError(message)
 
 
 def _vector(values, dtype: torch.dtype, name: str) -> torch.Tensor:
@@ -83,7 +120,12 @@ def ffd_pack(lengths: Ints, budget: int, window: int, impl: str = "auto") -> tor
     lengths = _vector(lengths, torch.int64, "lengths")
     budget, window = _integer(budget, "budget", 1), _integer(window, "window", 1)
     if _use_cpp(impl):
-        return _packing_ext.ffd_pack(lengths, budget, window)
+        bins = torch.empty(lengths.numel(), dtype=torch.int64)
+        code = _packing_ext.megaomni_ffd_pack(lengths.data_ptr(), lengths.numel(), min(budget, INT64_MAX),
+                                              min(window, INT64_MAX), bins.data_ptr())
+        if code < 0:
+            raise _ext_error(code)
+        return bins
     _non_negative(lengths, "lengths")
     return torch.tensor(_ffd_pack_reference(lengths.tolist(), budget, window), dtype=torch.int64)
 
@@ -126,9 +168,13 @@ def balanced_assign(costs: Sequence[float], num_bins: int, lengths: Optional[Int
             raise ValueError(f"lengths has {lengths.numel()} values, costs {costs.numel()}")
         capacity = _integer(capacity, "capacity", 0)
     if _use_cpp(impl):
-        none = torch.empty(0, dtype=torch.int64)
-        return _packing_ext.balanced_assign(costs, num_bins, none if lengths is None else lengths,
-                                            -1 if capacity is None else capacity)
+        bins = torch.empty(costs.numel(), dtype=torch.int64)
+        code = _packing_ext.megaomni_balanced_assign(
+            costs.data_ptr(), costs.numel(), min(num_bins, INT64_MAX), None if lengths is None else lengths.data_ptr(),
+            -1 if capacity is None else min(capacity, INT64_MAX), bins.data_ptr())
+        if code < 0:
+            raise _ext_error(code)
+        return bins
     if not bool(torch.isfinite(costs).all()) or bool((costs < 0).any()):
         raise ValueError("costs: values must be finite and >= 0")
     if lengths is not None:
@@ -164,7 +210,13 @@ def cu_seqlens_and_positions(lengths: Ints, impl: str = "auto") -> tuple[torch.T
     megatron-core's PackedSeqParams takes) and position ids (int64 [sum], from 0 in each)."""
     lengths = _vector(lengths, torch.int64, "lengths")
     if _use_cpp(impl):
-        cu_seqlens, positions = _packing_ext.cu_seqlens_and_positions(lengths)
+        n = lengths.numel()
+        cu_seqlens = torch.empty(n + 1, dtype=torch.int32)
+        total = _packing_ext.megaomni_cu_seqlens(lengths.data_ptr(), n, cu_seqlens.data_ptr())
+        if total < 0:
+            raise _ext_error(total)
+        positions = torch.empty(total, dtype=torch.int64)
+        _packing_ext.megaomni_positions(cu_seqlens.data_ptr(), n, positions.data_ptr())
         return cu_seqlens, positions
     _non_negative(lengths, "lengths")
     total = int(lengths.sum())
@@ -187,7 +239,7 @@ def pack_copy(src: torch.Tensor, offsets: Ints, lengths: Ints, order: Ints,
     lengths = _vector(lengths, torch.int64, "lengths")
     order = _vector(order, torch.int64, "order")
     if _use_cpp(impl):
-        return _packing_ext.pack_copy(src, offsets, lengths, order, out)
+        return _pack_copy_ext(src, offsets, lengths, order, out)
     if src.dim() < 1 or src.device.type != "cpu":
         raise ValueError(f"src: expected a CPU tensor with at least one dim, got shape {tuple(src.shape)}")
     if offsets.numel() != lengths.numel():
@@ -205,9 +257,44 @@ def pack_copy(src: torch.Tensor, offsets: Ints, lengths: Ints, order: Ints,
         out = torch.empty((total, *src.shape[1:]), dtype=src.dtype)
     elif (out.dtype != src.dtype or out.shape[1:] != src.shape[1:] or out.shape[0] < total
           or not out.is_contiguous() or out.device.type != "cpu"):
-        raise ValueError(f"out: needs a contiguous CPU {src.dtype} tensor of shape [>= {total}, *{list(src.shape[1:])}], "
-                         f"got {out.dtype} {list(out.shape)}")
+        raise ValueError(f"out: needs a contiguous CPU {src.dtype} tensor of shape "
+                         f"[>= {total}, *{list(src.shape[1:])}], got {out.dtype} {list(out.shape)}")
     pieces = [src[start:start + count] for start, count in zip(starts.tolist(), counts.tolist())]
     if pieces:
         torch.cat(pieces, out=out[:total])
+    return out
+
+
+def _pack_copy_ext(src: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, order: torch.Tensor,
+                   out: Optional[torch.Tensor]) -> torch.Tensor:
+    """pack_copy by the extension: rows as bytes (element size x row width), so any dtype. It checks
+    the placed samples and returns the rows they need, copying only when the destination has them:
+    with ``out`` one call, without it one to count and one to copy into what is allocated."""
+    if src.dim() < 1 or not src.is_cpu or src.layout != torch.strided:
+        raise ValueError("src: expected a CPU tensor with at least one dim")
+    n, m = lengths.numel(), order.numel()
+    if offsets.numel() != n:
+        raise ValueError(f"offsets has {offsets.numel()} values, lengths {n}")
+    src = src.contiguous()
+    row_shape = src.shape[1:]
+    samples = (src.data_ptr(), src.shape[0], math.prod(row_shape) * src.element_size(), offsets.data_ptr(),
+               lengths.data_ptr(), n, order.data_ptr(), m)
+    threads = torch.get_num_threads() if m > COPY_GRAIN else 1
+    fits = (out is not None and out.is_cpu and out.layout == torch.strided and out.dtype == src.dtype
+            and out.dim() == src.dim() and out.shape[1:] == row_shape and out.is_contiguous())
+    # Into out when it fits (copied if it has the rows), else only checked and counted.
+    total = _packing_ext.megaomni_pack_copy(*samples, out.data_ptr() if fits else None,
+                                            out.shape[0] if fits else -1, threads)
+    if total < 0:
+        raise _ext_error(total)
+    if out is None:
+        out = torch.empty((total, *row_shape), dtype=src.dtype)
+        copied = _packing_ext.megaomni_pack_copy(*samples, out.data_ptr(), total, threads)
+        if copied != total:  # only if another thread changed offsets, lengths or order meanwhile
+            raise _ext_error(copied) if copied < 0 else RuntimeError("pack_copy: the samples changed during the copy")
+    elif not fits or out.shape[0] < total:
+        def name(t: torch.Tensor) -> str:  # the dtype as torch's C++ names it: Long, BFloat16, ...
+            return t.type().rsplit(".", 1)[-1].removesuffix("Tensor")
+        raise ValueError(f"out: needs a contiguous CPU {name(src)} tensor of shape {list((total, *row_shape))} "
+                         f"or more rows, got {name(out)} {list(out.shape)}")
     return out

@@ -216,6 +216,25 @@ def test_pack_copy_equals_cat(impl, dtype, row):
     assert pack_copy(src, offsets, lengths, [], impl=impl).shape == (0, *row)
 
 
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int16, torch.uint16, torch.float16,
+                                   torch.complex128, torch.float8_e4m3fn])
+def test_pack_copy_cpp_moves_any_dtype(dtype):
+    """The extension copies rows as bytes (element size x row width): every dtype, byte for byte as cat."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    raw = torch.randint(0, 2 if dtype == torch.bool else 256, (30 * 4 * size,), dtype=torch.uint8,
+                        generator=torch.Generator().manual_seed(1))
+    src = raw.view(dtype).reshape(30, 4)
+    offsets, lengths, order = [0, 7, 12, 20], [7, 5, 8, 10], [3, 0, 2, 0]
+    expected = pack_copy(src, offsets, lengths, order, impl="python")
+    got = pack_copy(src, offsets, lengths, order, impl="cpp")
+    padded = pack_copy(src, offsets, lengths, order, out=torch.zeros(40, 4, dtype=dtype), impl="cpp")
+    assert got.dtype == dtype and got.shape == expected.shape == (32, 4)
+    as_bytes = expected.view(torch.uint8)
+    assert torch.equal(got.view(torch.uint8), as_bytes) and torch.equal(padded[:32].view(torch.uint8), as_bytes)
+    assert not padded[32:].view(torch.uint8).any()
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_pack_copy_rejects_bad_arguments(impl):
     src = torch.arange(10)
