@@ -129,14 +129,15 @@ def test_verify_probes_images_and_video_and_sees_a_wrong_vision_weight(tmp_path,
 
 @pytest.mark.parametrize("build, features, what", [
     pytest.param(qwen2_5_vl, "", "1 image (4x6 patches), 1 video (3 frames: 2x8x8 patches)", id="qwen2_5_vl"),
-    # The clip's frames alone, in a zero-padded window; Whisper's features, the window.
+    # The clip's frames alone, in a zero-padded window; Whisper's features (the import's), the window.
     pytest.param(qwen2_audio, "megaomni", "1 clip (100 frames)", id="qwen2_audio"),
-    pytest.param(qwen2_audio, "whisper", "1 clip (100 frames)", id="qwen2_audio_whisper"),
+    pytest.param(qwen2_audio, "", "1 clip (100 frames)", id="qwen2_audio_whisper"),
     pytest.param(llava, "", "1 image (4x4 patches)", id="llava"),
     pytest.param(qwen2, "", "tokens", id="qwen2"),
 ])
 def test_probe_gives_hugging_faces_logits(megatron_cpu, tmp_path, build, features, what):
-    """The probe of the other families, through the imported model in this process."""
+    """The probe of the other families, through the imported model in this process (the import's
+    features unless ``features``)."""
     from megaomni.checkpoint.hf import probe
     from megaomni.models.build import build_model
 

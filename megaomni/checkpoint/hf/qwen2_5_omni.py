@@ -9,7 +9,11 @@ In megaomni: both encoders with those options as configuration (model.vision.tok
 seconds_first, seconds_per_chunk; model.audio.chunk_frames, bos_eos_embedding). Two tensors are
 not the checkpoint's alone: the audio tower's sinusoidal position table is computed, never saved
 (megaomni's buffer is made on import), and its ``audio_bos_eos_token`` table, which its forward
-never reads, is carried through (model.audio.bos_eos_embedding) so that the export is exact."""
+never reads, is carried through (model.audio.bos_eos_embedding) so that the export is exact.
+
+The family's processing comes with it, its two parts': Qwen2-VL's image sizing and normalisation
+(its vision processor's) and Whisper's features (its feature extractor is a WhisperFeatureExtractor:
+``qwen2_audio.audio_fields``)."""
 
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ def model_fields(hf: dict) -> dict:
         raise MappingError(f"audio_config.output_dim={audio['output_dim']}: the audio tower must map into the LLM's "
                            f"hidden size {width}")
     sections["audio"] = dict(qwen2_audio.audio_fields(audio), chunk_frames=2 * audio.get("n_window", _N_WINDOW),
-                             bos_eos_embedding=True, features="whisper")
+                             bos_eos_embedding=True)
     return sections
 
 
