@@ -1,9 +1,10 @@
 """``tools/convert_hf.py verify`` on its built-in input: a tiny Hugging Face folder saved with its
 tokenizer is probed with a conversation holding an image and a video (Qwen2-VL, Qwen2.5-VL), a
-clip (Qwen2-Audio), an image (LLaVA) or text alone (Qwen2), made by megaomni's data pipeline;
-the two models' logits agree (fp32, 1e-4) on a faithful import, and one vision weight changed in
-the Hugging Face folder moves them far apart, past ``--tolerance`` (the text-only check of a
-folder without a tokenizer cannot see it, and says that media were not probed)."""
+clip (Qwen2-Audio), all three (Qwen2.5-Omni's thinker), an image (LLaVA) or text alone (Qwen2),
+made by megaomni's data pipeline; the two models' logits agree (fp32, 1e-4) on a faithful import,
+and one weight changed in the Hugging Face folder moves them far apart: a vision weight past
+``--tolerance`` (the text-only check of a folder without a tokenizer cannot see it, and says
+that media were not probed); the thinker's vision and audio weights, one at a time."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from megaomni.config import OmniConfig  # noqa: E402
 from megaomni.data.hf_tokenizer import HFTokenizer  # noqa: E402
 from megaomni.models.build import padded_vocab_size  # noqa: E402
 from tests.checkpoint.round_trip import save_perturbed  # noqa: E402
+from tests.checkpoint.test_hf_qwen2_5_omni import hf_model as omni_thinker  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 from tests.data import hf_tokenizers  # noqa: E402
 
@@ -84,6 +86,13 @@ def qwen2_audio(folder) -> None:
     save_perturbed(model.float(), folder, ("norm",))
 
 
+def qwen2_5_omni(folder) -> None:
+    """Qwen2.5-Omni's thinker as its own test builds it (5 positions a second: the probe's video
+    groups 2 apart at data.video_fps 4; the audio tower's chunks of 20 frames: the clip in 5),
+    its weights drawn wider (std 0.2, as Qwen2-VL's here): one changed moves the logits far."""
+    omni_thinker(folder, HFTokenizer(hf_tokenizers.qwen2_5_omni(str(folder))), initializer_range=0.2)
+
+
 def llava(folder) -> None:
     tokenizer = HFTokenizer(hf_tokenizers.llava(str(folder)))
     torch.manual_seed(0)
@@ -93,6 +102,17 @@ def llava(folder) -> None:
         text_config=dict(TEXT, model_type="llama", vocab_size=padded_vocab_size(tokenizer.vocab_size, 0)),
         image_token_id=tokenizer.token_id("<image>")))
     save_perturbed(model.float(), folder, ("norm", "layrnorm"))
+
+
+def planted(hf_dir, out, name: str, tokenizer: bool = True) -> None:
+    """Hugging Face folder ``hf_dir`` written to ``out`` with its tensor ``name`` 1.5 times what it
+    is: a wrong weight; its tokenizer's files copied (``tokenizer``) or not."""
+    config, tensors = read_hf(str(hf_dir))
+    tensors[name] = tensors[name] * 1.5
+    write_hf(str(out), config, tensors)
+    for file in os.listdir(hf_dir) if tokenizer else ():
+        if file.startswith(("tokenizer", "chat_template")):
+            shutil.copy(os.path.join(hf_dir, file), os.path.join(out, file))
 
 
 def verify(capsys, hf_dir, checkpoint, *extra: str) -> tuple[int, float, str]:
@@ -113,30 +133,29 @@ def test_verify_probes_images_and_video_and_sees_a_wrong_vision_weight(tmp_path,
     assert "1 image (4x6 patches), 1 video (3 frames: 2x8x8 patches)" in line, line
 
     # One vision weight changed: the probe sees it, the text-only check (no tokenizer) cannot.
-    config, tensors = read_hf(str(tmp_path / "hf"))
-    tensors["visual.blocks.1.mlp.fc1.weight"] = tensors["visual.blocks.1.mlp.fc1.weight"] * 1.5
-    write_hf(str(tmp_path / "wrong"), config, tensors)
-    for name in os.listdir(tmp_path / "hf"):
-        if name.startswith(("tokenizer", "chat_template")):
-            shutil.copy(tmp_path / "hf" / name, tmp_path / "wrong" / name)
+    planted(tmp_path / "hf", tmp_path / "wrong", "visual.blocks.1.mlp.fc1.weight")
     code, difference, line = verify(capsys, tmp_path / "wrong", checkpoint, "--tolerance", "1e-4")
     assert code == 1 and difference > 1e-2, line
     assert verify(capsys, tmp_path / "wrong", checkpoint)[0] == 0  # without --tolerance: it reports
-    write_hf(str(tmp_path / "bare"), config, tensors)
+    planted(tmp_path / "hf", tmp_path / "bare", "visual.blocks.1.mlp.fc1.weight", tokenizer=False)
     code, difference, line = verify(capsys, tmp_path / "bare", checkpoint)
     assert code == 0 and difference < 1e-4 and "media not probed: HF_DIR has no tokenizer" in line, line
 
 
-@pytest.mark.parametrize("build, features, what", [
-    pytest.param(qwen2_5_vl, "", "1 image (4x6 patches), 1 video (3 frames: 2x8x8 patches)", id="qwen2_5_vl"),
-    # The clip's frames alone, in a zero-padded window; Whisper's features, the window.
-    pytest.param(qwen2_audio, "megaomni", "1 clip (100 frames)", id="qwen2_audio"),
-    pytest.param(qwen2_audio, "whisper", "1 clip (100 frames)", id="qwen2_audio_whisper"),
-    pytest.param(llava, "", "1 image (4x4 patches)", id="llava"),
-    pytest.param(qwen2, "", "tokens", id="qwen2"),
+@pytest.mark.parametrize("build, features, what, wrong", [
+    pytest.param(qwen2_5_vl, "", "1 image (4x6 patches), 1 video (3 frames: 2x8x8 patches)", (), id="qwen2_5_vl"),
+    # The clip's frames alone, in a zero-padded window; Whisper's features (the import's), the window.
+    pytest.param(qwen2_audio, "megaomni", "1 clip (100 frames)", (), id="qwen2_audio"),
+    pytest.param(qwen2_audio, "", "1 clip (100 frames)", (), id="qwen2_audio_whisper"),
+    pytest.param(qwen2_5_omni, "", "1 image (4x6 patches), 1 video (3 frames: 2x8x8 patches), 1 clip (100 frames)",
+                 ("visual.blocks.1.attn.k.weight", "audio_tower.layers.1.fc1.weight"), id="qwen2_5_omni"),
+    pytest.param(llava, "", "1 image (4x4 patches)", (), id="llava"),
+    pytest.param(qwen2, "", "tokens", (), id="qwen2"),
 ])
-def test_probe_gives_hugging_faces_logits(megatron_cpu, tmp_path, build, features, what):
-    """The probe of the other families, through the imported model in this process."""
+def test_probe_gives_hugging_faces_logits(megatron_cpu, tmp_path, build, features, what, wrong):
+    """The probe of the other families, through the imported model in this process (the import's
+    features unless ``features``); each of ``wrong`` planted in the Hugging Face folder moves the
+    logits far apart."""
     from megaomni.checkpoint.hf import probe
     from megaomni.models.build import build_model
 
@@ -157,3 +176,9 @@ def test_probe_gives_hugging_faces_logits(megatron_cpu, tmp_path, build, feature
     got = probe.logits(model, built)
     assert got.shape == want.shape
     assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
+    for name in wrong:
+        planted(tmp_path, tmp_path / "wrong", name, tokenizer=False)
+        hf = getattr(transformers, imported.architecture).from_pretrained(str(tmp_path / "wrong"), dtype=torch.float32)
+        with torch.no_grad():
+            moved = (hf.eval()(**probe.hf_inputs(imported.architecture, built, hf.config)).logits - got).abs().max()
+        assert moved > 1e-2, (name, moved)

@@ -41,17 +41,21 @@ TOKENS = dict(audio_token_index="<|AUDIO|>", image_token_index="<|IMAGE|>", vide
               vision_start_token_id="<|vision_bos|>", vision_end_token_id="<|vision_eos|>")
 
 
-def hf_model(folder, tokenizer) -> torch.nn.Module:
+def hf_model(folder, tokenizer, initializer_range: float = 0.02) -> torch.nn.Module:
+    """The tiny thinker, saved in ``folder``: ``tokenizer``'s media ids, weights drawn with std
+    ``initializer_range`` (the thinker's default; larger: media that move the logits more)."""
+    init = dict(initializer_range=initializer_range)
     config = transformers.Qwen2_5OmniThinkerConfig(
         text_config=dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0)),
+                         rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0),
+                         **init),
         vision_config=dict(depth=4, hidden_size=32, out_hidden_size=64, intermediate_size=48, num_heads=4,
                            spatial_merge_size=MERGE, temporal_patch_size=T, window_size=112,
-                           fullatt_block_indexes=[1, 3]),
+                           fullatt_block_indexes=[1, 3], **init),
         audio_config=dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64,
-                          num_mel_bins=MELS, output_dim=64, n_window=N_WINDOW, max_source_positions=60),
-        position_id_per_seconds=PER_SECOND, seconds_per_chunk=CHUNK_SECONDS,
+                          num_mel_bins=MELS, output_dim=64, n_window=N_WINDOW, max_source_positions=60, **init),
+        position_id_per_seconds=PER_SECOND, seconds_per_chunk=CHUNK_SECONDS, **init,
         **{field: tokenizer.token_id(token) for field, token in TOKENS.items()})
     torch.manual_seed(0)
     model = transformers.Qwen2_5OmniThinkerForConditionalGeneration(config).float().eval()

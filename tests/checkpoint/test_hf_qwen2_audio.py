@@ -5,11 +5,14 @@ back, every tensor is bit-exact and ``from_pretrained`` loads it."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
+from megaomni.checkpoint.hf import qwen2_audio  # noqa: E402
 from megaomni.checkpoint.hf.convert import (  # noqa: E402
     import_hf,
     load_state,
@@ -67,6 +70,7 @@ def test_qwen2_audio_import_gives_hugging_face_logits_and_export_is_exact(megatr
     hf = hf_model(tmp_path / "hf")
     imported = import_hf(str(tmp_path / "hf"))
     sections, state = imported.sections, imported.state
+    assert sections["audio"]["features"] == "whisper"  # its processor's: a WhisperFeatureExtractor
     cfg = OmniConfig(model=model_config(sections))
     model = build_model(cfg, VOCAB, lambda name: AUDIO)
     load_state(model, state)
@@ -89,6 +93,9 @@ def test_qwen2_audio_import_gives_hugging_face_logits_and_export_is_exact(megatr
     assert got.shape == want.shape
     assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
 
+    other, architecture = copy.deepcopy(cfg.model), imported.architecture
+    other.audio.features = "megaomni"  # processing, not architecture: the same export
+    assert qwen2_audio.hf_config(other, architecture) == qwen2_audio.hf_config(cfg.model, architecture)
     reloaded = export_and_reload(cfg.model, model, imported, tmp_path, type(hf))
     with torch.no_grad():  # the same model: config.json says what the original's does
         assert torch.equal(reloaded(input_ids=tokens, input_features=windows, feature_attention_mask=mask).logits,

@@ -9,17 +9,26 @@ In megaomni: both encoders with those options as configuration (model.vision.tok
 seconds_first, seconds_per_chunk; model.audio.chunk_frames, bos_eos_embedding). Two tensors are
 not the checkpoint's alone: the audio tower's sinusoidal position table is computed, never saved
 (megaomni's buffer is made on import), and its ``audio_bos_eos_token`` table, which its forward
-never reads, is carried through (model.audio.bos_eos_embedding) so that the export is exact."""
+never reads, is carried through (model.audio.bos_eos_embedding) so that the export is exact.
+
+The family's processing comes with it, its two parts': Qwen2-VL's image sizing and normalisation
+(its vision processor's) and Whisper's features (its feature extractor is a WhisperFeatureExtractor:
+``qwen2_audio.audio_fields``)."""
 
 from __future__ import annotations
 
 from functools import partial
 
-from megaomni.checkpoint.hf import qwen2_5_vl, qwen2_audio
+import torch
+
+from megaomni.checkpoint.hf import qwen2_5_vl, qwen2_audio, qwen2_vl
 from megaomni.checkpoint.hf.mapping import QKV, Computed, Direct, MappingError, StackedQKV
 from megaomni.layers.rotary import whisper_sinusoids
+from megaomni.media.audio import AUDIO
+from megaomni.media.vision import IMAGE, VIDEO
 
 ARCHITECTURES = {"Qwen2_5OmniThinkerForConditionalGeneration": "qwen2_5_omni_thinker"}
+MEDIA = (IMAGE, VIDEO, AUDIO)  # the placeholders the family takes (tools/convert_hf.py verify's probe)
 
 # Qwen2_5OmniThinkerConfig's and its audio encoder's defaults, where a config.json leaves them out.
 _PER_SECOND, _SECONDS_PER_CHUNK, _N_WINDOW = 25, 2, 100
@@ -34,7 +43,7 @@ def model_fields(hf: dict) -> dict:
         raise MappingError(f"audio_config.output_dim={audio['output_dim']}: the audio tower must map into the LLM's "
                            f"hidden size {width}")
     sections["audio"] = dict(qwen2_audio.audio_fields(audio), chunk_frames=2 * audio.get("n_window", _N_WINDOW),
-                             bos_eos_embedding=True, features="whisper")
+                             bos_eos_embedding=True)
     return sections
 
 
@@ -78,3 +87,19 @@ def rules(model) -> list:
     return table + [Computed("audio_encoder.position_embedding", sinusoids),
                     Direct("audio_encoder.bos_eos_embedding", "audio_tower.audio_bos_eos_token.weight")]
 
+
+def hf_inputs(sample, hf_config, cfg) -> dict:
+    """The thinker's keyword inputs of ``sample`` (made under ``cfg``): Qwen2-VL's ids and vision
+    inputs (the thinker takes no mm token types), each video's seconds per temporal group
+    (``temporal_patch_size / data.video_fps``), Qwen2-Audio's clips in windows of the longest
+    clip's rows (the tower drops a window's padding by ``feature_attention_mask``), an attention
+    mask (without one the thinker leaves its multimodal RoPE positions out) and no audio track in
+    a video (megaomni's ``<video><audio>`` pairs are the interleaved tests', not the probe's)."""
+    inputs = qwen2_vl.vision_inputs(sample, hf_config)
+    inputs.pop("mm_token_type_ids")
+    if "video_grid_thw" in inputs:
+        seconds = cfg.model.vision.temporal_patch_size / cfg.data.video_fps
+        inputs["video_second_per_grid"] = torch.full((len(inputs["video_grid_thw"]),), seconds)
+    window = max((clip.rows for clip in sample.media.get("audio", [])), default=0)
+    return dict(inputs, **qwen2_audio.audio_inputs(sample, window), attention_mask=torch.ones_like(inputs["input_ids"]),
+                use_audio_in_video=False)

@@ -3,7 +3,10 @@ position table, pre-LN layers with LayerNorm, biases except on the key, GELU MLP
 average pool, a LayerNorm and one Linear into a Qwen2 LLM (plain RoPE).
 
 In megaomni: the audio encoder with those options as configuration (position_embedding
-sinusoidal, projector pool_linear: the LayerNorm after pooling is the projector's)."""
+sinusoidal, projector pool_linear: the LayerNorm after pooling is the projector's).
+
+The family's audio processing comes with it: Whisper's features (``model.audio.features=whisper``;
+its processor's feature extractor is a WhisperFeatureExtractor)."""
 
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ _OURS, _THEIRS = "audio_encoder.blocks.layers.{a}.", "audio_tower.layers.{a}."
 
 
 def audio_fields(audio: dict) -> dict:
-    """``model.audio`` fields of a Whisper-style ``audio_config`` ``audio``."""
+    """``model.audio`` fields of a Whisper-style ``audio_config`` ``audio``, with the family's
+    features (its processor's: a WhisperFeatureExtractor). ``features`` is processing, not
+    architecture: export (:func:`audio_config`) takes a model of either."""
     activation = audio.get("activation_function", "gelu")
     if activation not in _ACTIVATIONS:
         raise MappingError(f"audio_config.activation_function={activation!r}: supported: {', '.join(_ACTIVATIONS)}")
@@ -34,7 +39,7 @@ def audio_fields(audio: dict) -> dict:
     return dict(enabled=True, num_layers=audio["encoder_layers"], hidden_size=audio["d_model"],
                 num_attention_heads=audio["encoder_attention_heads"], ffn_hidden_size=audio["encoder_ffn_dim"],
                 n_mels=audio.get("num_mel_bins", 128), max_positions=audio.get("max_source_positions", 1500),
-                activation=activation, **_FIXED)
+                activation=activation, features="whisper", **_FIXED)
 
 
 def model_fields(hf: dict) -> dict:
