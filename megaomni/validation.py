@@ -78,6 +78,13 @@ def check_batch_sizes(data: DataConfig, dp: int, min_micro: int = 1) -> None:
                 f"data.global_batch_size={data.global_batch_size}: must be >= {needed} (data-parallel ranks "
                 f"{dp} x {min_micro} micro-batches each)")
         require(data.global_batch_tokens >= 0, f"data.global_batch_tokens={data.global_batch_tokens}: must be >= 0")
+        # A step takes samples up to the budget alone, never more for the layout's sake: this
+        # much holds a sample (of at most seq_length tokens) for every micro-batch of every rank.
+        least = needed * data.seq_length
+        require(not data.global_batch_tokens or data.global_batch_tokens >= least,
+                f"data.global_batch_tokens={data.global_batch_tokens}: must be >= {least} (data-parallel ranks {dp} "
+                f"x {min_micro} micro-batches each x data.seq_length={data.seq_length}), so that every step has a "
+                "sample for each micro-batch under this layout and takes the same samples under any")
         return
     require(data.global_batch_tokens == 0, f"data.global_batch_tokens={data.global_batch_tokens}: dynamic "
             "batches need data.packing=true")

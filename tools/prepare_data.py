@@ -3,9 +3,11 @@
     python tools/prepare_data.py --out DIR [--llava FILE ...] [--text FILE ...] [--media-root DIR]
         [--text-key text] [--prefix data] [--samples-per-shard 1000] [--max-shard-bytes SIZE]
         [--train-tokenizer VOCAB [--byte-fallback] | --tokenizer HF_DIR] [--overwrite]
+        [--index-config RECIPE.yaml]
 
 writes ``DIR/PREFIX-000000.tar``, ... in the format of README "Data format" (and
-``DIR/tokenizer.model`` with ``--train-tokenizer``), showing progress on stderr.
+``DIR/tokenizer.model`` with ``--train-tokenizer``), showing progress on stderr; with
+``--index-config`` it then indexes DIR for that recipe (tools/index_data.py).
 
 ``--tokenizer HF_DIR`` trains with a Hugging Face model's own tokenizer instead: its files
 (``tokenizer.json``, ``tokenizer_config.json``, the chat template, ...) are copied into DIR, where
@@ -485,6 +487,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--tokenizer", default="", metavar="HF_DIR",
                         help="copy this Hugging Face model folder's tokenizer into OUT; skip records it cannot take")
     parser.add_argument("--overwrite", action="store_true", help="replace existing PREFIX-*.tar shards in OUT")
+    parser.add_argument("--index-config", metavar="RECIPE.yaml",
+                        help="also index OUT for this training recipe (tools/index_data.py), so its runs start at once")
     args = parser.parse_args(argv)
     if not args.llava and not args.text:
         parser.error("give at least one --llava or --text input")
@@ -510,6 +514,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not summary["samples"]:
         print("prepare_data: nothing written", file=sys.stderr)
         return 1
+    if args.index_config:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from index_data import index_one
+
+        print(index_one(args.out, args.index_config, [], os.cpu_count() or 1))
     return 0
 
 

@@ -21,7 +21,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -228,7 +228,7 @@ def _differences(root: str, settings: dict) -> str:
     return "the newest one there was built with other settings (" + "; ".join(changed[:4]) + ")"
 
 
-Mapper = Callable[[Callable, list], list]  # (function of a shard path, shard paths) -> results in order
+Mapper = Callable[[Callable, list], Iterable]  # (function of a shard path, shard paths) -> results in order
 
 
 def build_index(path: str, tokenizer: Tokenizer, cfg: OmniConfig, mapper: Mapper, write: bool = True,
@@ -269,17 +269,25 @@ def build_index(path: str, tokenizer: Tokenizer, cfg: OmniConfig, mapper: Mapper
     return index
 
 
+def index_status(path: str, tokenizer: Tokenizer, cfg: OmniConfig) -> tuple[str, Optional[str]]:
+    """Where ``path``'s index for these settings is (or goes), and why it does not serve (None:
+    it does)."""
+    settings = built_with(tokenizer, cfg)
+    root = index_root(path, cfg)
+    folder = os.path.join(root, _key(settings))
+    if not os.path.isfile(os.path.join(folder, "meta.json")):
+        return folder, f"no index for these settings: {_differences(root, settings)}"
+    return folder, _stale_reason(folder, settings, _shard_stats(list_shards(path)))
+
+
 def open_index(path: str, tokenizer: Tokenizer, cfg: OmniConfig, mapper: Mapper) -> DatasetIndex:
     """``path``'s index for these settings. Missing or stale: built (and written into the data set,
     where it can be) with ``data.index=auto``; an error naming why with ``data.index=require``."""
-    started, shards, settings = time.perf_counter(), list_shards(path), built_with(tokenizer, cfg)
-    root = index_root(path, cfg)
-    folder = os.path.join(root, _key(settings))
-    stats = _shard_stats(shards)
-    why = _stale_reason(folder, settings, stats) if os.path.isfile(os.path.join(folder, "meta.json")) else \
-        f"no index for these settings: {_differences(root, settings)}"
+    started = time.perf_counter()
+    folder, why = index_status(path, tokenizer, cfg)
+    root = os.path.dirname(folder)
     if why is None:
-        index = _read(folder, path, shards)
+        index = _read(folder, path, list_shards(path))
         index.seconds = time.perf_counter() - started
         return index
     if cfg.data.index == "require":

@@ -148,13 +148,12 @@ class OmniDataLoader:
         return (*index.location(row), int(index.arrays["tokens"][row]))
 
     def _take_tokens(self, budget: int) -> list[int]:
-        """The next samples of the stream whose tokens fit ``budget`` (at least enough for every
-        rank's micro-batches)."""
-        needed = self.dp_size * self.min_micro_batches
+        """The next samples of the stream whose tokens fit ``budget``: the same under any layout
+        (validation makes the budget hold a sample for every rank's micro-batches)."""
         count = tokens = 0
         for sample in self.stream.peek():
             size = self.sizes(sample).tokens
-            if count >= needed and tokens + size > budget:
+            if tokens + size > budget:
                 break
             count, tokens = count + 1, tokens + size
         return self.stream.take(count)

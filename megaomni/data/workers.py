@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.multiprocessing  # noqa: F401  (registers the shared-memory reductions for tensors)
@@ -89,7 +89,7 @@ class _Deferred:
 
 class Workers:
     """``submit(fn, *args)`` runs ``fn(*args, tokenizer, cfg, reader)`` in a worker (or, with no
-    workers, when its result is asked for); ``map`` runs it over items, results in order."""
+    workers, when its result is asked for); ``map`` runs ``fn(item, tokenizer, cfg)`` over items."""
 
     def __init__(self, tokenizer: Tokenizer, cfg: OmniConfig):
         count = cfg.data.workers
@@ -108,10 +108,11 @@ class Workers:
             return _Deferred(fn, (*args, *self._local))
         return self._pool.submit(_call, fn, *args)
 
-    def map(self, fn: Callable, items: list) -> list:
+    def map(self, fn: Callable, items: list) -> Iterator:
+        """``fn(item, tokenizer, cfg)`` of each item, in order, as each is done."""
         if self._pool is None:
-            return [fn(item, *self._local[:2]) for item in items]
-        return list(self._pool.map(_call_two, [fn] * len(items), items))
+            return (fn(item, *self._local[:2]) for item in items)
+        return self._pool.map(_call_two, [fn] * len(items), items)
 
     def close(self) -> None:
         if self._pool is not None:

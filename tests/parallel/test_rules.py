@@ -28,6 +28,8 @@ MOE = ("model.llm.moe.num_experts=4",)
     (["data.max_tokens=128"], 1, "data.max_tokens=128: must be >= data.seq_length=256"),
     (["parallel.cp=2", "data.max_tokens=258"], 2, "data.max_tokens=258: must be a multiple of 4"),
     (["data.packing=false", "data.global_batch_tokens=1000"], 1, "data.global_batch_tokens=1000: dynamic batches"),
+    # The toy data at DP2 would otherwise take more samples a step than at DP1 (a step for each rank).
+    (["data.global_batch_tokens=300"], 2, "data.global_batch_tokens=300: must be >= 512 (data-parallel ranks 2 x 1"),
     (["data.max_patches=-1"], 1, "data.max_patches=-1: must be >= 0"),
     (["parallel.ep=2", *MOE], 2, "data.micro_batch_multiple=1: must be a multiple of the data-parallel size 2"),
     (["parallel.cp=2", "data.seq_length=254"], 2, "data.seq_length=254: must be a multiple of 4"),

@@ -14,6 +14,7 @@ from megaomni.config import load_config
 from megaomni.data.loader import OmniDataLoader
 from megaomni.data.tokenizer import OmniTokenizer
 from megaomni.validation import validate
+from tests.data.test_index import assert_in_memory_steps
 from tests.media_views import audios, image_times, images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -135,3 +136,8 @@ def test_options_are_checked(tool, tmp_path):
     for argv in (["--mix", "image:1,smell:1"], ["--mix", "text:0"], ["--image-side", "14,28"], ["--images", "3,2"]):
         with pytest.raises(SystemExit):
             tool.main(["--out", str(tmp_path), "--samples", "2", *argv])
+
+
+def test_steps_from_the_index_are_those_of_the_decoded_samples(synthetic):
+    cfg = load_config(CONFIG, [f"data.path={synthetic}", *OVERRIDES])
+    assert_in_memory_steps(cfg, OmniTokenizer(os.path.join(synthetic, "tokenizer.model")), dp=2, steps=2)
