@@ -55,7 +55,8 @@ def index_one(path: str, config: str | None, overrides: list[str], workers: int)
     reasons = skipped.summary()
     return (f"index_data: {path}: {len(index):,} samples from {len(index.shards)} shards in "
             f"{time.perf_counter() - started:.1f} s ({why}); skipped {sum(skipped.counts.values())}"
-            f"{': ' + reasons if reasons else ''} -> {folder} ({size:,} bytes, {size / max(len(index), 1):.0f} a sample)")
+            f"{': ' + reasons if reasons else ''} -> {folder} ({size:,} bytes, "
+            f"{size / max(len(index), 1):.0f} a sample)")
 
 
 def main(argv: list[str] | None = None) -> int:

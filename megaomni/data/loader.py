@@ -65,7 +65,7 @@ class OmniDataLoader:
     not in it.
     """
 
-    def __init__(self, cfg: OmniConfig, tokenizer: Tokenizer, dp_rank: int, dp_size: int):
+    def __init__(self, cfg: OmniConfig, tokenizer: Tokenizer, dp_rank: int, dp_size: int, decode_media: bool = True):
         data = cfg.data
         if dp_size < 1 or not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank={dp_rank}, dp_size={dp_size}: need 0 <= dp_rank < dp_size")
@@ -73,6 +73,7 @@ class OmniDataLoader:
         self.cfg = cfg
         self.tokenizer = tokenizer
         self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.decode_media = decode_media  # False: this rank holds no encoder (its batches keep media sizes only)
         # Context / sequence parallelism split sequences evenly: lengths are multiples of that.
         self.pad_multiple = math.lcm(PAD_MULTIPLE, cfg.parallel.sequence_multiple())
         datasets = data.datasets()
@@ -172,7 +173,8 @@ class OmniDataLoader:
         else:
             plan, step = None, self.stream.take(data.global_batch_size)
             jobs = self._padded_jobs(step)
-        pending = [self.workers.submit(decode_micro_batch, refs, length, data.packing) for refs, length in jobs]
+        pending = [self.workers.submit(decode_micro_batch, refs, length, data.packing, self.decode_media)
+                   for refs, length in jobs]
         return _Planned(plan, self.stream.state_dict(), pending)
 
     def _padded_jobs(self, step: list[int]) -> list[tuple[list[Ref], int]]:

@@ -208,13 +208,15 @@ def measure_sample(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig) -> tup
     return SampleSizes.of(keep, media), keep < len(tokens)
 
 
-def build_sample(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig) -> Sample:
-    """Raises :class:`BadSample` when the sample cannot be used (see ``BadSample.reason``)."""
-    tokens, answer, runs, keep = _layout(raw, tokenizer, cfg, decode=True)
+def build_sample(raw: RawSample, tokenizer: Tokenizer, cfg: OmniConfig, media: bool = True) -> Sample:
+    """Raises :class:`BadSample` when the sample cannot be used (see ``BadSample.reason``).
+    ``media=False``: its media measured, not decoded (items without ``values``), for a rank that
+    holds no encoder."""
+    tokens, answer, runs, keep = _layout(raw, tokenizer, cfg, decode=media)
     # A cut keeps the labels of the whole sample: the last kept token still predicts the next one.
     labels, loss = tokens[1:] + [tokenizer.pad_id], answer[1:] + [False]
     media = _kept_media(runs, keep)
-    if cfg.data.zero_media:  # the text-only control: same shapes and token counts, no content
+    if cfg.data.zero_media and media:  # the text-only control: same shapes and token counts, no content
         media = {name: [replace(item, values=torch.zeros_like(item.values)) for item in items]
                  for name, items in media.items()}
     positions = mrope_positions(len(tokens), runs, cfg)[:, :keep] if cfg.model.llm.mrope_section else None

@@ -51,21 +51,23 @@ def _blank(pad_id: int, mrope: bool) -> Sample:
                   positions=torch.zeros(3, 1, dtype=torch.long) if mrope else None)
 
 
-def decode_micro_batch(refs: list[Ref], length: int, packed: bool, tokenizer: Tokenizer, cfg: OmniConfig,
-                       reader: RangeReader) -> tuple[Batch, list[Skip]]:
-    """The micro-batch of ``refs``: one packed row of ``length`` tokens, or right-padded rows."""
+def decode_micro_batch(refs: list[Ref], length: int, packed: bool, media: bool, tokenizer: Tokenizer,
+                       cfg: OmniConfig, reader: RangeReader) -> tuple[Batch, list[Skip]]:
+    """The micro-batch of ``refs``: one packed row of ``length`` tokens, or right-padded rows;
+    ``media=False``: the media's sizes only (a rank without encoders decodes no pixels)."""
     samples, skipped = [], []
     for path, offset, nbytes, tokens in refs:
         raw = read_sample(path, offset, nbytes, reader)
         try:
-            sample = build_sample(raw, tokenizer, cfg)
+            sample = build_sample(raw, tokenizer, cfg, media)
             if sample.tokens.numel() != tokens:
                 raise BadSample("index_mismatch", f"{sample.tokens.numel()} tokens decoded, {tokens} indexed: "
                                 "the index is not this data's (rebuild it: tools/index_data.py)")
+            samples.append(sample)
         except BadSample as e:
             skipped.append((raw.where, e.reason, e.detail))
-            sample = _blank(tokenizer.pad_id, bool(cfg.model.llm.mrope_section))
-        samples.append(sample)
+    # Blanks after the samples: a row's first num_samples segments stay its samples.
+    samples += [_blank(tokenizer.pad_id, bool(cfg.model.llm.mrope_section))] * len(skipped)
     batch = collate_packed(samples, tokenizer.pad_id, length) if packed else \
         collate(samples, tokenizer.pad_id, length=length)
     batch.num_samples -= len(skipped)

@@ -191,9 +191,11 @@ class Modality(ABC):
         ``ConfigError`` line each; called when the section is enabled."""
 
     def collate(self, items: list[MediaItem]) -> MediaBatch:
-        """Items of a micro-batch, in placeholder order, as one batch."""
+        """Items of a micro-batch, in placeholder order, as one batch (no values where measured)."""
         keys = sorted(items[0].info)
-        return MediaBatch(torch.cat([i.values for i in items]), torch.tensor([i.size for i in items], dtype=torch.long),
+        # Measured items (a rank without encoders) keep their sizes only.
+        values = torch.cat([i.values for i in items]) if items[0].values is not None else torch.empty(0)
+        return MediaBatch(values, torch.tensor([i.size for i in items], dtype=torch.long),
                           {k: torch.tensor([i.info[k] for i in items], dtype=torch.long) for k in keys},
                           tuple(i.rows for i in items), tuple(i.tokens for i in items))
 

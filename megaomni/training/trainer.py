@@ -99,8 +99,10 @@ def train(cfg: OmniConfig) -> dict:
     tokenizer = load_tokenizer(cfg.data.tokenizer_path())
     vocab = padded_vocab_size(tokenizer.vocab_size, cfg.model.llm.vocab_size)
     state = build_training_state(cfg, vocab, tokenizer.media_pad_ids, device)
+    # A rank whose chunks hold no encoder (a later stage of megatron-core's schedule) decodes no media.
     loader = OmniDataLoader(cfg, tokenizer, dp_rank=ps.get_data_parallel_rank(),
-                            dp_size=ps.get_data_parallel_world_size())
+                            dp_size=ps.get_data_parallel_world_size(),
+                            decode_media=any(chunk.encoder_names for chunk in state.chunks))
     save_root = cfg.checkpoint.save or os.path.join(cfg.train.output_dir, "checkpoints")
     _save_config(cfg)
 

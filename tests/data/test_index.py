@@ -12,6 +12,7 @@ import shutil
 import fsspec
 import numpy as np
 import pytest
+import torch
 
 from megaomni.data.blend import SampleStream
 from megaomni.data.collate import collate_packed
@@ -135,3 +136,19 @@ def test_a_data_set_on_another_file_system(cfg, tokenizer, tmp_path):
         fs.rm("/megaomni-test", recursive=True)
         local.close()
         remote.close()
+
+
+def test_a_rank_without_encoders_reads_media_sizes_only(cfg, tokenizer):
+    """A later pipeline stage's batches: the same text, positions and media sizes, no pixels."""
+    full = OmniDataLoader(cfg, tokenizer, dp_rank=0, dp_size=1)
+    sizes = OmniDataLoader(cfg, tokenizer, dp_rank=0, dp_size=1, decode_media=False)
+    for _ in range(2):
+        for a, b in zip(full.next_step(), sizes.next_step()):
+            assert all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("tokens", "labels", "loss_mask",
+                                                                           "position_ids", "cu_seqlens"))
+            assert a.media.keys() == b.media.keys() and a.media
+            for name, media in a.media.items():
+                assert (media.rows, media.tokens) == (b.media[name].rows, b.media[name].tokens)
+                assert torch.equal(media.sizes, b.media[name].sizes) and b.media[name].values.numel() == 0
+    full.close()
+    sizes.close()
