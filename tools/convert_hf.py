@@ -134,6 +134,8 @@ def cmd_verify(args) -> int:
         with torch.no_grad():
             want = hf(**probe.hf_inputs(architecture, built, hf.config)).logits
         got, held = probe.logits(chunks[0], built), f"probe: {built.describe()}"
+        ours, theirs = probe.losses(chunks[0], hf, architecture, built)
+        print(f"first-step loss on the probe's answer: {ours:.6f} megaomni, {theirs:.6f} Hugging Face")
     else:
         got, want = _random_tokens(cfg, chunks[0], hf)
         media = registry.enabled(cfg.model)

@@ -1,7 +1,8 @@
 """``tools/convert_hf.py verify`` on its built-in input: a tiny Hugging Face folder saved with its
 tokenizer is probed with a conversation holding an image and a video (Qwen2-VL, Qwen2.5-VL), a
-clip (Qwen2-Audio), all three (Qwen2.5-Omni's thinker), an image (LLaVA) or text alone (Qwen2),
-made by megaomni's data pipeline; the two models' logits agree (fp32, 1e-4) on a faithful import,
+clip (Qwen2-Audio), all three (Qwen2.5-Omni's thinker), an image (LLaVA) or text alone (Qwen2,
+Qwen3-MoE), made by megaomni's data pipeline; the two models' logits agree (fp32, 1e-4) on a
+faithful import, and so does a first training step's loss on the answer (1e-5 relative),
 and one weight changed in the Hugging Face folder moves them far apart: a vision weight past
 ``--tolerance`` (the text-only check of a folder without a tokenizer cannot see it, and says
 that media were not probed); the thinker's vision and audio weights, one at a time."""
@@ -56,6 +57,17 @@ def qwen2(folder) -> None:
     torch.manual_seed(0)
     model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
         **TEXT, vocab_size=padded_vocab_size(tokenizer.vocab_size, 0)))
+    save_perturbed(model.float(), folder)
+
+
+def qwen3_moe(folder) -> None:
+    """A Qwen3-MoE LLM (normalised top-2 of 4 experts, QK-norm) with a ChatML tokenizer."""
+    tokenizer = HFTokenizer(hf_tokenizers.qwen2_audio(str(folder)))
+    torch.manual_seed(0)
+    model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
+        **TEXT, vocab_size=padded_vocab_size(tokenizer.vocab_size, 0), head_dim=16, num_experts=4,
+        num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1, mlp_only_layers=[],
+        norm_topk_prob=True, initializer_range=0.2))
     save_perturbed(model.float(), folder)
 
 
@@ -151,6 +163,7 @@ def test_verify_probes_images_and_video_and_sees_a_wrong_vision_weight(tmp_path,
                  ("visual.blocks.1.attn.k.weight", "audio_tower.layers.1.fc1.weight"), id="qwen2_5_omni"),
     pytest.param(llava, "", "1 image (4x4 patches)", (), id="llava"),
     pytest.param(qwen2, "", "tokens", (), id="qwen2"),
+    pytest.param(qwen3_moe, "", "tokens", (), id="qwen3_moe"),
 ])
 def test_probe_gives_hugging_faces_logits(megatron_cpu, tmp_path, build, features, what, wrong):
     """The probe of the other families, through the imported model in this process (the import's
@@ -176,6 +189,8 @@ def test_probe_gives_hugging_faces_logits(megatron_cpu, tmp_path, build, feature
     got = probe.logits(model, built)
     assert got.shape == want.shape
     assert (got - want).abs().max() < 1e-4, (got - want).abs().max()
+    ours, theirs = probe.losses(model, hf, imported.architecture, built)  # a first step's, from the import
+    assert abs(ours - theirs) < 1e-5 * theirs, (ours, theirs)
     for name in wrong:
         planted(tmp_path, tmp_path / "wrong", name, tokenizer=False)
         hf = getattr(transformers, imported.architecture).from_pretrained(str(tmp_path / "wrong"), dtype=torch.float32)

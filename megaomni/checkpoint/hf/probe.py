@@ -169,3 +169,21 @@ def logits(model, probe: Probe) -> torch.Tensor:
     with torch.no_grad():
         out = model(batch.tokens, batch.position_ids, cu_seqlens=batch.cu_seqlens, media=batch.media)
     return out.float().cpu()
+
+
+def losses(model, hf, architecture: str, probe: Probe) -> tuple[float, float]:
+    """The first training step's loss on ``probe`` both ways: megaomni's per-token loss over the
+    answer (the training step's), and the Hugging Face model's with the answer tokens as labels
+    (it shifts them itself)."""
+    device = next(model.parameters()).device
+    batch = probe.batch.to(device)
+    with torch.no_grad():
+        per_token = model(batch.tokens, batch.position_ids, labels=batch.labels, cu_seqlens=batch.cu_seqlens,
+                          media=batch.media).float()
+        ours = (per_token * batch.loss_mask).sum() / batch.loss_mask.sum()
+        tokens = probe.sample.tokens[None]
+        labels = torch.full_like(tokens, -100)
+        trained = probe.sample.loss_mask.bool()[:-1]
+        labels[0, 1:][trained] = tokens[0, 1:][trained]
+        theirs = hf(**hf_inputs(architecture, probe, hf.config), labels=labels).loss
+    return ours.item(), theirs.item()
