@@ -19,8 +19,8 @@ import tempfile
 from report import write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
 from tiny_omni import ROOT, _run
 
-# Timing fields differ run to run; everything else a run logs must be equal.
-TIMING = ("tokens_per_s", "step_time_s", "max_memory_gib")
+# Timing fields (and those made from them) differ run to run; everything else a run logs must be equal.
+TIMING = ("tokens_per_s", "step_time_s", "max_memory_gib", "tflops_per_gpu", "mfu")
 
 
 def differences(a: list[dict], b: list[dict]) -> list[str]:
