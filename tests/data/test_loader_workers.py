@@ -87,14 +87,15 @@ def test_prefetch_gives_the_same_steps_and_positions(cfg, tokenizer, data):
     ahead.close()
 
 
-def test_resume_from_a_prefetching_loader(cfg, tokenizer):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_a_prefetching_loader(cfg, tokenizer, workers):
     plain = make_loader(cfg, tokenizer, prefetch=False, global_batch_size=12)
     expected = steps_of(plain, 5)
-    ahead = make_loader(cfg, tokenizer, global_batch_size=12)
+    ahead = make_loader(cfg, tokenizer, global_batch_size=12, workers=workers)  # workers: 2 steps ahead
     steps_of(ahead, 3)
     state = ahead.state_dict()
     assert state == expected[2][2]
-    resumed = make_loader(cfg, tokenizer, global_batch_size=12)
+    resumed = make_loader(cfg, tokenizer, global_batch_size=12, workers=workers)
     resumed.load_state_dict(state)
     assert batches_equal(resumed.next_step(), expected[3][0])
     # Loading a state drops the step made ahead: step 4 is made again from step 2's position.
