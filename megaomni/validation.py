@@ -134,6 +134,23 @@ def check_data(cfg: OmniConfig) -> None:
     require(data.prefetch_steps >= 1, f"data.prefetch_steps={data.prefetch_steps}: must be >= 1")
     require(data.index in ("auto", "require"), f"data.index={data.index!r}: valid: auto (build a missing or stale "
             "index), require (an error instead)")
+    if data.index == "require" and data.path:
+        check_indexes(cfg)
+
+
+def check_indexes(cfg: OmniConfig) -> None:
+    """With data.index=require, every data set's index serves this run (before any rank starts)."""
+    from megaomni.data.index import StaleIndex, index_status
+    from megaomni.data.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.data.tokenizer_path())
+    for path, _ in cfg.data.datasets():
+        try:
+            _, why = index_status(path, tokenizer, cfg)
+        except (StaleIndex, FileNotFoundError) as e:
+            why = str(e)
+        require(why is None, f"data.path={path}: {why} (data.index=require); build it: python tools/index_data.py "
+                f"{path} --config YOUR_RECIPE.yaml")
 
 
 def check_train(cfg: OmniConfig) -> None:

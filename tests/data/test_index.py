@@ -152,3 +152,17 @@ def test_a_rank_without_encoders_reads_media_sizes_only(cfg, tokenizer):
                 assert torch.equal(media.sizes, b.media[name].sizes) and b.media[name].values.numel() == 0
     full.close()
     sizes.close()
+
+
+def test_a_run_that_requires_its_indexes_checks_them_first(cfg, tokenizer, tmp_path):
+    from megaomni.config import ConfigError
+    from megaomni.validation import check_data
+
+    cfg.data.index, cfg.data.index_dir, cfg.data.tokenizer = "require", str(tmp_path), tokenizer.path
+    with pytest.raises(ConfigError, match=r"no index for these settings: none was built \(data.index=require\); "
+                                          r"build it: python tools/index_data.py"):
+        check_data(cfg)
+    cfg.data.index = "auto"
+    OmniDataLoader(cfg, tokenizer, dp_rank=0, dp_size=1).close()  # builds it
+    cfg.data.index = "require"
+    check_data(cfg)
