@@ -58,7 +58,8 @@ def training_rate(config: str, overrides: list[str], iters: int, out: str) -> di
     with open(os.path.join(out, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f][2:]
     seconds = sum(r["step_time_s"] for r in records)
-    return {"iterations": len(records), "tokens_per_s": sum(r["tokens"] for r in records) / seconds,
+    return {"workers": next(o for o in reversed(overrides) if o.startswith("data.workers=")), "iterations": len(records),
+            "tokens_per_s": sum(r["tokens"] for r in records) / seconds,
             "step_time_s": seconds / len(records), "mfu": sum(r.get("mfu", 0) for r in records) / len(records)}
 
 
@@ -70,6 +71,7 @@ def main() -> None:
     parser.add_argument("--workers", default="0,2,4,8")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--train-iters", type=int, default=12, help="0: no training run")
+    parser.add_argument("--train-workers", type=int, default=4, help="the training run's data.workers")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--makers", type=int, default=1,
                         help="make the data set as this many blended parts, one process each (seeds 1..N)")
@@ -93,7 +95,8 @@ def main() -> None:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model()
-    train = training_rate(args.config, overrides, args.train_iters, os.path.join(args.data, "..", "feed_run")) \
+    train = training_rate(args.config, [*overrides, f"data.workers={args.train_workers}"], args.train_iters,
+                          os.path.join(args.data, "..", "feed_run")) \
         if args.train_iters and torch.cuda.is_available() else {}
     print(f"{device}; {os.cpu_count()} CPUs; index built in {index_s:.1f} s")
     print(f"{'workers':>8}{'start-up s':>12}{'steps/s':>10}{'samples/s':>11}{'tokens/s':>11}")
