@@ -44,8 +44,8 @@ def loader_rate(config: str, overrides: list[str], workers: int, steps: int) -> 
             tokens += int((batch.tokens != tokenizer.pad_id).sum())
     seconds = time.perf_counter() - started
     loader.close()
-    return {"workers": workers, "startup_s": startup, "steps_per_s": steps / seconds, "samples_per_s": samples / seconds,
-            "tokens_per_s": tokens / seconds}
+    return {"workers": workers, "startup_s": startup, "steps_per_s": steps / seconds,
+            "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds}
 
 
 def training_rate(config: str, overrides: list[str], iters: int, out: str) -> dict:
@@ -58,8 +58,8 @@ def training_rate(config: str, overrides: list[str], iters: int, out: str) -> di
     with open(os.path.join(out, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f][2:]
     seconds = sum(r["step_time_s"] for r in records)
-    return {"workers": next(o for o in reversed(overrides) if o.startswith("data.workers=")), "iterations": len(records),
-            "tokens_per_s": sum(r["tokens"] for r in records) / seconds,
+    workers = next(o for o in reversed(overrides) if o.startswith("data.workers="))
+    return {"workers": workers, "iterations": len(records), "tokens_per_s": sum(r["tokens"] for r in records) / seconds,
             "step_time_s": seconds / len(records), "mfu": sum(r.get("mfu", 0) for r in records) / len(records)}
 
 
