@@ -161,8 +161,15 @@ def _assemble(path: str, shards: list[str], parts: list[dict], folder: str = "")
                         sum(p["truncated"] for p in parts), folder)
 
 
-def _shard_stats(shards: list[str]) -> list[list]:
-    return [[storage.basename(s), *storage.stat(s)] for s in shards]
+def _shard_name(path: str, shard: str) -> str:
+    """``shard``'s name within data set ``path``: its file name, or its path below ``path`` (an
+    Energon data set's shards may lie in subfolders, two of the same file name)."""
+    root = path.rstrip("/") + "/"
+    return shard[len(root):] if shard.startswith(root) else storage.basename(shard)
+
+
+def _shard_stats(path: str, shards: list[str]) -> list[list]:
+    return [[_shard_name(path, s), *storage.stat(s)] for s in shards]
 
 
 def _read(folder: str, path: str, shards: list[str]) -> DatasetIndex:
@@ -238,7 +245,7 @@ def build_index(path: str, tokenizer: Tokenizer, cfg: OmniConfig, mapper: Mapper
     shards, settings = list_shards(path), built_with(tokenizer, cfg)
     folder = os.path.join(index_root(path, cfg), _key(settings))
     parts_dir = folder + ".parts"
-    stats = _shard_stats(shards)
+    stats = _shard_stats(path, shards)
     parts: dict[int, dict] = {}
     if write and os.path.isdir(parts_dir):  # a build cut short: keep the shards it finished
         for i, (name, size, mtime) in enumerate(stats):
@@ -275,7 +282,7 @@ def open_index(path: str, tokenizer: Tokenizer, cfg: OmniConfig, mapper: Mapper)
     started, shards, settings = time.perf_counter(), list_shards(path), built_with(tokenizer, cfg)
     root = index_root(path, cfg)
     folder = os.path.join(root, _key(settings))
-    stats = _shard_stats(shards)
+    stats = _shard_stats(path, shards)
     why = _stale_reason(folder, settings, stats) if os.path.isfile(os.path.join(folder, "meta.json")) else \
         f"no index for these settings: {_differences(root, settings)}"
     if why is None:
