@@ -11,7 +11,7 @@ import os
 
 from megaomni.checks import divisors, require, require_heads, require_positive
 from megaomni.config import DataConfig, MoEConfig, OmniConfig, ParallelConfig
-from megaomni.data import audio_in_video
+from megaomni.data import audio_in_video, energon
 from megaomni.media import dali_decode, registry
 from megaomni.models.freeze import frozen_leaves, leaf_prefixes, part_names
 from megaomni.parallel.rules import check_parallel_layout
@@ -175,7 +175,13 @@ def check_paths(cfg: OmniConfig) -> None:
         # Name the entry, and the whole value only when it lists several.
         where = f"data.path={directory}" if directory == data.path else f"data.path={data.path}: {directory}"
         require(os.path.isdir(directory), f"{where}: no such directory")
-        require(bool(glob.glob(os.path.join(directory, "*.tar"))), f"{where}: holds no *.tar shards")
+        if energon.is_prepared(directory):  # its train split's shards, in subfolders too
+            try:
+                energon.shards(directory)
+            except (OSError, energon.EnergonError) as e:
+                require(False, f"{where}: {e}")
+        else:
+            require(bool(glob.glob(os.path.join(directory, "*.tar"))), f"{where}: holds no *.tar shards")
     tokenizer = data.tokenizer_path()
     require(os.path.isfile(tokenizer) or os.path.isfile(os.path.join(tokenizer, "tokenizer.json")),
              f"data.tokenizer={tokenizer}: no such file, nor a folder holding tokenizer.json (train one with "

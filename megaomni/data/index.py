@@ -161,8 +161,15 @@ def _assemble(path: str, shards: list[str], parts: list[dict], folder: str = "")
                         sum(p["truncated"] for p in parts), folder)
 
 
-def _shard_stats(shards: list[str]) -> list[list]:
-    return [[storage.basename(s), *storage.stat(s)] for s in shards]
+def _shard_name(path: str, shard: str) -> str:
+    """``shard``'s name within data set ``path``: its file name, or its path below ``path`` (an
+    Energon data set's shards may lie in subfolders, two of the same file name)."""
+    root = path.rstrip("/") + "/"
+    return shard[len(root):] if shard.startswith(root) else storage.basename(shard)
+
+
+def _shard_stats(path: str, shards: list[str]) -> list[list]:
+    return [[_shard_name(path, s), *storage.stat(s)] for s in shards]
 
 
 def _read(folder: str, path: str, shards: list[str]) -> DatasetIndex:
@@ -238,7 +245,7 @@ def build_index(path: str, tokenizer: Tokenizer, cfg: OmniConfig, mapper: Mapper
     shards, settings = list_shards(path), built_with(tokenizer, cfg)
     folder = os.path.join(index_root(path, cfg), _key(settings))
     parts_dir = folder + ".parts"
-    stats = _shard_stats(shards)
+    stats = _shard_stats(path, shards)
     parts: dict[int, dict] = {}
     if write and os.path.isdir(parts_dir):  # a build cut short: keep the shards it finished
         for i, (name, size, mtime) in enumerate(stats):
@@ -277,7 +284,7 @@ def index_status(path: str, tokenizer: Tokenizer, cfg: OmniConfig) -> tuple[str,
     folder = os.path.join(root, _key(settings))
     if not os.path.isfile(os.path.join(folder, "meta.json")):
         return folder, f"no index for these settings: {_differences(root, settings)}"
-    return folder, _stale_reason(folder, settings, _shard_stats(list_shards(path)))
+    return folder, _stale_reason(folder, settings, _shard_stats(path, list_shards(path)))
 
 
 def open_index(path: str, tokenizer: Tokenizer, cfg: OmniConfig, mapper: Mapper) -> DatasetIndex:

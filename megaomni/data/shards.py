@@ -18,7 +18,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from megaomni.data import storage
+from megaomni.data import energon, storage
 from megaomni.errors import BadSample
 from megaomni.media import registry
 from megaomni.media.modality import Source
@@ -54,9 +54,15 @@ class RawSample:
 
 
 def list_shards(path: str) -> list[str]:
-    """The ``*.tar`` files of directory ``path``, sorted."""
+    """The ``*.tar`` files of directory ``path``, sorted; of a directory ``energon prepare``
+    indexed, its ``train`` split's shards (subfolders too), in split order (megaomni/data/energon.py)."""
     if not storage.is_dir(path):
         raise FileNotFoundError(f"data path {path}: no such directory")
+    if energon.is_prepared(path):
+        try:
+            return energon.shards(path)
+        except energon.EnergonError as e:
+            raise energon.EnergonError(f"data path {path}: {e}") from e
     shards = storage.list_files(path, ".tar")
     if not shards:
         raise FileNotFoundError(f"data path {path}: holds no *.tar shards")

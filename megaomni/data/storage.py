@@ -44,6 +44,13 @@ def is_dir(path: str) -> bool:
     return fs.isdir(inner)
 
 
+def is_file(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.isfile(path)
+    fs, inner = _fs(path)
+    return fs.isfile(inner)
+
+
 def list_files(directory: str, suffix: str) -> list[str]:
     """The files of ``directory`` whose names end in ``suffix``, sorted, as full paths."""
     if not is_remote(directory):
