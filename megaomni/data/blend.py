@@ -44,13 +44,15 @@ class SampleStream:
         self._permutations: dict[tuple[int, int], list[int]] = {}
         self._block: tuple[int, list[int]] = (-1, [])
 
-    def _permutation(self, dataset: int, epoch: int) -> list[int]:
+    def _permutation(self, dataset: int, epoch: int):
         key = (dataset, epoch)
         if key not in self._permutations:
             # Keep the previous epoch too: a lookahead across an epoch's end goes back to it.
             self._permutations = {k: v for k, v in self._permutations.items() if k[0] != dataset or k[1] >= epoch - 1}
             generator = torch.Generator().manual_seed(stream_seed(self.seed, dataset, epoch))
-            self._permutations[key] = torch.randperm(self.sizes[dataset], generator=generator).tolist()
+            # An array, not a list: 4 bytes a sample (a corpus of 100M samples holds one or two epochs').
+            order = torch.randperm(self.sizes[dataset], generator=generator)
+            self._permutations[key] = order.to(torch.int32 if self.sizes[dataset] < 2**31 else torch.int64).numpy()
         return self._permutations[key]
 
     def dataset_at(self, position: int) -> int:
@@ -70,7 +72,7 @@ class SampleStream:
         position, epochs, offsets = self.position, list(self.epochs), list(self.offsets)
         while True:
             d = self.dataset_at(position)
-            index = self.starts[d] + self._permutation(d, epochs[d])[offsets[d]]
+            index = self.starts[d] + int(self._permutation(d, epochs[d])[offsets[d]])
             position, offsets[d] = position + 1, offsets[d] + 1
             if offsets[d] == self.sizes[d]:  # an epoch's tail runs into the next
                 epochs[d], offsets[d] = epochs[d] + 1, 0
