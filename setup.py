@@ -40,7 +40,9 @@ setup(
         "dali": ["nvidia-dali-cuda120"],
         # Hugging Face models in and out (megaomni.checkpoint.hf, tools/convert_hf.py).
         "hf": ["transformers>=5", "safetensors", "tokenizers"],
-        "test": ["pytest", "transformers>=5", "safetensors", "tokenizers"],
+        # data.path on other file systems: fsspec and the protocol's package (s3fs, gcsfs, ...).
+        "remote": ["fsspec"],
+        "test": ["pytest", "transformers>=5", "safetensors", "tokenizers", "fsspec"],
     },
     **packing_extension(),
 )
