@@ -119,7 +119,9 @@ class OmniDataLoader:
                     keep &= np.asarray(size) <= limit
             if not keep.all():
                 first = int(np.flatnonzero(~keep)[0])
-                where = read_sample(*index.location(first), RangeReader()).where
+                reader = RangeReader()
+                where = read_sample(*index.location(first), reader).where  # named in the load line
+                reader.close()
                 tally.add(where, BadSample("over_budget", over_budget(index.sizes(first), self.cfg.data)))
                 tally.counts["over_budget"] += int((~keep).sum()) - 1
         rows = np.flatnonzero(keep)
