@@ -1,15 +1,16 @@
 """Hugging Face models in and out of megaomni (the LLM families of megaomni.checkpoint.hf).
 
-    python tools/convert_hf.py import HF_DIR OUT     # OUT/checkpoint (weights) + OUT/model.yaml
+    python tools/convert_hf.py import HF_DIR OUT [--tp N --pp N ...]  # OUT/checkpoint + OUT/model.yaml
     python tools/convert_hf.py export CKPT OUT_DIR   # safetensors + config.json + tokenizer files
     python tools/convert_hf.py verify HF_DIR CKPT    # the largest logit difference on a built-in input
 
 The imported checkpoint holds the weights only (``iter_0000000``): ``checkpoint.load=OUT/checkpoint``
 starts a run from them under any parallel layout (checkpoints reshard on load). ``model.yaml`` is
-the recipe's ``model`` section for that checkpoint. The checkpoint also keeps the architecture,
-config.json and tokenizer / processor files of HF_DIR, and so does every checkpoint trained from
-it: ``export`` of a trained checkpoint writes a complete folder. Runs in one process, on the GPU
-where there is one.
+the recipe's ``model`` section for that checkpoint, and its ``parallel`` section with the layout
+flags (checked against the model: one line where it does not fit). The checkpoint also keeps the
+architecture, config.json and tokenizer / processor files of HF_DIR, and so does every checkpoint
+trained from it: ``export`` of a trained checkpoint writes a complete folder. Runs in one process,
+on the GPU where there is one.
 
 ``verify`` builds both models (fp32) and runs one input through both: where HF_DIR holds a
 tokenizer, a conversation with an image, a video and a clip (those the family takes and the
@@ -21,12 +22,14 @@ largest logit difference and what the input held, and exits 0 (``--tolerance``: 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 import torch
 import yaml
 
+LAYOUT = ("tp", "pp", "vpp", "cp", "ep")  # import's flags: the recipe's parallel layout
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -78,16 +81,24 @@ def _from_checkpoint(path: str, media_pad_id=lambda name: 0):
 def cmd_import(args) -> None:
     from megaomni.checkpoint.dist_ckpt import save_checkpoint
 
+    from megaomni.parallel.rules import check_parallel_layout
+
     imported = import_hf(args.hf_dir)
     architecture, state = imported.architecture, imported.state
     cfg = OmniConfig(model=model_config(imported.sections))
+    layout = {name: getattr(args, name) for name in LAYOUT if getattr(args, name) != 1}
+    recipe = {"model": cfg.to_dict()["model"], **({"parallel": layout} if layout else {})}
+    # The checkpoint is the same for every layout (it reshards on load): the layout is the recipe's,
+    # checked against the model here (the data-parallel size is whatever the world leaves).
+    tp, pp, cp, ep = (layout.get(n, 1) for n in ("tp", "pp", "cp", "ep"))
+    check_parallel_layout(config_from_dict({**recipe, "parallel": layout}), pp * math.lcm(tp * cp, ep * tp))
     chunks = _model(cfg)
     load_state(chunks[0], state)
     path = save_checkpoint(os.path.join(args.out, "checkpoint"), 0, chunks, None, None, weights_only=True,
                            common={"config": cfg.to_dict(), "hf_architecture": architecture,
                                    "hf_config": imported.hf_config, "hf_files": read_tokenizer_files(args.hf_dir)})
     with open(os.path.join(args.out, "model.yaml"), "w") as f:
-        yaml.safe_dump({"model": cfg.to_dict()["model"]}, f, sort_keys=False)
+        yaml.safe_dump(recipe, f, sort_keys=False)
     print(f"imported {architecture} ({sum(t.numel() for t in state.values()) / 1e6:.1f}M parameters): {path}, "
           f"{os.path.join(args.out, 'model.yaml')}")
 
@@ -154,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     imp = verbs.add_parser("import", help="Hugging Face folder -> megaomni checkpoint + model.yaml")
     imp.add_argument("hf_dir")
     imp.add_argument("out")
+    for name in LAYOUT:
+        imp.add_argument(f"--{name}", type=int, default=1, help=f"the recipe's parallel.{name} (checked against the model)")
     exp = verbs.add_parser("export", help="megaomni checkpoint -> Hugging Face folder")
     exp.add_argument("checkpoint")
     exp.add_argument("out")
