@@ -80,7 +80,6 @@ def _from_checkpoint(path: str, media_pad_id=lambda name: 0):
 
 def cmd_import(args) -> None:
     from megaomni.checkpoint.dist_ckpt import save_checkpoint
-
     from megaomni.parallel.rules import check_parallel_layout
 
     imported = import_hf(args.hf_dir)
@@ -166,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("hf_dir")
     imp.add_argument("out")
     for name in LAYOUT:
-        imp.add_argument(f"--{name}", type=int, default=1, help=f"the recipe's parallel.{name} (checked against the model)")
+        imp.add_argument(f"--{name}", type=int, default=1,
+                         help=f"the recipe's parallel.{name} (checked against the model)")
     exp = verbs.add_parser("export", help="megaomni checkpoint -> Hugging Face folder")
     exp.add_argument("checkpoint")
     exp.add_argument("out")
