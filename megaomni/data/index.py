@@ -27,6 +27,7 @@ import numpy as np
 
 from megaomni.config import OmniConfig
 from megaomni.data import storage
+from megaomni.data.sample import measure_sample
 from megaomni.data.shards import iter_shard, list_shards
 from megaomni.data.sizes import SampleSizes
 from megaomni.data.skip_tally import SkipTally
@@ -125,8 +126,6 @@ def index_shard(path: str, tokenizer: Tokenizer, cfg: OmniConfig) -> dict:
     names = [m.name for m in registry.modalities()]
     rows: dict[str, list] = {k: [] for k in ARRAYS}
     tally, truncated = SkipTally(), 0
-    from megaomni.data.sample import measure_sample  # sample.py imports the shard reader too
-
     for raw in iter_shard(path):
         try:
             sizes, cut = measure_sample(raw, tokenizer, cfg)
