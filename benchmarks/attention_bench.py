@@ -562,7 +562,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype)
     if device.type == "cuda":
         torch.cuda.set_device(device)
