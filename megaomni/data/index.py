@@ -71,8 +71,9 @@ def built_with(tokenizer: Tokenizer, cfg: OmniConfig) -> dict:
     :data:`PLAN_ONLY`, and what each modality's measure reads (``Modality.size_fields``; False
     where it is disabled, its samples then skipped)."""
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in PLAN_ONLY}
-    return {"format": FORMAT, "tokenizer": _tokenizer_digest(tokenizer.path), "data": data,
-            "modalities": {m.name: m.enabled(cfg.model) and m.size_fields(cfg) for m in registry.modalities()}}
+    settings = {"format": FORMAT, "tokenizer": _tokenizer_digest(tokenizer.path), "data": data,
+                "modalities": {m.name: m.enabled(cfg.model) and m.size_fields(cfg) for m in registry.modalities()}}
+    return json.loads(json.dumps(settings))  # as meta.json reads back (tuples as lists), to compare equal
 
 
 def _key(settings: dict) -> str:
