@@ -20,6 +20,7 @@ import torch
 
 from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
+from megaomni.data.batch_rules import check_batch_sizes, equal_micro_batches
 from megaomni.data.blend import SampleStream
 from megaomni.data.collate import PAD_MULTIPLE
 from megaomni.data.index import DatasetIndex, open_index
@@ -34,7 +35,6 @@ from megaomni.data.tokenizer import Tokenizer
 from megaomni.data.workers import Ref, Skip, Workers, decode_micro_batch
 from megaomni.errors import BadSample
 from megaomni.flops import FlopModel
-from megaomni.validation import check_batch_sizes, equal_micro_batches
 
 log = logging.getLogger("megaomni.data")
 

@@ -68,7 +68,7 @@ def _check_microbatches(cfg: OmniConfig, world_size: int) -> None:
     par, data = cfg.parallel, cfg.data
     dp = par.data_parallel_size(world_size)
     microbatches = data.global_batch_size // max(data.micro_batch_size * dp, 1)
-    # Packed steps are checked with the batch sizes (validation.check_batch_sizes).
+    # Packed steps are checked with the batch sizes (megaomni.data.batch_rules.check_batch_sizes).
     require(par.vpp == 1 or data.packing or microbatches >= par.pp,
             f"data.global_batch_size={data.global_batch_size}: the interleaved pipeline schedule needs "
             f">= parallel.pp={par.pp} micro-batches per step, got global_batch_size/(micro_batch_size*dp)="
