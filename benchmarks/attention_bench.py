@@ -51,7 +51,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from report import cpu_model, write_result  # noqa: E402
+from report import cpu_model, median_ms, write_result  # noqa: E402
 
 from megaomni.ops.attention import sdpa_attention, varlen_attention  # noqa: E402
 
@@ -394,27 +394,6 @@ PATH_FAMILIES = ("megaomni", "megaomni_blockmask", "sdpa_batched", "sdpa_njt", "
 # ---------------------------------------------------------------- timing
 
 
-def time_ms(fn, warmup: int, repeat: int, device) -> float:
-    """Median ms of ``fn`` over ``repeat`` calls after ``warmup`` calls, synchronised per call."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
-
-
 def max_err(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
     """Max abs error, and that over max |want|."""
     err = float((got.detach().double() - want).abs().max())
@@ -484,10 +463,10 @@ def run_path(name: str, shape: Shape, device, dtype, q, k, v, grad, ref, args) -
     del out
     flops = shape.forward_flops()
     try:
-        rec["forward_ms"] = time_ms(lambda: fn(q, k, v), args.warmup, args.repeat, device)
+        rec["forward_ms"] = median_ms(lambda: fn(q, k, v), args.warmup, args.repeat, device)
         rec["forward_tflops"] = flops / (rec["forward_ms"] / 1e3) / 1e12
         if "backward_skipped" not in rec:
-            rec["forward_backward_ms"] = time_ms(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad),
+            rec["forward_backward_ms"] = median_ms(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), grad),
                                                  args.warmup, args.repeat, device)
             rec["forward_backward_tflops"] = 3.5 * flops / (rec["forward_backward_ms"] / 1e3) / 1e12
     except Exception as e:  # noqa: BLE001

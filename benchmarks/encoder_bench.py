@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from report import write_result  # noqa: E402
+from report import median_ms, write_result  # noqa: E402
 
 from megaomni.config import load_config  # noqa: E402
 from megaomni.flops import FlopModel  # noqa: E402
@@ -67,23 +67,7 @@ def audio_inputs(cfg, rng: torch.Generator, device):
 
 def time_it(fn, repeats: int, device) -> float:
     """Median seconds of ``fn`` over ``repeats`` calls after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            import time
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return median_ms(fn, 2, repeats, device) / 1e3
 
 
 def top_kernels(fn, device, count: int = 8) -> list[dict]:

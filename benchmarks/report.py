@@ -30,3 +30,30 @@ def write_result(result: dict, out_dir: str, stem: str, device: str) -> str:
         json.dump(result, f, indent=2)
     print(f"wrote {path}")
     return path
+
+
+def median_ms(fn, warmup: int, repeat: int, device) -> float:
+    """Median milliseconds of ``fn`` over ``repeat`` calls after ``warmup`` calls: CUDA events on a
+    GPU (synchronised per call), the wall clock elsewhere."""
+    import time
+
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
