@@ -51,24 +51,23 @@ def qwen2_vl(folder) -> None:
     save_perturbed(model.float(), folder, ("norm", "ln_q"))
 
 
-def qwen2(folder) -> None:
+def text_llm(folder, model_class, config_class, **fields) -> None:
     """A text-only LLM with a ChatML tokenizer: the probe is the conversation's text."""
     tokenizer = HFTokenizer(hf_tokenizers.qwen2_audio(str(folder)))
     torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-        **TEXT, vocab_size=padded_vocab_size(tokenizer.vocab_size, 0)))
+    model = model_class(config_class(**TEXT, vocab_size=padded_vocab_size(tokenizer.vocab_size, 0), **fields))
     save_perturbed(model.float(), folder)
+
+
+def qwen2(folder) -> None:
+    text_llm(folder, transformers.Qwen2ForCausalLM, transformers.Qwen2Config)
 
 
 def qwen3_moe(folder) -> None:
-    """A Qwen3-MoE LLM (normalised top-2 of 4 experts, QK-norm) with a ChatML tokenizer."""
-    tokenizer = HFTokenizer(hf_tokenizers.qwen2_audio(str(folder)))
-    torch.manual_seed(0)
-    model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
-        **TEXT, vocab_size=padded_vocab_size(tokenizer.vocab_size, 0), head_dim=16, num_experts=4,
-        num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1, mlp_only_layers=[],
-        norm_topk_prob=True, initializer_range=0.2))
-    save_perturbed(model.float(), folder)
+    """Normalised top-2 of 4 experts, QK-norm."""
+    text_llm(folder, transformers.Qwen3MoeForCausalLM, transformers.Qwen3MoeConfig, head_dim=16, num_experts=4,
+             num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1, mlp_only_layers=[],
+             norm_topk_prob=True, initializer_range=0.2)
 
 
 def qwen2_5_vl(folder) -> None:
