@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -32,6 +34,17 @@ def run_pretrain(*overrides: str, nproc: int = 1, timeout: int = 900,
     proc = subprocess.run([*cmd, "--config", TINY_CONFIG, *overrides], capture_output=True,
                           text=True, env=env, cwd=ROOT, timeout=timeout)
     return proc
+
+
+def load_script(relative: str) -> types.ModuleType:
+    """A script of the repository (``benchmarks/x.py``: scripts, not a package) as a module, registered
+    under its name (dataclasses look their module up)."""
+    name = os.path.splitext(os.path.basename(relative))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def read_metrics(output_dir: str) -> list[dict]:

@@ -18,7 +18,13 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from megaomni.checkpoint.hf.convert import import_hf, load_state, model_config, read_hf, write_hf  # noqa: E402
+from megaomni.checkpoint.hf.convert import (  # noqa: E402
+    import_hf,
+    load_state,
+    model_config,
+    read_hf,
+    write_hf,
+)
 from megaomni.config import OmniConfig  # noqa: E402
 from megaomni.data.hf_tokenizer import HFTokenizer  # noqa: E402
 from megaomni.models.build import padded_vocab_size  # noqa: E402
@@ -36,19 +42,25 @@ TEXT = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_atte
             max_position_embeddings=512)
 
 
-def qwen2_vl(folder) -> None:
-    """A tiny Qwen2-VL saved with its tokenizer in ``folder``: the tokenizer's ids, its vocabulary padded."""
+def vision_language(folder, model_class, config_class, vision_config: dict, **text) -> None:
+    """A tiny Qwen2-VL-family model saved with its tokenizer in ``folder``: the tokenizer's ids, its
+    vocabulary padded, multimodal RoPE; ``text``: more of its text config."""
     tokenizer = HFTokenizer(hf_tokenizers.qwen2_vl(str(folder)))
     ids = {t: tokenizer.token_id(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
     torch.manual_seed(0)
-    model = transformers.Qwen2VLForConditionalGeneration(transformers.Qwen2VLConfig(
+    model = model_class(config_class(
         text_config=dict(TEXT, vocab_size=padded_vocab_size(tokenizer.vocab_size, 0),
                          rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0),
-                         initializer_range=0.3),
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, initializer_range=0.3),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                         **text),
+        vision_config=vision_config, image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"]))
     save_perturbed(model.float(), folder, ("norm", "ln_q"))
+
+
+def qwen2_vl(folder) -> None:
+    vision_language(folder, transformers.Qwen2VLForConditionalGeneration, transformers.Qwen2VLConfig,
+                    dict(depth=2, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, initializer_range=0.3),
+                    initializer_range=0.3)
 
 
 def text_llm(folder, model_class, config_class, **fields) -> None:
@@ -72,17 +84,9 @@ def qwen3_moe(folder) -> None:
 
 def qwen2_5_vl(folder) -> None:
     """Qwen2.5-VL's real temporal spacing (2 positions per second; data.video_fps 2 by default)."""
-    tokenizer = HFTokenizer(hf_tokenizers.qwen2_vl(str(folder)))
-    ids = {t: tokenizer.token_id(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
-    torch.manual_seed(0)
-    model = transformers.Qwen2_5_VLForConditionalGeneration(transformers.Qwen2_5_VLConfig(
-        text_config=dict(TEXT, vocab_size=padded_vocab_size(tokenizer.vocab_size, 0),
-                         rope_parameters=dict(rope_type="default", mrope_section=[2, 3, 3], rope_theta=10000.0)),
-        vision_config=dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=48, num_heads=4,
-                           window_size=56, fullatt_block_indexes=[1], tokens_per_second=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"]))
-    save_perturbed(model.float(), folder, ("norm", "ln_q"))
+    vision_language(folder, transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLConfig,
+                    dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=48, num_heads=4,
+                         window_size=56, fullatt_block_indexes=[1], tokens_per_second=2))
 
 
 def qwen2_audio(folder) -> None:

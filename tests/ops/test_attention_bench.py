@@ -4,24 +4,17 @@ reference within the bf16 tolerances, and the result JSON is written."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "attention_bench", os.path.join(ROOT, "benchmarks", "attention_bench.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/attention_bench.py")
 
 
 def test_quick_cpu_paths_within_tolerance(bench, tmp_path):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import random
-import sys
 
 import pytest
 
@@ -14,18 +12,12 @@ from megaomni.config import load_config
 from megaomni.pipeline.costs import Rates
 from megaomni.pipeline.plan import COMPUTE
 from megaomni.pipeline.shares import Item
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.conftest import ROOT, load_script
 
 
 @pytest.fixture(scope="module")
 def projection():
-    spec = importlib.util.spec_from_file_location(
-        "pipeline_projection", os.path.join(ROOT, "benchmarks", "pipeline_projection.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/pipeline_projection.py")
 
 
 @pytest.fixture(scope="module")
