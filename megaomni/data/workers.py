@@ -1,8 +1,9 @@
-"""Where the loader's work runs: in the training process, or in ``data.workers`` forked worker
-processes (like PyTorch's DataLoader workers: the tokenizer and config are inherited, not
-pickled). The work is indexing shards (megaomni/data/index.py) and decoding micro-batches: each
-data-parallel rank decodes its own micro-batches only, read from their shards by byte range.
-Results come back in submission order, so nothing a run sees depends on the number of workers.
+"""Where the loader's work runs: in the training process, or in ``data.workers`` worker
+processes started by a fork server (a clean single-threaded process: forking the trainer itself,
+once it holds other threads' locks, hung a worker on the CI machine). The work is indexing
+shards (megaomni/data/index.py) and decoding micro-batches: each data-parallel rank decodes its
+own micro-batches only, read from their shards by byte range. Results come back in submission
+order, so nothing a run sees depends on the number of workers.
 
 A decoded micro-batch comes back as one :class:`Batch` whose tensors travel through shared
 memory (PyTorch's multiprocessing reductions: a file descriptor per tensor, a dozen a batch),
@@ -100,10 +101,9 @@ class Workers:
         self._local = (tokenizer, cfg, RangeReader())
         self._pool: Optional[ProcessPoolExecutor] = None
         if count:
-            self._pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("fork"),
+            self._pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("forkserver"),
                                              initializer=_start, initargs=(tokenizer, cfg))
-            # Fork now, from the thread that builds the loader, before a prefetch thread exists.
-            self._pool.submit(int).result()
+            self._pool.submit(int).result()  # start the workers now, not in the first step
 
     def submit(self, fn: Callable, *args) -> Future | _Deferred:
         if self._pool is None:
