@@ -101,8 +101,9 @@ class Workers:
         self._local = (tokenizer, cfg, RangeReader())
         self._pool: Optional[ProcessPoolExecutor] = None
         if count:
-            self._pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("forkserver"),
-                                             initializer=_start, initargs=(tokenizer, cfg))
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload([__name__])  # the server imports torch once, not each worker
+            self._pool = ProcessPoolExecutor(count, mp_context=context, initializer=_start, initargs=(tokenizer, cfg))
             self._pool.submit(int).result()  # start the workers now, not in the first step
 
     def submit(self, fn: Callable, *args) -> Future | _Deferred:
