@@ -377,6 +377,7 @@ class TrainConfig:
     clip_grad: float = 1.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
     seed: int = 1234
     bf16: bool = False
     device: str = "auto"  # auto | cpu | cuda

@@ -18,6 +18,7 @@ def build_optimizer(cfg: TrainConfig, model_chunks: list, distributed: bool = Fa
             weight_decay=cfg.weight_decay,
             adam_beta1=cfg.adam_beta1,
             adam_beta2=cfg.adam_beta2,
+            adam_eps=cfg.adam_eps,
             clip_grad=cfg.clip_grad,
             bf16=cfg.bf16,
             use_distributed_optimizer=distributed,
