@@ -24,6 +24,10 @@ but about where tensors live. This module is the only place megaomni redirects t
    stream; on the CPU there is one stream of work.
 7. ``all_to_all_single`` takes split sizes as Python lists: the MoE dispatcher hands over the
    tensors / numpy arrays it would have copied from the GPU, which gloo refuses.
+8. ``all_gather`` into pieces of different lengths (and ``reduce_scatter`` from them, its
+   backward): the MoE dispatcher gathers each expert-TP rank's tokens under sequence
+   parallelism, a different count per rank; NCCL takes uneven pieces, gloo refuses them
+   ("invalid tensor size"), so the pieces travel padded to the longest.
 
 The mode costs a few percent of step time on tiny models; it is never active on GPUs.
 """
@@ -115,6 +119,22 @@ def _with_list_splits(all_to_all_single):
     return call
 
 
+def _uneven_all_gather(all_gather):
+    def call(tensor_list, tensor, group=None, async_op=False):
+        lengths = [len(t) for t in tensor_list]
+        if all(n == len(tensor) for n in lengths):
+            return all_gather(tensor_list, tensor, group=group, async_op=async_op)
+        padded = tensor.new_zeros((max(lengths), *tensor.shape[1:]))
+        padded[: len(tensor)] = tensor
+        pieces = [torch.empty_like(padded) for _ in lengths]
+        all_gather(pieces, padded, group=group)
+        for out, piece, n in zip(tensor_list, pieces, lengths):
+            out.copy_(piece[:n])
+        return None
+
+    return call
+
+
 def _cpu_get_rng_state(*_args, **_kwargs) -> torch.Tensor:
     return torch.get_rng_state()
 
@@ -146,5 +166,6 @@ def activate() -> None:
     torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()
     torch.Tensor.record_stream = lambda self, *a: None
     torch.distributed.all_to_all_single = _with_list_splits(torch.distributed.all_to_all_single)
+    torch.distributed.all_gather = _uneven_all_gather(torch.distributed.all_gather)
     _CudaToCpuMode().__enter__()  # process-wide: stays on for the life of the process
     _ACTIVE = True

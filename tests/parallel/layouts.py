@@ -55,6 +55,9 @@ LAYOUTS = [
     ("tp2_pp2", 4, ("parallel.tp=2", "parallel.pp=2"), (DENSE,)),
     ("tp2_sp_pp2", 4, ("parallel.tp=2", "parallel.sp=true", "parallel.pp=2"), (MOE,)),
     ("pp2_ep2", 4, ("parallel.pp=2", "parallel.ep=2"), (MOE,)),
+    # Expert TP follows parallel.tp: the dispatcher gathers uneven token counts over it.
+    ("tp2_sp_ep2", 4, ("parallel.tp=2", "parallel.sp=true", "parallel.ep=2"), (MOE,)),
+    ("tp2_sp_pp2_ep2", 8, ("parallel.tp=2", "parallel.sp=true", "parallel.pp=2", "parallel.ep=2"), (MOE,)),
 ]
 
 CASES = [pytest.param(model, nproc, overrides, id=f"{model.name}-{name}")

@@ -1,6 +1,6 @@
 """Every parallel layout trains exactly like one process (CPU, gloo, fp32).
 
-Each layout is a real ``pretrain_omni.py`` run (torchrun, 2 or 4 ranks) from the same initial
+Each layout is a real ``pretrain_omni.py`` run (torchrun, 2, 4 or 8 ranks) from the same initial
 weights as the single-process reference; the loss and grad norm of each of its 3 iterations
 (``metrics.jsonl``) must match the reference within 1e-5 relative.
 """
