@@ -1,4 +1,5 @@
 import os
+import shutil
 
 from setuptools import Extension, find_packages, setup
 
@@ -15,6 +16,27 @@ def packing_extension() -> dict:
     extension = Extension("megaomni._packing_ext", ["csrc/packing.cpp"], language="c++", optional=True,
                           extra_compile_args=["-O3", "-std=c++17", "-pthread"], extra_link_args=["-pthread"])
     return {"ext_modules": [extension]}
+
+
+def grouped_gemm_extension() -> dict:
+    """setup() arguments for the MoE experts' cuBLAS grouped GEMM (csrc/grouped_gemm.cu ->
+    megaomni._grouped_gemm_ext), built only where nvcc is and torch is a CUDA build; optional like
+    the packing kernels. megaomni.ops.grouped_gemm uses torch._grouped_mm or its loop without it."""
+    if os.environ.get("MEGAOMNI_NO_EXT") == "1" or not shutil.which("nvcc"):
+        return {}
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CUDAExtension
+
+    if torch.version.cuda is None:
+        return {}
+    extension = CUDAExtension("megaomni._grouped_gemm_ext", ["csrc/grouped_gemm.cu"], libraries=["cublas"],
+                              optional=True, extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]})
+    return {"ext_modules": [extension], "cmdclass": {"build_ext": BuildExtension}}
+
+
+def extensions() -> dict:
+    packing, grouped = packing_extension(), grouped_gemm_extension()
+    return {**grouped, "ext_modules": packing.get("ext_modules", []) + grouped.get("ext_modules", [])}
 
 
 setup(
@@ -44,5 +66,5 @@ setup(
         "remote": ["fsspec"],
         "test": ["pytest", "transformers>=5", "safetensors", "tokenizers", "fsspec"],
     },
-    **packing_extension(),
+    **extensions(),
 )

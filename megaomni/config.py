@@ -34,6 +34,10 @@ class MoEConfig:
     aux_loss_coeff: float = 1e-2
     bias_update_rate: float = 1e-3  # aux_loss_free: expert-bias step per update
     token_dispatcher: str = "alltoall"  # alltoall | allgather
+    # The local experts' GEMMs (megaomni.ops.grouped_gemm): auto (torch._grouped_mm where it runs
+    # and there are more than 8 local experts, else the loop) | torch | cuda (cuBLAS grouped
+    # GEMM, csrc/) | loop (one GEMM per expert, megatron-core's SequentialMLP)
+    grouped_gemm: str = "auto"
     # The chosen experts' weights: their softmax renormalised over the top k (true), or the
     # softmax over all experts taken as it is (false; Qwen3-MoE's norm_topk_prob)
     normalize_top_k: bool = True

@@ -10,10 +10,12 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec,
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.mlp import MLP
+from megatron.core.transformer.moe.experts import SequentialMLP
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megaomni.layers.grouped_experts import GroupedExperts
 from megaomni.ops.attention import SDPAttention
 from megaomni.ops.linear import PlainColumnLinear, PlainRowLinear
 from megaomni.ops.norm import LayerNorm, RMSNorm
@@ -29,9 +31,10 @@ def have_transformer_engine() -> bool:
     return True
 
 
-def _local(spec: ModuleSpec, mask_type: AttnMaskType, norm: type = RMSNorm) -> ModuleSpec:
+def _local(spec: ModuleSpec, mask_type: AttnMaskType, norm: type = RMSNorm, grouped_gemm: str = "loop") -> ModuleSpec:
     """A local-spec layer with our attention core, norms and linears (``ops.linear``: megatron's
-    where tensor parallelism needs them)."""
+    where tensor parallelism needs them); MoE experts as grouped GEMMs unless ``grouped_gemm``
+    is ``loop`` (``model.llm.moe.grouped_gemm``)."""
     spec = copy.deepcopy(spec)
     spec.submodules.input_layernorm = norm
     spec.submodules.pre_mlp_layernorm = norm
@@ -47,18 +50,21 @@ def _local(spec: ModuleSpec, mask_type: AttnMaskType, norm: type = RMSNorm) -> M
     if getattr(mlp, "module", None) is MLP:  # MoE layers keep their own expert modules
         mlp.submodules.linear_fc1 = PlainColumnLinear
         mlp.submodules.linear_fc2 = PlainRowLinear
+    experts = getattr(getattr(mlp, "submodules", None), "experts", None)
+    if experts is not None and experts.module is SequentialMLP and grouped_gemm != "loop":
+        experts.module, experts.params = GroupedExperts, {"impl": grouped_gemm}
     return spec
 
 
 def llm_block_spec(config: TransformerConfig, vp_stage: Optional[int] = None,
-                   pp_rank: Optional[int] = None) -> TransformerBlockSubmodules:
+                   pp_rank: Optional[int] = None, grouped_gemm: str = "loop") -> TransformerBlockSubmodules:
     """The causal decoder layers this (virtual) pipeline stage builds: RMSNorm, GQA
     self-attention with RoPE, SwiGLU MLP, or an MoE MLP where ``config.moe_layer_freq`` says."""
     te = have_transformer_engine()
     block = get_gpt_decoder_block_spec(config, use_transformer_engine=te, normalization="RMSNorm",
                                        vp_stage=vp_stage, pp_rank=pp_rank)
     if not te:
-        block.layer_specs = [_local(s, AttnMaskType.causal) for s in block.layer_specs]
+        block.layer_specs = [_local(s, AttnMaskType.causal, grouped_gemm=grouped_gemm) for s in block.layer_specs]
         block.layer_norm = RMSNorm
     return block
 

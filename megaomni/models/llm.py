@@ -16,7 +16,7 @@ def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int, pre_pr
     """The LLM part of one pipeline stage (all of it without pipelining)."""
     return GPTModel(
         config=config,
-        transformer_layer_spec=llm_block_spec(config, vp_stage=vp_stage),
+        transformer_layer_spec=llm_block_spec(config, vp_stage=vp_stage, grouped_gemm=cfg.moe.grouped_gemm),
         vocab_size=vocab_size,
         max_sequence_length=cfg.max_seq_len,
         pre_process=pre_process,

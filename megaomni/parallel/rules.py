@@ -9,6 +9,7 @@ from __future__ import annotations
 from megaomni.checks import divisors, require
 from megaomni.config import OmniConfig
 from megaomni.media import registry
+from megaomni.ops.grouped_gemm import IMPLEMENTATIONS as GROUPED_GEMMS
 
 
 def _check_tensor(cfg: OmniConfig) -> None:
@@ -100,6 +101,8 @@ def _check_experts(cfg: OmniConfig, world_size: int) -> None:
             f"model.llm.moe.balancing={moe.balancing!r}: valid: aux_loss, aux_loss_free, none")
     require(moe.token_dispatcher in ("alltoall", "allgather"),
             f"model.llm.moe.token_dispatcher={moe.token_dispatcher!r}: valid: alltoall, allgather")
+    require(moe.grouped_gemm in GROUPED_GEMMS,
+            f"model.llm.moe.grouped_gemm={moe.grouped_gemm!r}: valid: {', '.join(GROUPED_GEMMS)}")
     require(par.tp == 1 or par.sp, f"parallel.sp=false: an MoE LLM with parallel.tp={par.tp} needs "
             "parallel.sp=true (megatron-core's MoE layer takes sequence-parallel input)")
     expert_ranks = par.ep * par.tp  # expert tensor parallelism follows parallel.tp

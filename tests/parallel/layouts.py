@@ -51,6 +51,8 @@ LAYOUTS = [
     ("pp4_vpp2", 4, ("parallel.pp=4", "parallel.vpp=2"), (DENSE,)),
     ("cp2", 2, ("parallel.cp=2",), (DENSE, MOE, IMPORTED)),
     ("ep2", 2, ("parallel.ep=2",), (MOE,)),
+    # The experts' GEMMs: the loop everywhere else (auto, with 4 experts), torch._grouped_mm here.
+    ("ep2_grouped", 2, ("parallel.ep=2", "model.llm.moe.grouped_gemm=torch"), (MOE,)),
     ("dp2_distopt", 2, ("parallel.distributed_optimizer=true",), (DENSE, MOE)),
     ("tp2_pp2", 4, ("parallel.tp=2", "parallel.pp=2"), (DENSE,)),
     ("tp2_sp_pp2", 4, ("parallel.tp=2", "parallel.sp=true", "parallel.pp=2"), (MOE,)),

@@ -46,6 +46,8 @@ MOE = ("model.llm.moe.num_experts=4",)
      "parallel.ep=4: ep*tp=4 must divide the ranks of a pipeline stage, world/pp=2"),
     (["model.llm.moe.top_k=5", *MOE], 1, "model.llm.moe.top_k=5: must be in [1, num_experts=4]"),
     (["model.llm.moe.balancing=loss", *MOE], 1, "model.llm.moe.balancing='loss': valid"),
+    (["model.llm.moe.grouped_gemm=cutlass", *MOE], 1,
+     "model.llm.moe.grouped_gemm='cutlass': valid: auto, cuda, torch, loop"),
     (["parallel.tp=2", "parallel.pp=2"], 2, "parallel.tp*pp*cp=4: must divide the world size 2"),
 ])
 def test_bad_layouts_fail_with_one_line(tmp_path, overrides, world, expected):
