@@ -371,6 +371,10 @@ class DataConfig:
         return first if hf else model
 
 
+# megatron-core's names of what selective recomputation can recompute (train.recompute_modules).
+RECOMPUTE_MODULES = ("core_attn", "mlp", "layernorm", "moe", "shared_experts")
+
+
 @dataclass
 class TrainConfig:
     iters: int = 200
@@ -385,6 +389,13 @@ class TrainConfig:
     seed: int = 1234
     bf16: bool = False
     device: str = "auto"  # auto | cpu | cuda
+    # Activation recomputation (megatron-core's): none | selective (each layer's
+    # recompute_modules: core_attn, mlp, layernorm, moe, shared_experts) | full (each layer keeps
+    # its input and runs again in backward). recompute_parts: the stacks it applies to (llm and
+    # the modalities' names); []: all.
+    recompute: str = "none"
+    recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])
+    recompute_parts: list[str] = field(default_factory=list)
     # The GPU's dense bf16 peak, TFLOP/s, for MFU; 0: by the device's name (H100/H200 SXM: 989).
     peak_tflops: float = 0.0
     output_dir: str = "runs/tiny_omni"

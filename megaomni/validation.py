@@ -10,7 +10,7 @@ import glob
 import os
 
 from megaomni.checks import divisors, require, require_heads, require_positive
-from megaomni.config import DataConfig, OmniConfig
+from megaomni.config import RECOMPUTE_MODULES, DataConfig, OmniConfig
 from megaomni.data import audio_in_video, energon
 from megaomni.data.batch_rules import check_batch_sizes, equal_micro_batches
 from megaomni.media import dali_decode, registry
@@ -42,6 +42,32 @@ def check_model(cfg: OmniConfig) -> None:
     require(cfg.data.seq_length <= llm.max_seq_len,
             f"data.seq_length={cfg.data.seq_length}: must not exceed model.llm.max_seq_len={llm.max_seq_len}")
     check_freeze(cfg)
+    check_recompute(cfg)
+
+
+def check_recompute(cfg: OmniConfig) -> None:
+    train = cfg.train
+    require(train.recompute in ("none", "selective", "full"),
+            f"train.recompute={train.recompute!r}: valid: none, selective, full")
+    stacks = ["llm", *(m.name for m in registry.enabled(cfg.model))]
+    for name in train.recompute_parts:
+        require(name in stacks, f"train.recompute_parts=[{', '.join(train.recompute_parts)}]: unknown stack "
+                f"{name!r} (valid: {', '.join(stacks)})")
+    if train.recompute == "selective":
+        modules = train.recompute_modules
+        shown = f"train.recompute_modules=[{', '.join(modules)}]"
+        require(modules, f"{shown}: selective recomputation needs at least one of {', '.join(RECOMPUTE_MODULES)}")
+        for name in modules:
+            require(name in RECOMPUTE_MODULES,
+                    f"{shown}: unknown module {name!r} (valid: {', '.join(RECOMPUTE_MODULES)})")
+        require(cfg.model.llm.moe.enabled or not {"moe", "shared_experts"} & set(modules),
+                f"{shown}: moe and shared_experts need an MoE LLM (model.llm.moe.num_experts)")
+        if "layernorm" in modules:  # megatron-core's norm checkpoint reads TE's FP8 state whenever it runs
+            from megaomni.layers.specs import have_transformer_engine
+
+            require(have_transformer_engine(),
+                    f"{shown}: layernorm recomputation needs Transformer Engine (megatron-core's norm "
+                    "checkpoint asks it for its FP8 state); leave layernorm out")
 
 
 def check_freeze(cfg: OmniConfig) -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from megatron.core.activations import quick_gelu
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megaomni.config import MoEConfig
+from megaomni.config import MoEConfig, TrainConfig
 
 # megaomni.config's names -> megatron-core's norm, and (activation, gated): SwiGLU gates one half by the other.
 NORM_NAMES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}
@@ -96,3 +96,13 @@ def moe_config_fields(moe: MoEConfig, ffn_hidden_size: int) -> dict:
     else:
         fields.update(moe_router_load_balancing_type="none")
     return fields
+
+
+
+def recompute_fields(train: TrainConfig, part: str) -> dict:
+    """``train.recompute`` as ``TransformerConfig`` fields for the stack named ``part``."""
+    if train.recompute == "none" or (train.recompute_parts and part not in train.recompute_parts):
+        return {}
+    if train.recompute == "full":  # every layer its own recompute unit
+        return dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    return dict(recompute_granularity="selective", recompute_modules=list(train.recompute_modules))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from megaomni.config import OmniConfig
-from megaomni.layers.transformer_config import make_transformer_config, moe_config_fields
+from megaomni.layers.transformer_config import make_transformer_config, moe_config_fields, recompute_fields
 from megaomni.media import registry
 from megaomni.models.llm import build_llm
 from megaomni.models.omni import OmniModel, whole_sequence
@@ -44,14 +44,16 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     mrope = llm_cfg.mrope_section or [head_dim // 2, 0, 0]
     llm_config = _stack_config(llm_cfg, cfg.train.bf16, num_query_groups=llm_cfg.num_query_groups,
                                head_dim=head_dim, init_std=llm_cfg.init_std, mrope_section=mrope,
-                               add_qkv_bias=llm_cfg.qkv_bias, qk_layernorm=llm_cfg.qk_norm, **fields)
+                               add_qkv_bias=llm_cfg.qkv_bias, qk_layernorm=llm_cfg.qk_norm,
+                               **recompute_fields(cfg.train, "llm"), **fields)
     llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage)
     encoders, encoder_pads = {}, {}
     if pre_process if with_encoders is None else with_encoders:
         for modality in registry.enabled(cfg.model):
             part = getattr(cfg.model, modality.name)
             config = _stack_config(part, cfg.train.bf16, init_std=llm_cfg.init_std, norm=part.norm,
-                                   activation=part.activation, bias=part.bias, **(encoder_parallel or {}))
+                                   activation=part.activation, bias=part.bias,
+                                   **recompute_fields(cfg.train, modality.name), **(encoder_parallel or {}))
             encoders[modality.name] = modality.encoder(part, config, llm_cfg.hidden_size, encoder_pg_collection)
             pads = media_pad_id(modality.name)
             encoder_pads[modality.name] = (pads,) if isinstance(pads, int) else tuple(pads)

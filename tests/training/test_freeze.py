@@ -15,21 +15,13 @@ import pytest
 import torch
 
 from megaomni.config import ConfigError, OmniConfig, load_config
-from megaomni.data.batch import Batch
 from megaomni.validation import check_model
-from tests.media_views import audio_batch, vision_batch
-from tests.models.test_parts import (
-    AUDIO_PAD,
-    IMAGE_PAD,
-    VOCAB,
-    random_frames,
-    random_patches,
-    small_config,
-)
+from tests.media_views import vision_batch
+from tests.models.test_parts import VOCAB, small_config
 from tests.parallel.layouts import Model, ParitySetup, assert_same_run
+from tests.training import steps
+from tests.training.steps import PAD_IDS
 
-PAD_IDS = {"vision": IMAGE_PAD, "audio": AUDIO_PAD}
-CPU = torch.device("cpu")
 ALL_NAMES = ("llm, llm.embedding, llm.decoder, llm.output, vision, vision.encoder, vision.projector, "
              "audio, audio.encoder, audio.projector")
 
@@ -105,12 +97,6 @@ def test_names_freeze_their_modules(megatron_cpu, freeze):
     assert frozen and frozen == {n for n, p in model.named_parameters() if id(p) in expected}
 
 
-def _media(cfg: OmniConfig, seed: int, modalities=("vision", "audio")) -> dict:
-    media = {"vision": vision_batch(random_patches(cfg, [(4, 4), (2, 4)], seed).float(), [(4, 4), (2, 4)]),
-             "audio": audio_batch(random_frames(cfg, [16], seed).float(), [16])}
-    return {name: media[name] for name in modalities}
-
-
 def _encode(model, media):
     """The vision encoder's output, the tensors autograd saved for backward while it ran, and
     the grad mode its transformer blocks and projector ran in."""
@@ -126,7 +112,7 @@ def _encode(model, media):
 
 def test_frozen_encoder_keeps_no_activations(megatron_cpu):
     cfg = small_config()
-    media = _media(cfg, 0)["vision"]
+    media = steps.media(cfg, 0)["vision"]
     trains = _build()
     _, everything, modes = _encode(trains, media)
     assert modes == {"blocks": True, "projector": True}
@@ -158,10 +144,8 @@ def test_frozen_encoder_keeps_no_activations(megatron_cpu):
 
 
 def _state(*freeze: str, seed: int = 0):
-    """A training state of the tiny model (megatron-core's DDP, optimizer, LR schedule) with
-    ``freeze``; weight decay on, and gradient clipping that acts (the grad norm matters)."""
-    from megaomni.training.setup import build_training_state
-
+    """A training state of the tiny model with ``freeze``; weight decay on, and gradient clipping
+    that acts (the grad norm matters)."""
     cfg = small_config()
     cfg.model.freeze = list(freeze)
     cfg.train.iters, cfg.train.warmup_iters, cfg.train.lr, cfg.train.min_lr = 4, 0, 1e-2, 1e-3
@@ -170,50 +154,7 @@ def _state(*freeze: str, seed: int = 0):
     # element with |g| ~ eps moves by a fraction of lr on that noise alone; eps=1e-4 keeps the
     # update smooth in g, so the same gradients give the same weights within a stated tolerance.
     cfg.train.adam_eps = 1e-4
-    torch.manual_seed(seed)
-    return cfg, build_training_state(cfg, VOCAB, PAD_IDS.__getitem__, CPU)
-
-
-def _micro_batch(cfg: OmniConfig, seed: int, modalities=("vision", "audio")) -> Batch:
-    """One padded sample: text, each modality's placeholders, text; the loss on the text."""
-    media = _media(cfg, seed, modalities)
-    gen = torch.Generator().manual_seed(seed)
-    pieces = []
-    for name in modalities:
-        pieces += [torch.randint(7, VOCAB, (3,), generator=gen), torch.full((sum(media[name].tokens),), PAD_IDS[name])]
-    tokens = torch.cat([*pieces, torch.randint(7, VOCAB, (8,), generator=gen)])[None]
-    labels = torch.randint(7, VOCAB, tokens.shape, generator=gen)
-    return Batch(tokens, labels, (tokens >= 7).float(), torch.arange(tokens.shape[1])[None], media, num_samples=1)
-
-
-def _params(state) -> dict[str, torch.Tensor]:
-    return dict(state.chunks[0].named_parameters())
-
-
-def _step(cfg: OmniConfig, state, batches: list[Batch], discard: set[str] = frozenset()):
-    """One training step as the trainer takes it; the gradients of the parameters named in
-    ``discard`` are zeroed before the optimizer steps. Returns the loss, the grad norm and the
-    gradients the optimizer stepped on."""
-    from megaomni.training.schedule import StepRunner
-    from megaomni.training.step import make_forward_step
-
-    for ddp in state.ddp:
-        ddp.zero_grad_buffer()
-    state.optimizer.zero_grad()
-    reports = StepRunner(cfg, state, CPU, VOCAB).run(1, batches, make_forward_step(CPU))
-    params = _params(state)
-    for name in discard:
-        params[name].main_grad.zero_()
-    grads = {n: p.main_grad.clone() for n, p in params.items() if p.requires_grad}
-    _, grad_norm, _ = state.optimizer.step()
-    state.scheduler.step(increment=1)
-    stats = sum(r["stats"] for r in reports)
-    return float(stats[0] / stats[1]), float(grad_norm), grads
-
-
-def _copy_weights(source, target) -> None:
-    target.chunks[0].load_state_dict(source.chunks[0].state_dict())
-    target.optimizer.reload_model_params()
+    return cfg, steps.training_state(cfg, seed)
 
 
 @pytest.mark.parametrize("freeze", [("vision.encoder", "llm.embedding"), ("vision", "audio.projector", "llm.decoder")])
@@ -223,8 +164,8 @@ def test_a_step_trains_only_the_rest(megatron_cpu, freeze):
     bit-identical, where weight decay moves the reference's."""
     cfg, state = _state(*freeze)
     _, reference = _state()
-    _copy_weights(state, reference)
-    params = _params(state)
+    steps.copy_weights(state, reference)
+    params = steps.params(state)
     frozen = {n for n, p in params.items() if not p.requires_grad}
     # Outside DDP's grad buffers (so outside its all-reduce) and the optimizer: no state.
     trained = {id(p) for n, p in params.items() if n not in frozen}
@@ -232,15 +173,16 @@ def test_a_step_trains_only_the_rest(megatron_cpu, freeze):
     assert {id(p) for group in state.optimizer.param_groups for p in group["params"]} == trained
     initial = {n: p.detach().clone() for n, p in params.items()}
 
-    batches = [_micro_batch(cfg, 1), _micro_batch(cfg, 2, ("vision",)), _micro_batch(cfg, 3, ("audio",))]
-    loss, norm, grads = _step(cfg, state, batches)
-    ref_loss, ref_norm, ref_grads = _step(cfg, reference, batches, discard=frozen)
+    batches = [steps.micro_batch(cfg, 1), steps.micro_batch(cfg, 2, ("vision",)),
+               steps.micro_batch(cfg, 3, ("audio",))]
+    loss, norm, grads = steps.step(cfg, state, batches)
+    ref_loss, ref_norm, ref_grads = steps.step(cfg, reference, batches, discard=frozen)
     assert loss == pytest.approx(ref_loss, rel=1e-6) and norm == pytest.approx(ref_norm, rel=1e-6)
     assert norm > cfg.train.clip_grad
     assert grads.keys() == set(params) - frozen
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-5, atol=1e-8, msg=name)
-    after, ref_after = _params(state), _params(reference)
+    after, ref_after = steps.params(state), steps.params(reference)
     for name in params:
         if name in frozen:
             assert torch.equal(after[name], initial[name]), name
@@ -257,9 +199,10 @@ def test_a_micro_batch_that_reaches_nothing_trained(megatron_cpu):
     without images (audio alone, text alone) reach no trained parameter, and the step still runs
     (megatron-core skips the backward of an output that needs none); only the projector moves."""
     cfg, state = _state("llm", "audio", "vision.encoder")
-    initial = {n: p.detach().clone() for n, p in _params(state).items()}
-    _step(cfg, state, [_micro_batch(cfg, 1, ("audio",)), _micro_batch(cfg, 2), _micro_batch(cfg, 3, ())])
-    moved = {n for n, p in _params(state).items() if not torch.equal(p, initial[n])}
+    initial = {n: p.detach().clone() for n, p in steps.params(state).items()}
+    steps.step(cfg, state, [steps.micro_batch(cfg, 1, ("audio",)), steps.micro_batch(cfg, 2),
+                            steps.micro_batch(cfg, 3, ())])
+    moved = {n for n, p in steps.params(state).items() if not torch.equal(p, initial[n])}
     assert moved == {n for n in initial if n.startswith("vision_encoder.projector.")}
 
 
@@ -284,27 +227,27 @@ def test_checkpoints_hold_frozen_weights_and_resume(megatron_cpu, tmp_path):
     from megaomni.validation import check_resumed_freeze
 
     cfg, state = _state("vision")
-    initial = {n: p.detach().clone() for n, p in _params(state).items()}
-    _step(cfg, state, [_micro_batch(cfg, 1)])
+    initial = {n: p.detach().clone() for n, p in steps.params(state).items()}
+    steps.step(cfg, state, [steps.micro_batch(cfg, 1)])
     save_checkpoint(str(tmp_path), 1, state.chunks, state.optimizer, state.scheduler, common={"config": cfg.to_dict()})
-    saved = {n: p.detach().clone() for n, p in _params(state).items()}
+    saved = {n: p.detach().clone() for n, p in steps.params(state).items()}
     vision = [n for n in saved if n.startswith("vision_encoder.")]
     assert all(torch.equal(saved[n], initial[n]) for n in vision)
 
     # Into an unfrozen model (other initial weights): the frozen weights as they were, the rest trained.
     _, unfrozen = _state(seed=1)
-    assert not all(torch.equal(_params(unfrozen)[n], saved[n]) for n in vision)
+    assert not all(torch.equal(steps.params(unfrozen)[n], saved[n]) for n in vision)
     load_weights(str(tmp_path), unfrozen.chunks)
-    for name, value in _params(unfrozen).items():
+    for name, value in steps.params(unfrozen).items():
         assert torch.equal(value, saved[name]), name
 
     # Resumed with the same freeze list: the next step is the uninterrupted run's.
     _, resumed = _state("vision", seed=2)
     load_checkpoint(str(tmp_path), resumed.chunks, resumed.optimizer, resumed.scheduler)
-    batches = [_micro_batch(cfg, 2), _micro_batch(cfg, 3)]
-    assert _step(cfg, resumed, batches)[:2] == _step(cfg, state, batches)[:2]
-    for name, value in _params(resumed).items():
-        assert torch.equal(value, _params(state)[name]), name
+    batches = [steps.micro_batch(cfg, 2), steps.micro_batch(cfg, 3)]
+    assert steps.step(cfg, resumed, batches)[:2] == steps.step(cfg, state, batches)[:2]
+    for name, value in steps.params(resumed).items():
+        assert torch.equal(value, steps.params(state)[name]), name
 
     # A full checkpoint resumes with the freeze list it was saved with (the same parts, however named).
     cfg.checkpoint.load = str(tmp_path)
@@ -321,7 +264,7 @@ def test_checkpoints_hold_frozen_weights_and_resume(megatron_cpu, tmp_path):
     _, stage2 = _state(seed=3)
     assert load_checkpoint(str(tmp_path), stage2.chunks, stage2.optimizer, stage2.scheduler, finetune=True) == \
         {"iteration": 0}
-    for name, value in _params(stage2).items():
+    for name, value in steps.params(stage2).items():
         assert torch.equal(value, saved[name]), name
     assert not stage2.optimizer.state_dict()["state"]
 
