@@ -5,7 +5,7 @@ Launch several ranks with ``torchrun --nproc-per-node N pretrain_omni.py ...``.
 Exit codes: 0 done; 2 configuration error, e.g. an output directory holding an earlier run (one
 line on stderr); 3 the run stopped training: a non-finite loss or grad norm, a collapsed model, a
 loss spike; 128 + the signal for a run stopped by SIGTERM (143) or SIGINT (130) at a step
-boundary, after saving a checkpoint (a line says where, and how to resume).
+boundary, with a checkpoint saved there (a line says where, and how to resume; train.exit_grace_s).
 """
 
 from __future__ import annotations
