@@ -1,6 +1,11 @@
 """Train an omni-modal model: ``python pretrain_omni.py --config FILE [KEY=VALUE ...]``.
 
 Launch several ranks with ``torchrun --nproc-per-node N pretrain_omni.py ...``.
+
+Exit codes: 0 done; 2 configuration error, e.g. an output directory holding an earlier run (one
+line on stderr); 3 the run stopped training: a non-finite loss or grad norm, a collapsed model, a
+loss spike; 128 + the signal for a run stopped by SIGTERM (143) or SIGINT (130) at a step
+boundary, with a checkpoint saved there (a line says where, and how to resume; train.exit_grace_s).
 """
 
 from __future__ import annotations
@@ -52,13 +57,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging()
     from megaomni.platform.distributed import shutdown
+    from megaomni.training.health import UnhealthyRun
+    from megaomni.training.preemption import Preempted
     from megaomni.training.trainer import train
 
+    log = logging.getLogger("megaomni.train")
     try:
         train(cfg)
-    except FloatingPointError as err:
-        logging.getLogger("megaomni.train").error("%s", err)
+    except ConfigError as err:  # found once the ranks have started (megaomni.training.run_dir)
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except (FloatingPointError, UnhealthyRun) as err:
+        log.error("%s", err)
         return 3
+    except Preempted as stop:
+        log.warning("%s", stop)
+        return stop.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the first step or after the last: nothing to save
+        log.error("interrupted by SIGINT outside the training steps; nothing saved")
+        return 130
     finally:
         shutdown()
     return 0

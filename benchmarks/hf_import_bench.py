@@ -73,7 +73,8 @@ def train(work: str, name: str, data: str, iters: int, *overrides: str) -> list[
     out = os.path.join(work, name)
     if not os.path.isfile(os.path.join(out, "done")):
         _sh(f"train {name}", sys.executable, os.path.join(ROOT, "pretrain_omni.py"), f"data.path={data}",
-            f"train.output_dir={out}", f"train.iters={iters}", *COMMON, *overrides)
+            f"train.output_dir={out}", "train.overwrite=true",  # a run cut short before: again
+            f"train.iters={iters}", *COMMON, *overrides)
         open(os.path.join(out, "done"), "w").close()
     with open(os.path.join(out, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]

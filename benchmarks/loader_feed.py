@@ -52,7 +52,8 @@ def training_rate(config: str, overrides: list[str], iters: int, out: str) -> di
     """tokens/s of a short run (its iterations after the first two), and its data-loader settings."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain_omni.py"), "--config", config, *overrides,
                            f"train.iters={iters}", "train.warmup_iters=1", "checkpoint.save_last=false",
-                           f"train.output_dir={out}"], capture_output=True, text=True, cwd=ROOT)
+                           f"train.output_dir={out}", "train.overwrite=true"],  # measured again each time
+                          capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         return {"error": (proc.stdout + proc.stderr)[-2000:]}
     with open(os.path.join(out, "metrics.jsonl")) as f:

@@ -48,7 +48,8 @@ RUNS = {
 def launch(name: str, args, out: str, *overrides: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
            os.path.join(ROOT, "pretrain_omni.py"), "--config", args.config, f"data.path={args.data}",
-           "checkpoint.save_interval=0", "checkpoint.save_last=false", f"train.output_dir={out}", *overrides]
+           "checkpoint.save_interval=0", "checkpoint.save_last=false", f"train.output_dir={out}",
+           "train.overwrite=true", *overrides]  # without --reuse, --work's runs are made again
     print("+", " ".join(cmd), flush=True)
     # Own session, so a hung run's whole process tree can be signalled; SIGABRT makes every
     # rank's faulthandler print where it waits.

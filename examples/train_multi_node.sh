@@ -16,6 +16,10 @@ CP=${CP:-1}; EP=${EP:-1}
 DIST_OPT=${DIST_OPT:-true}
 CONFIG=${CONFIG:?set CONFIG, a recipe YAML (see examples/configs)}
 PYTHON=${PYTHON:-python3}
+# On SIGTERM torchrun passes it on to the ranks, which save at the end of their step and exit 143;
+# it kills them after this many seconds (its default, 30, can cut a large model's save short;
+# torch releases before the variable wait a fixed 30 s).
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-110}
 
 exec "$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node-rank "$NODE_RANK" \
     --nproc-per-node "$GPUS_PER_NODE" --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \

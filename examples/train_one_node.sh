@@ -15,6 +15,10 @@ DIST_OPT=${DIST_OPT:-true}  # shard optimizer state over data-parallel ranks
 CONFIG=${CONFIG:-examples/configs/tiny_omni.yaml}
 DATA=${DATA:-data/toy}
 PYTHON=${PYTHON:-python3}
+# On SIGTERM torchrun passes it on to the ranks, which save at the end of their step and exit 143;
+# it kills them after this many seconds (its default, 30, can cut a large model's save short;
+# torch releases before the variable wait a fixed 30 s).
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-110}
 
 [ -f "$DATA/tokenizer.model" ] || "$PYTHON" tools/make_toy_data.py --out "$DATA"
 exec "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$GPUS" pretrain_omni.py \

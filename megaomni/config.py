@@ -399,6 +399,18 @@ class TrainConfig:
     # The GPU's dense bf16 peak, TFLOP/s, for MFU; 0: by the device's name (H100/H200 SXM: 989).
     peak_tflops: float = 0.0
     output_dir: str = "runs/tiny_omni"
+    # An output_dir holding an earlier run (metrics.jsonl, checkpoints), or a checkpoint.save root
+    # holding checkpoints, is refused unless checkpoint.load resumes from it; true: write over it
+    # (same-numbered checkpoints replaced, `latest` moved; its metrics lines kept aside).
+    overwrite: bool = False
+    # SIGTERM / SIGINT stop the run at the end of the step and save a checkpoint, unless the time
+    # since the signal plus the last save's duration exceeds this (then it exits unsaved). 0: always save.
+    exit_grace_s: float = 0.0
+    # Stop (exit 3) after this many consecutive iterations of a collapsed model: grad norm 0, or
+    # (after warm-up) the loss at ln(vocab), the uniform guess. 0: never.
+    collapse_steps: int = 20
+    # Stop (exit 3) at a loss above this many times the mean of the previous 20 iterations'. 0: never.
+    spike_factor: float = 0.0
 
 
 @dataclass

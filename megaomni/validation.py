@@ -158,6 +158,11 @@ def check_train(cfg: OmniConfig) -> None:
     require(train.iters == 0 or 0 <= train.warmup_iters < train.iters,
             f"train.warmup_iters={train.warmup_iters}: must be in [0, train.iters={train.iters})")
     require(train.device in ("auto", "cpu", "cuda"), f"train.device={train.device!r}: valid: auto, cpu, cuda")
+    require(train.exit_grace_s >= 0, f"train.exit_grace_s={train.exit_grace_s}: must be >= 0 (0: always save "
+            "when stopped by a signal)")
+    require(train.collapse_steps >= 0, f"train.collapse_steps={train.collapse_steps}: must be >= 0 (0: no check)")
+    require(train.spike_factor == 0 or train.spike_factor > 1, f"train.spike_factor={train.spike_factor}: must be "
+            "> 1 (a loss that many times its recent mean stops the run), or 0 (no check)")
     require(cfg.checkpoint.save_interval >= 0,
              f"checkpoint.save_interval={cfg.checkpoint.save_interval}: must be >= 0 (0: only at the end)")
     require(cfg.logging.log_interval > 0, f"logging.log_interval={cfg.logging.log_interval}: must be > 0")

@@ -23,17 +23,30 @@ def toy_data(tmp_path_factory) -> str:
     return str(out)
 
 
-def run_pretrain(*overrides: str, nproc: int = 1, timeout: int = 900,
-                 script: str = os.path.join(ROOT, "pretrain_omni.py")) -> subprocess.CompletedProcess:
-    """Run ``script`` (pretrain_omni.py) with the tiny recipe (torchrun when ``nproc > 1``)."""
+def start_pretrain(*overrides: str, nproc: int = 1, script: str = os.path.join(ROOT, "pretrain_omni.py"),
+                   **popen) -> subprocess.Popen:
+    """Start ``script`` (pretrain_omni.py) with the tiny recipe (torchrun when ``nproc > 1``);
+    ``popen``: Popen's arguments (output captured as text by default)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if nproc == 1:
         cmd = [sys.executable, script]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", script]
-    proc = subprocess.run([*cmd, "--config", TINY_CONFIG, *overrides], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=timeout)
-    return proc
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen([*cmd, "--config", TINY_CONFIG, *overrides], env=env, cwd=ROOT, **popen)
+
+
+def run_pretrain(*overrides: str, nproc: int = 1, timeout: int = 900,
+                 script: str = os.path.join(ROOT, "pretrain_omni.py")) -> subprocess.CompletedProcess:
+    """Run ``script`` to the end (see :func:`start_pretrain`)."""
+    proc = start_pretrain(*overrides, nproc=nproc, script=script)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def load_script(relative: str) -> types.ModuleType:

@@ -89,6 +89,7 @@ class OmniDataLoader:
         for path, index in zip(self.paths, self.indexes):
             self.rows.append(self._usable(path, index))
         self.starts = [0, *np.cumsum([len(r) for r in self.rows]).tolist()][:-1]
+        self._warn_repeats()
         if len(self.paths) > 1:
             log.info("data: blending %s", ", ".join(f"{path} {weight / sum(self.weights):.1%}"
                                                       for path, weight in zip(self.paths, self.weights)))
@@ -136,6 +137,25 @@ class OmniDataLoader:
         if not len(rows):
             raise ValueError(f"data.path={path}: no usable samples (skipped: {reasons or 'none'})")
         return rows
+
+    def _warn_repeats(self) -> None:
+        """Once (rank 0), per data set smaller than its share of a step: every step repeats its samples."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        data, total = self.cfg.data, sum(self.weights)
+        for path, index, rows, weight in zip(self.paths, self.indexes, self.rows, self.weights):
+            per_step = data.global_batch_tokens / float(np.mean(index.arrays["tokens"][rows])) \
+                if data.packing and data.global_batch_tokens else data.global_batch_size
+            taken = per_step * weight / total
+            if taken > len(rows):
+                setting = f"data.global_batch_tokens={data.global_batch_tokens}" if data.packing and \
+                    data.global_batch_tokens else f"data.global_batch_size={data.global_batch_size}"
+                share = f", weight {weight / total:.0%}" if len(self.paths) > 1 else ""
+                log.warning("data: %s holds %d usable samples, fewer than the %.0f a step takes (%s%s): each is "
+                            "repeated about %.1f times a step", path, len(rows), taken, setting, share,
+                            taken / len(rows))
 
     def _locate(self, sample: int) -> tuple[DatasetIndex, int]:
         """The index and row of stream sample ``sample``."""

@@ -15,6 +15,10 @@ its shape on every rank and on resume; the skip is reported with the batch.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Callable, Iterator, Optional
 
@@ -36,10 +40,25 @@ Skip = tuple[str, str, str]  # (where, reason, detail)
 _context: Optional[tuple[Tokenizer, OmniConfig, RangeReader]] = None  # this process's, set once
 
 
-def _start(tokenizer: Tokenizer, cfg: OmniConfig) -> None:
+def _start(tokenizer: Tokenizer, cfg: OmniConfig, trainer: int) -> None:
     global _context
+    # Ctrl-C reaches the whole process group, torchrun signals a rank's: the trainer stops at the
+    # end of its step, saves and closes the workers itself (megaomni.training.preemption). A
+    # worker ends with the trainer however that ends (the fork server, its parent, outlives it).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(trainer,), daemon=True).start()
     _context = (tokenizer, cfg, RangeReader())
     torch.set_num_threads(1)  # the workers share the cores; intra-op threads would oversubscribe them
+
+
+def _exit_with(pid: int) -> None:
+    while True:
+        time.sleep(1)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(0)
 
 
 def _call(fn: Callable, *args):
@@ -103,7 +122,8 @@ class Workers:
         if count:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload([__name__])  # the server imports torch once, not each worker
-            self._pool = ProcessPoolExecutor(count, mp_context=context, initializer=_start, initargs=(tokenizer, cfg))
+            self._pool = ProcessPoolExecutor(count, mp_context=context, initializer=_start,
+                                             initargs=(tokenizer, cfg, os.getpid()))
             self._pool.submit(int).result()  # start the workers now, not in the first step
 
     def submit(self, fn: Callable, *args) -> Future | _Deferred:

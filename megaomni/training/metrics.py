@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+from typing import Optional
 
 log = logging.getLogger("megaomni.train")
 
@@ -32,16 +33,8 @@ class MetricsWriter:
         self._first_iter = None
         if enabled:
             os.makedirs(output_dir, exist_ok=True)
-            kept = self._records_up_to(resume_from) if resume_from else []
-            self._file = open(self.path, "w")
-            self._file.writelines(kept)
-
-    def _records_up_to(self, iteration: int) -> list[str]:
-        """A resumed run continues the same file: keep the lines of iterations it has done."""
-        if not os.path.isfile(self.path):
-            return []
-        with open(self.path) as f:
-            return [line for line in f if line.strip() and json.loads(line)["iteration"] <= iteration]
+            set_aside_past(self.path, resume_from)
+            self._file = open(self.path, "a")
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -69,6 +62,39 @@ class MetricsWriter:
     def close(self) -> None:
         if self._file:
             self._file.close()
+
+
+def set_aside_past(path: str, iteration: int) -> Optional[str]:
+    """A run continues its file from ``iteration`` (0: a new run, with train.overwrite): the lines
+    past it (a run that went on after its last checkpoint, then crashed; or the run overwritten),
+    and any cut short by a crash, move to ``metrics.replaced-<time>.jsonl`` beside it, so the file
+    stays one curve and no line is lost. Returns that file, if any."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        raw = f.read()
+    lines = [line + "\n" for line in raw.splitlines() if line.strip()]
+    kept = [line for line in lines if _iteration(line) <= iteration]
+    if "".join(kept) == raw:
+        return None  # nothing past it: appended as it is
+    aside = None
+    if len(kept) < len(lines):
+        aside = os.path.join(os.path.dirname(path), time.strftime("metrics.replaced-%Y%m%d-%H%M%S.jsonl"))
+        with open(aside, "a") as f:
+            f.writelines(line for line in lines if _iteration(line) > iteration)
+        log.warning("metrics: %d lines past iteration %d moved to %s", len(lines) - len(kept), iteration, aside)
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+    return aside
+
+
+def _iteration(line: str) -> float:
+    """A line's iteration; a line cut short (no iteration) counts as past every one."""
+    try:
+        return json.loads(line)["iteration"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def check_finite(iteration: int, loss: float, grad_norm: float) -> None:

@@ -18,7 +18,10 @@ from megaomni.data.tokenizer import load_tokenizer
 from megaomni.flops import FlopModel
 from megaomni.models.build import padded_vocab_size
 from megaomni.platform.distributed import init_distributed
+from megaomni.training.health import HealthCheck
 from megaomni.training.metrics import MetricsWriter, check_finite
+from megaomni.training.preemption import StopSignals
+from megaomni.training.run_dir import check_run_dirs, checkpoint_root
 from megaomni.training.schedule import StepRunner
 from megaomni.training.setup import build_training_state
 from megaomni.training.step import STAT_KEYS, make_forward_step
@@ -96,6 +99,7 @@ def train(cfg: OmniConfig) -> dict:
     """Run ``cfg.train.iters`` iterations; returns the last iteration's record. With
     ``train.iters=0`` it only writes the initial weights as a checkpoint (iteration 0)."""
     device = init_distributed(cfg)
+    check_run_dirs(cfg)
     tokenizer = load_tokenizer(cfg.data.tokenizer_path())
     vocab = padded_vocab_size(tokenizer.vocab_size, cfg.model.llm.vocab_size)
     state = build_training_state(cfg, vocab, tokenizer.media_pad_ids, device)
@@ -103,7 +107,7 @@ def train(cfg: OmniConfig) -> dict:
     loader = OmniDataLoader(cfg, tokenizer, dp_rank=ps.get_data_parallel_rank(),
                             dp_size=ps.get_data_parallel_world_size(),
                             decode_media=any(chunk.encoder_names for chunk in state.chunks))
-    save_root = cfg.checkpoint.save or os.path.join(cfg.train.output_dir, "checkpoints")
+    save_root = checkpoint_root(cfg)
     _save_config(cfg)
 
     start, carried = 0, {}
@@ -124,46 +128,55 @@ def train(cfg: OmniConfig) -> dict:
     flop_model, peak = FlopModel.from_config(cfg.model, vocab), peak_tflops(device, cfg.train.peak_tflops)
     forward_step = make_forward_step(device)
     optimizer = state.optimizer
+    health = HealthCheck.from_config(cfg.train, vocab)
+
+    def save(iteration: int) -> str:
+        return save_checkpoint(save_root, iteration, state.chunks, optimizer, state.scheduler,
+                               common={"data": loader.state_dict(), "config": cfg.to_dict(), **carried})
+
     record: dict = {}
-    for iteration in range(start + 1, cfg.train.iters + 1):
-        started = time.perf_counter()
-        batches = loader.next_step()
-        for ddp in state.ddp:
-            ddp.zero_grad_buffer()
-        optimizer.zero_grad()
-        reports = runner.run(iteration, batches, forward_step)
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-        _, grad_norm, _ = optimizer.step()
-        state.scheduler.step(increment=1)
-        tokens = sum(int((b.tokens != tokenizer.pad_id).sum()) for b in batches)
-        flops = sum(batch_flops(flop_model, b, tokenizer.pad_id) for b in batches)
-        stats = reduce_step_stats(reports, tokens, sum(b.num_samples for b in batches), flops, device)
-        skipped = merged(loader.index_skipped, *_over_data_parallel(loader.decode_skipped))
-        step_time = time.perf_counter() - started
-        runner.write_timeline()
-        record = {
-            "iteration": iteration,
-            "loss": stats["loss"],
-            "grad_norm": float(grad_norm),
-            "lr": lr,
-            "tokens": stats["tokens"],
-            "tokens_per_s": stats["tokens"] / step_time,
-            "step_time_s": step_time,
-            **throughput_metrics(stats["flops"], step_time, peak),
-            "answer_nll": stats["answer_nll"],
-            "loss_tokens": stats["loss_tokens"],
-            "skipped_samples": sum(skipped.values()),
-            "skipped": skipped,  # reason -> count (megaomni/errors.py lists the reasons)
-            **({"truncated_samples": loader.truncated} if cfg.data.truncate else {}),
-            **step_plan_metrics(loader.last_plan),
-            **({"max_memory_gib": peak_memory_gib(device)} if device.type == "cuda" else {}),
-        }
-        check_finite(iteration, record["loss"], record["grad_norm"])
-        writer.write(record)
-        interval = cfg.checkpoint.save_interval
-        if (iteration == cfg.train.iters and cfg.checkpoint.save_last) or (interval and iteration % interval == 0):
-            save_checkpoint(save_root, iteration, state.chunks, optimizer, state.scheduler,
-                            common={"data": loader.state_dict(), "config": cfg.to_dict(), **carried})
+    with StopSignals(device, cfg.train.exit_grace_s) as signals:
+        for iteration in range(start + 1, cfg.train.iters + 1):
+            started = time.perf_counter()
+            batches = loader.next_step()
+            for ddp in state.ddp:
+                ddp.zero_grad_buffer()
+            optimizer.zero_grad()
+            reports = runner.run(iteration, batches, forward_step)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+            _, grad_norm, _ = optimizer.step()
+            state.scheduler.step(increment=1)
+            tokens = sum(int((b.tokens != tokenizer.pad_id).sum()) for b in batches)
+            flops = sum(batch_flops(flop_model, b, tokenizer.pad_id) for b in batches)
+            stats = reduce_step_stats(reports, tokens, sum(b.num_samples for b in batches), flops, device)
+            skipped = merged(loader.index_skipped, *_over_data_parallel(loader.decode_skipped))
+            step_time = time.perf_counter() - started
+            runner.write_timeline()
+            record = {
+                "iteration": iteration,
+                "loss": stats["loss"],
+                "grad_norm": float(grad_norm),
+                "lr": lr,
+                "tokens": stats["tokens"],
+                "tokens_per_s": stats["tokens"] / step_time,
+                "step_time_s": step_time,
+                **throughput_metrics(stats["flops"], step_time, peak),
+                "answer_nll": stats["answer_nll"],
+                "loss_tokens": stats["loss_tokens"],
+                "skipped_samples": sum(skipped.values()),
+                "skipped": skipped,  # reason -> count (megaomni/errors.py lists the reasons)
+                **({"truncated_samples": loader.truncated} if cfg.data.truncate else {}),
+                **step_plan_metrics(loader.last_plan),
+                **({"max_memory_gib": peak_memory_gib(device)} if device.type == "cuda" else {}),
+            }
+            check_finite(iteration, record["loss"], record["grad_norm"])
+            writer.write(record)
+            health.check(iteration, record["loss"], record["grad_norm"])
+            interval = cfg.checkpoint.save_interval
+            if (iteration == cfg.train.iters and cfg.checkpoint.save_last) or (interval and iteration % interval == 0):
+                signals.timed_save(save, iteration)
+            if iteration < cfg.train.iters:  # a signal during the last step: the run ends as it would have
+                signals.stop_if_signalled(iteration, save, save_root)
     loader.close()
     writer.close()
     return record

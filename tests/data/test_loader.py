@@ -136,3 +136,17 @@ def test_state_from_another_data_set_is_refused(cfg, tokenizer):
     loader = make_loader(cfg, tokenizer)
     with pytest.raises(ValueError, match="offset"):
         loader.load_state_dict({"epoch": 0, "offset": 10_000, "consumed_samples": 10_000})
+
+
+def test_a_data_set_smaller_than_a_step_warns_once(cfg, tokenizer, caplog):
+    with caplog.at_level(logging.WARNING, logger="megaomni.data"):
+        loader = make_loader(cfg, tokenizer, gbs=64, mbs=8, packing=True)
+        steps = [loader.next_step() for _ in range(2)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"data: {cfg.data.path} holds {SMALL_SAMPLES} usable samples, fewer than the 64 a step takes "
+                        "(data.global_batch_size=64): each is repeated about 2.0 times a step"]
+    assert all(sum(b.num_samples for b in step) == 64 for step in steps)  # what it warns of
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="megaomni.data"):
+        make_loader(cfg, tokenizer, gbs=SMALL_SAMPLES, mbs=8, packing=True)
+    assert not caplog.records
