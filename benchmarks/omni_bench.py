@@ -1,0 +1,112 @@
+"""One-GPU training speed of a recipe, in variants side by side in one run: tokens/s per GPU,
+model TFLOP/s and MFU (megaomni/flops.py; recomputation not counted), peak memory, step time.
+
+    python benchmarks/omni_bench.py --config examples/configs/vl_2b.yaml [--iters 8] [--skip 3]
+        [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--out benchmarks/results] [OVERRIDE ...]
+
+Each variant is a ``pretrain_omni.py`` run of the recipe with its overrides (after the common
+``OVERRIDE``s); figures are medians over the iterations after the first ``--skip`` (start-up,
+allocator warm-up, the first profile), peak memory the largest any iteration reached. A run that
+fails (out of memory, say) is a row with its last log line. Without ``--variant``: the activation
+recomputation table (none, selective core attention, full LLM, full everywhere).
+Writes ``omni_bench_<recipe>_<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from report import write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECOMPUTE_VARIANTS = [
+    "none=train.recompute=none",
+    "selective_core_attn=train.recompute=selective,train.recompute_modules=[core_attn]",
+    "full_llm=train.recompute=full,train.recompute_parts=[llm]",
+    "full_all=train.recompute=full",
+]
+
+
+def _variant(text: str) -> tuple[str, list[str]]:
+    name, _, overrides = text.partition("=")
+    # Commas inside [...] belong to a list value.
+    parts, depth, current = [], 0, ""
+    for ch in overrides:
+        depth += ch == "[" or -(ch == "]")
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    return name, [p for p in [*parts, current] if p]
+
+
+def run_variant(config: str, name: str, overrides: list[str], common: list[str], iters: int, skip: int,
+                work: str) -> dict:
+    out = os.path.join(work, name)
+    cmd = [sys.executable, os.path.join(ROOT, "pretrain_omni.py"), "--config", config, f"train.output_dir={out}",
+           f"train.iters={iters}", "train.overwrite=true", "checkpoint.save_last=false", *common, *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    row = {"variant": name, "overrides": overrides}
+    metrics = os.path.join(out, "metrics.jsonl")
+    records = []
+    if os.path.isfile(metrics):
+        with open(metrics) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    if proc.returncode or len(records) <= skip:
+        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+        return {**row, "failed": lines[-1] if lines else f"exit {proc.returncode}"}
+    timed = records[skip:]
+
+    def median(key):
+        values = [r[key] for r in timed if key in r]
+        return statistics.median(values) if values else None
+
+    return {**row, "iterations": len(timed), "tokens_per_s": median("tokens_per_s"),
+            "step_time_s": median("step_time_s"),
+            "tflops_per_gpu": median("tflops_per_gpu"), "mfu": median("mfu"),
+            "max_memory_gib": max((r.get("max_memory_gib", 0.0) for r in records), default=None),
+            "padding": median("padding"), "micro_batches": median("micro_batches")}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--iters", type=int, default=8)
+    parser.add_argument("--skip", type=int, default=3)
+    parser.add_argument("--variant", action="append", default=[])
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    parser.add_argument("--work", default="")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    variants = [_variant(v) for v in (args.variant or RECOMPUTE_VARIANTS)]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or tmp
+        rows = [run_variant(args.config, name, overrides, args.overrides, args.iters, args.skip, work)
+                for name, overrides in variants]
+    print(f"{'variant':22} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'s/step':>7} {'peak GiB':>9}")
+    for r in rows:
+        if "failed" in r:
+            print(f"{r['variant']:22} failed: {r['failed'][:100]}")
+            continue
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+        print(f"{r['variant']:22} {r['tokens_per_s']:9.0f} {r['tflops_per_gpu']:8.1f} {mfu:>6} {r['step_time_s']:7.2f} "
+              f"{r['max_memory_gib'] or 0:9.1f}")
+    stem = os.path.splitext(os.path.basename(args.config))[0]
+    result = {"device": device, "torch": torch.__version__, "config": args.config, "overrides": args.overrides,
+              "iters": args.iters, "skip": args.skip, "results": rows}
+    write_result(result, args.out, f"omni_bench_{stem}", device)
+    return result
+
+
+if __name__ == "__main__":
+    main()
