@@ -23,6 +23,8 @@ import shutil
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
+from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject, ShardedBase
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
 log = logging.getLogger("megaomni.checkpoint")
@@ -55,14 +57,48 @@ def _model_state(chunks: list) -> dict:
 
 
 # The distributed optimizer's state saved in model space, so it reloads under any data- and
-# model-parallel layout (megatron-core's default format refuses flattened shards).
-_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+# model-parallel layout (megatron-core's default format refuses flattened shards); tensor state keyed
+# by parameter name alone (no per-sub-optimizer prefix, see _optimizer_state).
+_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
+# The common state's entry for Adam's step count (the one piece of the optimizer's plain state kept).
+OPTIMIZER_STEP = "optimizer_step"
 
 
-def _sharded_state(chunks: list, optimizer, is_loading: bool) -> dict:
-    models = _model_state(chunks)
-    optimizer_state = optimizer.sharded_state_dict(models, is_loading=is_loading, metadata=_OPTIMIZER_METADATA)
-    return {**models, "optimizer": optimizer_state}
+def _dicts(tree):
+    """``tree`` and every dict inside it (nested dicts and lists)."""
+    if isinstance(tree, dict):
+        yield tree
+    for value in tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else ():
+        yield from _dicts(value)
+
+
+def _step_slots(tree) -> list[tuple[dict, str]]:
+    """Where megatron-core's optimizer state keeps Adam's step count outside the tensors: one
+    optimizer's ``state["common_step"]``, or (the distributed optimizer) every param group's ``step``."""
+    slots = []
+    for value in _dicts(tree):
+        if "param_groups" in value:
+            slots += [(value["state"], "common_step")] if "state" in value else \
+                [(group, "step") for group in value["param_groups"]]
+    return slots
+
+
+def _optimizer_state(optimizer, models: dict, step: int | None = None) -> tuple[dict, int]:
+    """The optimizer's sharded state, to save (``step`` None) or to load ``step`` into, and Adam's
+    step count (megatron-core steps all sub-optimizers together). Only its tensors are saved, by
+    parameter name: its plain state (param groups, the step count) follows the optimizer's
+    structure, which follows the layout (with EP > 1 expert parameters get a sub-optimizer of their
+    own: other param groups, other ids). A resumed optimizer keeps the param groups it was built
+    with (the run's settings) and takes the saved step count, kept apart (:data:`OPTIMIZER_STEP`)."""
+    state = optimizer.sharded_state_dict(models, is_loading=step is not None, metadata=_OPTIMIZER_METADATA)
+    if step is None:
+        step = int(next((float(c[k]) for c, k in _step_slots(state) if k in c), 0))
+    else:
+        for container, key in _step_slots(state):
+            container[key] = torch.tensor(float(step)) if key == "common_step" else float(step)
+    dict_list_map_inplace(lambda v: v if isinstance(v, (ShardedBase, LocalNonpersistentObject))
+                          else LocalNonpersistentObject(v), state)
+    return state, step
 
 
 # What a checkpoint imported from Hugging Face records of its origin (tools/convert_hf.py import):
@@ -90,7 +126,9 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
     if weights_only:
         state = {**_model_state(chunks), "weights_only": True}
     else:
-        state = {**_sharded_state(chunks, optimizer, is_loading=False), "scheduler": scheduler.state_dict()}
+        models = _model_state(chunks)
+        optimizer_state, step = _optimizer_state(optimizer, models)
+        state = {**models, "optimizer": optimizer_state, OPTIMIZER_STEP: step, "scheduler": scheduler.state_dict()}
     state.update(iteration=iteration, **common)
     dist_checkpointing.save(state, tmp)
     os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
@@ -140,7 +178,9 @@ def load_checkpoint(path: str, chunks: list, optimizer, scheduler, finetune: boo
         optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
         log.info("initialised from weights %s", path)
         return {"iteration": 0, **origin(common)}
-    state = dist_checkpointing.load(_sharded_state(chunks, optimizer, is_loading=True), path)
+    models = _model_state(chunks)
+    optimizer_state, _ = _optimizer_state(optimizer, models, step=common[OPTIMIZER_STEP])
+    state = dist_checkpointing.load({**models, "optimizer": optimizer_state}, path)
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(state.pop(f"model{i}"))
     optimizer.load_state_dict(state.pop("optimizer"))
