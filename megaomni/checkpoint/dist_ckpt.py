@@ -27,9 +27,10 @@ from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
 from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject, ShardedBase
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
+from megaomni.checkpoint.check import LATEST, OPTIMIZER_STEP, WORLD_SIZE, find_checkpoint
+
 log = logging.getLogger("megaomni.checkpoint")
 
-LATEST = "latest"
 
 
 def _iter_dir(root: str, iteration: int) -> str:
@@ -60,8 +61,6 @@ def _model_state(chunks: list) -> dict:
 # model-parallel layout (megatron-core's default format refuses flattened shards); tensor state keyed
 # by parameter name alone (no per-sub-optimizer prefix, see _optimizer_state).
 _OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
-# The common state's entry for Adam's step count (the one piece of the optimizer's plain state kept).
-OPTIMIZER_STEP = "optimizer_step"
 
 
 def _dicts(tree):
@@ -129,7 +128,7 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
         models = _model_state(chunks)
         optimizer_state, step = _optimizer_state(optimizer, models)
         state = {**models, "optimizer": optimizer_state, OPTIMIZER_STEP: step, "scheduler": scheduler.state_dict()}
-    state.update(iteration=iteration, **common)
+    state.update({"iteration": iteration, WORLD_SIZE: dist.get_world_size(), **common})
     dist_checkpointing.save(state, tmp)
     os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
     torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
@@ -145,14 +144,12 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
     return final
 
 
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint directory, or a root holding ``latest``."""
-    latest = os.path.join(path, LATEST)
-    if os.path.isfile(latest):
-        with open(latest) as f:
-            path = os.path.join(path, f.read().strip())
-    if not os.path.isfile(os.path.join(path, "metadata.json")):
-        raise FileNotFoundError(f"checkpoint.load={path}: not a checkpoint (no metadata.json, no {LATEST})")
+def resolve_checkpoint(path: str, world_size: int | None = None) -> str:
+    """A checkpoint directory, or a root holding ``latest`` (its newest whole checkpoint: damaged
+    ones are passed over, with a warning). Raises CheckpointError (one line) where none is whole."""
+    path, skipped = find_checkpoint(path, world_size)
+    if skipped and (not dist.is_initialized() or dist.get_rank() == 0):
+        log.warning("resuming from %s, the newest whole checkpoint: passed over %s", path, "; ".join(skipped))
     return path
 
 
@@ -171,7 +168,7 @@ def load_checkpoint(path: str, chunks: list, optimizer, scheduler, finetune: boo
     (same layout only) RNG; returns the common state saved with it (``iteration``, data-loader
     position, ...). A weights-only checkpoint, or any with ``finetune``, starts training from its
     weights at iteration 0 (a new optimizer, schedule and data position)."""
-    path = resolve_checkpoint(path)
+    path = resolve_checkpoint(path, dist.get_world_size())
     common = dist_checkpointing.load_common_state_dict(path)
     if common.get("weights_only") or finetune:
         load_weights(path, chunks)
@@ -185,12 +182,10 @@ def load_checkpoint(path: str, chunks: list, optimizer, scheduler, finetune: boo
         chunk.load_state_dict(state.pop(f"model{i}"))
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
-    rng_dir = os.path.join(path, "rng")
-    rng_file = os.path.join(rng_dir, f"rank_{dist.get_rank():05d}.pt")
-    if len(os.listdir(rng_dir)) == dist.get_world_size() and os.path.isfile(rng_file):
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+    if common[WORLD_SIZE] == dist.get_world_size():
+        _set_rng_state(torch.load(os.path.join(path, "rng", f"rank_{dist.get_rank():05d}.pt"), weights_only=False))
     else:
         log.warning("checkpoint %s was saved by %d ranks, this run has %d: RNG states re-seeded",
-                    path, len(os.listdir(rng_dir)), dist.get_world_size())
+                    path, common[WORLD_SIZE], dist.get_world_size())
     log.info("loaded checkpoint %s (iteration %d)", path, state["iteration"])
     return state
