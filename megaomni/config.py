@@ -395,6 +395,13 @@ class CheckpointConfig:
     # Load the weights alone: a new optimizer, LR schedule and data position, from iteration 0, under
     # any model.freeze (a next training stage, e.g. LLaVA's stage 2 from its stage 1).
     finetune: bool = False
+    # A resume whose model (parameters) or data settings differ from the checkpoint's is an error;
+    # false: the weights that fit load, the log lists those not loaded and those left at their
+    # initial values (megaomni/checkpoint/changes.py says which fields count).
+    strict: bool = True
+    # Changed optimizer / LR schedule settings (train.lr, min_lr, warmup_iters, iters, ...) apply on
+    # resume, from the saved step; false: the checkpoint's continue, the changes logged as ignored.
+    reset_schedule: bool = False
 
 
 @dataclass

@@ -158,6 +158,9 @@ def check_paths(cfg: OmniConfig) -> None:
              "tools/make_toy_data.py, or point data.tokenizer at a .model file or a Hugging Face model folder)")
 
 
+EMBEDDING = "llm.embedding.word_embeddings.weight"  # its rows: the padded vocabulary
+
+
 def check_resume(cfg: OmniConfig, world_size: int) -> None:
     """The checkpoint to load is whole (megaomni/checkpoint/check.py: one line naming the damaged
     file; a root's damaged newest checkpoint is passed over) and fits this run."""
@@ -166,10 +169,16 @@ def check_resume(cfg: OmniConfig, world_size: int) -> None:
     require(os.path.exists(cfg.checkpoint.load), f"checkpoint.load={cfg.checkpoint.load}: no such path")
     # Imported here, only for a run that loads one: megatron-core's checkpointing pulls in its
     # optimizer and FSDP code, whose imports warn about optional packages.
-    from megaomni.checkpoint.check import find_checkpoint, load_common
+    from megaomni.checkpoint.changes import check_resumed_config
+    from megaomni.checkpoint.check import find_checkpoint, load_common, saved_shapes
+    from megaomni.data.tokenizer import load_tokenizer
+    from megaomni.models.build import padded_vocab_size
 
     path, _ = find_checkpoint(cfg.checkpoint.load, world_size)
-    check_resumed_freeze(cfg, load_common(path))
+    common = load_common(path)
+    check_resumed_freeze(cfg, common)
+    vocab = padded_vocab_size(load_tokenizer(cfg.data.tokenizer_path()).vocab_size, cfg.model.llm.vocab_size)
+    check_resumed_config(cfg, common, (saved_shapes(path)[EMBEDDING][0], vocab))
 
 
 def check_resumed_freeze(cfg: OmniConfig, common: dict) -> None:

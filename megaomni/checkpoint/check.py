@@ -71,6 +71,15 @@ def checkpoint_problem(path: str, world_size: int | None = None) -> str | None:
     return _tensor_files_problem(path) or _rng_problem(path, common, world_size)
 
 
+def saved_shapes(path: str) -> dict[str, tuple | None]:
+    """Every item of the checkpoint by key: a tensor's global shape, None for an object."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    items = FileSystemReader(path).read_metadata().state_dict_metadata
+    return {key: tuple(m.size) if isinstance(m, TensorStorageMetadata) else None for key, m in items.items()}
+
+
 def _tensor_files_problem(path: str) -> str | None:
     from torch.distributed.checkpoint import FileSystemReader
 

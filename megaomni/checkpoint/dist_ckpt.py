@@ -23,11 +23,16 @@ import shutil
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
-from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
-from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject, ShardedBase
+from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace, nested_values
+from megatron.core.dist_checkpointing.mapping import (
+    LocalNonpersistentObject,
+    ShardedBase,
+    ShardedTensor,
+    ShardedTensorFactory,
+)
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-from megaomni.checkpoint.check import LATEST, OPTIMIZER_STEP, WORLD_SIZE, find_checkpoint
+from megaomni.checkpoint.check import LATEST, OPTIMIZER_STEP, WORLD_SIZE, find_checkpoint, saved_shapes
 
 log = logging.getLogger("megaomni.checkpoint")
 
@@ -153,34 +158,84 @@ def resolve_checkpoint(path: str, world_size: int | None = None) -> str:
     return path
 
 
-def load_weights(path: str, chunks: list) -> dict:
+def _fitting(state: dict, path: str) -> tuple[dict, list[str], list[str]]:
+    """``checkpoint.strict=false``: ``state`` with what the checkpoint lacks, or holds in another
+    shape, kept as it is (not loaded); the weights (model keys, over all ranks) left at their
+    initial values, and the checkpoint's weights not loaded."""
+    saved = saved_shapes(path)
+
+    def fits(value) -> bool:
+        if isinstance(value, ShardedTensor):
+            return saved.get(value.key, ()) == tuple(value.global_shape)
+        if isinstance(value, ShardedTensorFactory):  # e.g. SwiGLU's fc1: the tensors it makes
+            return all(fits(v) for v in nested_values(value.build()))
+        return value.unique_key in saved  # a ShardedObject
+
+    left, loaded = [], []
+
+    def keep_unfitting(value):
+        if not isinstance(value, ShardedBase):
+            return value
+        (loaded if fits(value) else left).append(value.key)
+        return value if fits(value) else LocalNonpersistentObject(value.data)
+
+    dict_list_map_inplace(keep_unfitting, state)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (left, loaded))
+    left = {k for ks, _ in gathered for k in ks if _is_weight(k)}
+    loaded = {k for _, ks in gathered for k in ks}
+    return state, sorted(left), sorted(k for k in saved if _is_weight(k) and k not in loaded)
+
+
+def _is_weight(key: str) -> bool:
+    """A model tensor's key (not the optimizer's state, nor a module's extra state)."""
+    return not key.startswith("optimizer.") and "_extra_state" not in key
+
+
+def _load(state: dict, path: str, strict: bool) -> dict:
+    if strict:
+        return dist_checkpointing.load(state, path)
+    state, left, unused = _fitting(state, path)
+    log.warning("checkpoint.strict=false: %d weights left at their initial values (absent from the checkpoint or of "
+                "another shape): %s", len(left), ", ".join(left) or "none")
+    log.warning("checkpoint.strict=false: %d weights of the checkpoint not loaded (absent from this model or of "
+                "another shape): %s", len(unused), ", ".join(unused) or "none")
+    return dist_checkpointing.load(state, path)
+
+
+def load_weights(path: str, chunks: list, strict: bool = True) -> dict:
     """Collective. The model's weights alone, from any checkpoint (``path`` resolved); returns its
-    common state (``config``, ...)."""
+    common state (``config``, ...). ``strict=False``: those that fit (see :func:`_fitting`)."""
     path = resolve_checkpoint(path)
-    state = dist_checkpointing.load(_model_state(chunks), path)
+    state = _load(_model_state(chunks), path, strict)
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(state.pop(f"model{i}"))
     return dist_checkpointing.load_common_state_dict(path)
 
 
-def load_checkpoint(path: str, chunks: list, optimizer, scheduler, finetune: bool = False) -> dict:
+def load_checkpoint(path: str, chunks: list, optimizer, scheduler, finetune: bool = False, strict: bool = True,
+                    reset_schedule: bool = False) -> dict:
     """Collective. Restores the model, and from a full checkpoint the optimizer, scheduler and
     (same layout only) RNG; returns the common state saved with it (``iteration``, data-loader
     position, ...). A weights-only checkpoint, or any with ``finetune``, starts training from its
-    weights at iteration 0 (a new optimizer, schedule and data position)."""
+    weights at iteration 0 (a new optimizer, schedule and data position). ``strict=False``: the
+    weights (and their optimizer state) that fit, the rest as built, both listed in the log.
+    ``reset_schedule``: the scheduler takes this run's settings, from the saved step."""
     path = resolve_checkpoint(path, dist.get_world_size())
     common = dist_checkpointing.load_common_state_dict(path)
     if common.get("weights_only") or finetune:
-        load_weights(path, chunks)
+        load_weights(path, chunks, strict)
         optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
         log.info("initialised from weights %s", path)
         return {"iteration": 0, **origin(common)}
     models = _model_state(chunks)
     optimizer_state, _ = _optimizer_state(optimizer, models, step=common[OPTIMIZER_STEP])
-    state = dist_checkpointing.load({**models, "optimizer": optimizer_state}, path)
+    state = _load({**models, "optimizer": optimizer_state}, path, strict)
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(state.pop(f"model{i}"))
     optimizer.load_state_dict(state.pop("optimizer"))
+    # megatron-core's scheduler takes its settings from the checkpoint unless told to override them.
+    scheduler.override_opt_param_scheduler = reset_schedule
     scheduler.load_state_dict(state.pop("scheduler"))
     if common[WORLD_SIZE] == dist.get_world_size():
         _set_rng_state(torch.load(os.path.join(path, "rng", f"rank_{dist.get_rank():05d}.pt"), weights_only=False))

@@ -1,8 +1,7 @@
 """Damaged checkpoints: each piece missing or broken is one line naming the file, found before
 anything is built; a root's damaged newest checkpoint falls back to the one before it.
 
-One tiny checkpoint root (iterations 1 and 2, ``latest`` naming 2) is written once, in process;
-each test damages a copy of it.
+Each test damages a copy of the tiny checkpoint root ``saved`` (tests/checkpoint/conftest.py).
 """
 
 from __future__ import annotations
@@ -12,28 +11,10 @@ import os
 import shutil
 
 import pytest
-import torch
 
 from megaomni.checkpoint.check import CheckpointError, find_checkpoint
+from tests.checkpoint.conftest import NEWEST, OLDER
 from tests.conftest import TINY_CONFIG, load_script
-from tests.models.test_parts import AUDIO_PAD, IMAGE_PAD, VOCAB, small_config
-
-PAD_IDS = {"vision": IMAGE_PAD, "audio": AUDIO_PAD}
-NEWEST, OLDER = "iter_0000002", "iter_0000001"
-
-
-@pytest.fixture(scope="module")
-def saved(megatron_cpu, tmp_path_factory) -> str:
-    from megaomni.checkpoint.dist_ckpt import save_checkpoint
-    from megaomni.training.setup import build_training_state
-
-    cfg = small_config()
-    state = build_training_state(cfg, VOCAB, PAD_IDS.__getitem__, torch.device("cpu"))
-    root = str(tmp_path_factory.mktemp("saved"))
-    for iteration in (1, 2):
-        save_checkpoint(root, iteration, state.chunks, state.optimizer, state.scheduler,
-                        common={"config": cfg.to_dict()})
-    return root
 
 
 @pytest.fixture
