@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from megaomni.checkpoint.check import CheckpointError
 from megaomni.config import ConfigError, describe_fields, load_config
 from megaomni.validation import validate
 
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as err:
         logging.getLogger("megaomni.train").error("%s", err)
         return 3
+    except CheckpointError as err:  # e.g. the disk filled up while saving
+        logging.getLogger("megaomni.checkpoint").error("%s", err)
+        return 4
     finally:
         shutdown()
     return 0

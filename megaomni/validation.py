@@ -134,6 +134,8 @@ def check_train(cfg: OmniConfig) -> None:
     require(train.device in ("auto", "cpu", "cuda"), f"train.device={train.device!r}: valid: auto, cpu, cuda")
     require(cfg.checkpoint.save_interval >= 0,
              f"checkpoint.save_interval={cfg.checkpoint.save_interval}: must be >= 0 (0: only at the end)")
+    require(cfg.checkpoint.keep_last >= 0,
+            f"checkpoint.keep_last={cfg.checkpoint.keep_last}: must be >= 0 (0: keep every checkpoint)")
     require(cfg.logging.log_interval > 0, f"logging.log_interval={cfg.logging.log_interval}: must be > 0")
 
 

@@ -49,6 +49,7 @@ def _valid_cfg(tmp_path, *overrides):
     (["data.packing=false", "data.global_batch_size=12"], 1, "data.global_batch_size=12: must be a positive multiple"),
     (["data.seq_length=4096"], 1, "data.seq_length=4096: must not exceed"),
     (["train.warmup_iters=500"], 1, "train.warmup_iters=500"),
+    (["checkpoint.keep_last=-1"], 1, "checkpoint.keep_last=-1: must be >= 0 (0: keep every checkpoint)"),
     (["data.path=/nonexistent/dir"], 1, "data.path=/nonexistent/dir: no such directory"),
     (["data.max_pixels=500"], 1, "data.max_pixels=500: must hold one merged patch"),
     (["data.min_pixels=20000"], 1, "data.min_pixels=20000: must not exceed data.max_pixels"),

@@ -123,7 +123,7 @@ def _rng_problem(path: str, common: dict, world_size: int | None) -> str | None:
     return None
 
 
-def _iterations(root: str) -> list[str]:
+def iterations(root: str) -> list[str]:
     """The complete iteration directories of ``root`` (no ``.tmp``), newest first."""
     names = [n for n in os.listdir(root) if re.fullmatch(r"iter_\d+", n) and os.path.isdir(os.path.join(root, n))]
     return sorted(names, key=lambda n: int(n[5:]), reverse=True)
@@ -139,7 +139,7 @@ def find_checkpoint(load: str, world_size: int | None = None) -> tuple[str, list
             named = f.read().strip()
         # Those before it (all of them where `latest` is garbled).
         number = int(named[5:]) if re.fullmatch(r"iter_\d+", named) else None
-        older = [n for n in _iterations(load) if number is None or int(n[5:]) < number]
+        older = [n for n in iterations(load) if number is None or int(n[5:]) < number]
         skipped = []
         for name in [named, *older]:
             if not os.path.isdir(os.path.join(load, name)):

@@ -16,6 +16,7 @@ resuming would pick up.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -32,7 +33,15 @@ from megatron.core.dist_checkpointing.mapping import (
 )
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-from megaomni.checkpoint.check import LATEST, OPTIMIZER_STEP, WORLD_SIZE, find_checkpoint, saved_shapes
+from megaomni.checkpoint.check import (
+    LATEST,
+    OPTIMIZER_STEP,
+    WORLD_SIZE,
+    CheckpointError,
+    find_checkpoint,
+    iterations,
+    saved_shapes,
+)
 
 log = logging.getLogger("megaomni.checkpoint")
 
@@ -116,11 +125,53 @@ def origin(common: dict) -> dict:
     return {key: common[key] for key in ORIGIN_KEYS if key in common}
 
 
+def _disk_full(err: BaseException | None) -> bool:
+    """Whether ``err``, or what it came from, is ENOSPC (PyTorch's checkpoint writer passes other
+    ranks' failures on as text)."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _write(state: dict, tmp: str, final: str) -> None:
+    """Collective: this rank's part of the checkpoint into ``tmp``. A failure on any rank fails
+    every rank (none waits for it), after ``tmp`` is removed; a full disk is one line."""
+    failure = None
+    try:
+        dist_checkpointing.save(state, tmp)
+        os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
+        torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{dist.get_rank():05d}.pt"))
+    except Exception as err:  # any: the other ranks must hear of it
+        failure = err
+    failures: list = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, None if failure is None else ("disk full" if _disk_full(failure) else "failed"))
+    if not any(failures):
+        return
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if "disk full" in failures:
+        raise CheckpointError(f"no space left on device while saving {final}")
+    raise failure or RuntimeError(f"saving {final} failed on rank {failures.index('failed')}")
+
+
+def _remove_old(root: str, keep_last: int) -> None:
+    """Removes the whole checkpoints of ``root`` before the one ``latest`` names (just saved) but
+    the newest ``keep_last - 1`` of them; those after it (a run resumed from an earlier one) stay."""
+    with open(os.path.join(root, LATEST)) as f:
+        latest = int(f.read().strip()[len("iter_"):])
+    for name in [n for n in iterations(root) if int(n[len("iter_"):]) < latest][keep_last - 1:]:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        log.info("removed checkpoint %s (checkpoint.keep_last=%d)", os.path.join(root, name), keep_last)
+
+
 def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, scheduler, common: dict,
-                    weights_only: bool = False) -> str:
+                    weights_only: bool = False, keep_last: int = 0) -> str:
     """Collective: every rank calls it. ``chunks`` are this rank's unwrapped model chunks;
     ``common`` is plain data identical on all ranks (data-loader position, config).
-    ``weights_only``: the model alone (e.g. the initial weights, before any optimizer state)."""
+    ``weights_only``: the model alone (e.g. the initial weights, before any optimizer state).
+    ``keep_last``: once saved, older whole checkpoints beyond the newest ``keep_last`` are removed (0: none)."""
     final, tmp = _iter_dir(root, iteration), _iter_dir(root, iteration) + ".tmp"
     rank = dist.get_rank()
     if rank == 0:
@@ -134,9 +185,7 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
         optimizer_state, step = _optimizer_state(optimizer, models)
         state = {**models, "optimizer": optimizer_state, OPTIMIZER_STEP: step, "scheduler": scheduler.state_dict()}
     state.update({"iteration": iteration, WORLD_SIZE: dist.get_world_size(), **common})
-    dist_checkpointing.save(state, tmp)
-    os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
-    torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
+    _write(state, tmp, final)
     dist.barrier()
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
@@ -145,6 +194,8 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
             f.write(os.path.basename(final))
         os.replace(os.path.join(root, LATEST + ".tmp"), os.path.join(root, LATEST))
         log.info("saved checkpoint %s", final)
+        if keep_last:
+            _remove_old(root, keep_last)
     dist.barrier()
     return final
 

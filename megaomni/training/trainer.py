@@ -168,7 +168,8 @@ def train(cfg: OmniConfig) -> dict:
         interval = cfg.checkpoint.save_interval
         if (iteration == cfg.train.iters and cfg.checkpoint.save_last) or (interval and iteration % interval == 0):
             save_checkpoint(save_root, iteration, state.chunks, optimizer, state.scheduler,
-                            common={"data": loader.state_dict(), "config": cfg.to_dict(), **carried})
+                            common={"data": loader.state_dict(), "config": cfg.to_dict(), **carried},
+                            keep_last=cfg.checkpoint.keep_last)
     loader.close()
     writer.close()
     return record
