@@ -32,7 +32,7 @@ _ITEM_START = b"PK\x03\x04"
 
 
 class CheckpointError(ConfigError):
-    """A checkpoint that cannot be loaded, worded for the user (one line)."""
+    """A checkpoint that cannot be loaded, or saved, worded for the user (one line)."""
 
 
 def _first_line(err: BaseException) -> str:

@@ -46,7 +46,6 @@ from megaomni.checkpoint.check import (
 log = logging.getLogger("megaomni.checkpoint")
 
 
-
 def _iter_dir(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
 
@@ -227,8 +226,9 @@ def _fitting(state: dict, path: str) -> tuple[dict, list[str], list[str]]:
     def keep_unfitting(value):
         if not isinstance(value, ShardedBase):
             return value
-        (loaded if fits(value) else left).append(value.key)
-        return value if fits(value) else LocalNonpersistentObject(value.data)
+        fit = fits(value)
+        (loaded if fit else left).append(value.key)
+        return value if fit else LocalNonpersistentObject(value.data)
 
     dict_list_map_inplace(keep_unfitting, state)
     gathered: list = [None] * dist.get_world_size()
@@ -247,10 +247,11 @@ def _load(state: dict, path: str, strict: bool) -> dict:
     if strict:
         return dist_checkpointing.load(state, path)
     state, left, unused = _fitting(state, path)
-    log.warning("checkpoint.strict=false: %d weights left at their initial values (absent from the checkpoint or of "
-                "another shape): %s", len(left), ", ".join(left) or "none")
-    log.warning("checkpoint.strict=false: %d weights of the checkpoint not loaded (absent from this model or of "
-                "another shape): %s", len(unused), ", ".join(unused) or "none")
+    if dist.get_rank() == 0:  # the lists cover every rank's weights
+        log.warning("checkpoint.strict=false: %d weights left at their initial values (absent from the checkpoint "
+                    "or of another shape): %s", len(left), ", ".join(left) or "none")
+        log.warning("checkpoint.strict=false: %d weights of the checkpoint not loaded (absent from this model or "
+                    "of another shape): %s", len(unused), ", ".join(unused) or "none")
     return dist_checkpointing.load(state, path)
 
 
