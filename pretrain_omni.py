@@ -4,7 +4,8 @@ Launch several ranks with ``torchrun --nproc-per-node N pretrain_omni.py ...``.
 
 Exit codes: 0 done; 2 configuration error, e.g. an output directory holding an earlier run (one
 line on stderr); 3 the run stopped training: a non-finite loss or grad norm, a collapsed model, a
-loss spike; 128 + the signal for a run stopped by SIGTERM (143) or SIGINT (130) at a step
+loss spike; 4 a checkpoint could not be written (e.g. the disk is full; the partial directory
+is removed); 128 + the signal for a run stopped by SIGTERM (143) or SIGINT (130) at a step
 boundary, with a checkpoint saved there (a line says where, and how to resume; train.exit_grace_s).
 """
 
@@ -15,6 +16,7 @@ import logging
 import os
 import sys
 
+from megaomni.checkpoint.check import CheckpointError
 from megaomni.config import ConfigError, describe_fields, load_config
 from megaomni.validation import validate
 
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FloatingPointError, UnhealthyRun) as err:
         log.error("%s", err)
         return 3
+    except CheckpointError as err:  # e.g. the disk filled up while saving
+        logging.getLogger("megaomni.checkpoint").error("%s", err)
+        return 4
     except Preempted as stop:
         log.warning("%s", stop)
         return stop.exit_code

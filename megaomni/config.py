@@ -418,10 +418,18 @@ class CheckpointConfig:
     save: str = ""  # "": <train.output_dir>/checkpoints
     save_interval: int = 0  # 0: save only at the end
     save_last: bool = True  # false: no checkpoint at the last iteration (benchmarks)
+    keep_last: int = 0  # after each save, remove all but the newest N whole checkpoints; 0: keep all
     load: str = ""  # a checkpoint directory (or its parent holding `latest`)
     # Load the weights alone: a new optimizer, LR schedule and data position, from iteration 0, under
     # any model.freeze (a next training stage, e.g. LLaVA's stage 2 from its stage 1).
     finetune: bool = False
+    # A resume whose model (parameters) or data settings differ from the checkpoint's is an error;
+    # false: the weights that fit load, the log lists those not loaded and those left at their
+    # initial values (megaomni/checkpoint/changes.py says which fields count).
+    strict: bool = True
+    # Changed optimizer / LR schedule settings (train.lr, min_lr, warmup_iters, iters, ...) apply on
+    # resume, from the saved step; false: the checkpoint's continue, the changes logged as ignored.
+    reset_schedule: bool = False
 
 
 @dataclass

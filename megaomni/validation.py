@@ -165,6 +165,8 @@ def check_train(cfg: OmniConfig) -> None:
             "> 1 (a loss that many times its recent mean stops the run), or 0 (no check)")
     require(cfg.checkpoint.save_interval >= 0,
              f"checkpoint.save_interval={cfg.checkpoint.save_interval}: must be >= 0 (0: only at the end)")
+    require(cfg.checkpoint.keep_last >= 0,
+            f"checkpoint.keep_last={cfg.checkpoint.keep_last}: must be >= 0 (0: keep every checkpoint)")
     require(cfg.logging.log_interval > 0, f"logging.log_interval={cfg.logging.log_interval}: must be > 0")
 
 
@@ -187,26 +189,35 @@ def check_paths(cfg: OmniConfig) -> None:
     require(os.path.isfile(tokenizer) or os.path.isfile(os.path.join(tokenizer, "tokenizer.json")),
              f"data.tokenizer={tokenizer}: no such file, nor a folder holding tokenizer.json (train one with "
              "tools/make_toy_data.py, or point data.tokenizer at a .model file or a Hugging Face model folder)")
-    if cfg.checkpoint.load:
-        require(os.path.exists(cfg.checkpoint.load), f"checkpoint.load={cfg.checkpoint.load}: no such path")
-        check_resumed_freeze(cfg)
 
 
-def check_resumed_freeze(cfg: OmniConfig) -> None:
+EMBEDDING = "llm.embedding.word_embeddings.weight"  # its rows: the padded vocabulary
+
+
+def check_resume(cfg: OmniConfig, world_size: int) -> None:
+    """The checkpoint to load is whole (megaomni/checkpoint/check.py: one line naming the damaged
+    file; a root's damaged newest checkpoint is passed over) and fits this run."""
+    if not cfg.checkpoint.load:
+        return
+    require(os.path.exists(cfg.checkpoint.load), f"checkpoint.load={cfg.checkpoint.load}: no such path")
+    # Imported here, only for a run that loads one: megatron-core's checkpointing pulls in its
+    # optimizer and FSDP code, whose imports warn about optional packages.
+    from megaomni.checkpoint.changes import check_resumed_config
+    from megaomni.checkpoint.check import find_checkpoint, load_common, saved_shapes
+    from megaomni.data.tokenizer import load_tokenizer
+    from megaomni.models.build import padded_vocab_size
+
+    path, _ = find_checkpoint(cfg.checkpoint.load, world_size)
+    common = load_common(path)
+    check_resumed_freeze(cfg, common)
+    vocab = padded_vocab_size(load_tokenizer(cfg.data.tokenizer_path()).vocab_size, cfg.model.llm.vocab_size)
+    check_resumed_config(cfg, common, (saved_shapes(path)[EMBEDDING][0], vocab))
+
+
+def check_resumed_freeze(cfg: OmniConfig, common: dict) -> None:
     """A full checkpoint resumes under the freeze list it was saved with: its optimizer state
     covers the parts that trained, and only those. Weights alone (a weights-only checkpoint, or
     ``checkpoint.finetune``) load under any."""
-    # Imported here, only for a run that loads one: megatron-core's checkpointing pulls in its
-    # optimizer and FSDP code, whose imports warn about optional packages.
-    from megatron.core import dist_checkpointing
-
-    from megaomni.checkpoint.dist_ckpt import resolve_checkpoint
-
-    try:
-        path = resolve_checkpoint(cfg.checkpoint.load)
-    except FileNotFoundError:
-        return  # not a checkpoint: the loader says so
-    common = dist_checkpointing.load_common_state_dict(path)
     if common.get("weights_only") or cfg.checkpoint.finetune:
         return
     saved, listed, names = common["config"]["model"].get("freeze", []), cfg.model.freeze, part_names(cfg.model)
@@ -223,3 +234,4 @@ def validate(cfg: OmniConfig, world_size: int) -> None:
     check_data(cfg)
     check_train(cfg)
     check_paths(cfg)
+    check_resume(cfg, world_size)

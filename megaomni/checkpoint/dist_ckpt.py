@@ -16,6 +16,7 @@ resuming would pick up.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -23,11 +24,26 @@ import shutil
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace, nested_values
+from megatron.core.dist_checkpointing.mapping import (
+    LocalNonpersistentObject,
+    ShardedBase,
+    ShardedTensor,
+    ShardedTensorFactory,
+)
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-log = logging.getLogger("megaomni.checkpoint")
+from megaomni.checkpoint.check import (
+    LATEST,
+    OPTIMIZER_STEP,
+    WORLD_SIZE,
+    CheckpointError,
+    find_checkpoint,
+    iterations,
+    saved_shapes,
+)
 
-LATEST = "latest"
+log = logging.getLogger("megaomni.checkpoint")
 
 
 def _iter_dir(root: str, iteration: int) -> str:
@@ -55,14 +71,46 @@ def _model_state(chunks: list) -> dict:
 
 
 # The distributed optimizer's state saved in model space, so it reloads under any data- and
-# model-parallel layout (megatron-core's default format refuses flattened shards).
-_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+# model-parallel layout (megatron-core's default format refuses flattened shards); tensor state keyed
+# by parameter name alone (no per-sub-optimizer prefix, see _optimizer_state).
+_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
 
 
-def _sharded_state(chunks: list, optimizer, is_loading: bool) -> dict:
-    models = _model_state(chunks)
-    optimizer_state = optimizer.sharded_state_dict(models, is_loading=is_loading, metadata=_OPTIMIZER_METADATA)
-    return {**models, "optimizer": optimizer_state}
+def _dicts(tree):
+    """``tree`` and every dict inside it (nested dicts and lists)."""
+    if isinstance(tree, dict):
+        yield tree
+    for value in tree.values() if isinstance(tree, dict) else tree if isinstance(tree, list) else ():
+        yield from _dicts(value)
+
+
+def _step_slots(tree) -> list[tuple[dict, str]]:
+    """Where megatron-core's optimizer state keeps Adam's step count outside the tensors: one
+    optimizer's ``state["common_step"]``, or (the distributed optimizer) every param group's ``step``."""
+    slots = []
+    for value in _dicts(tree):
+        if "param_groups" in value:
+            slots += [(value["state"], "common_step")] if "state" in value else \
+                [(group, "step") for group in value["param_groups"]]
+    return slots
+
+
+def _optimizer_state(optimizer, models: dict, step: int | None = None) -> tuple[dict, int]:
+    """The optimizer's sharded state, to save (``step`` None) or to load ``step`` into, and Adam's
+    step count (megatron-core steps all sub-optimizers together). Only its tensors are saved, by
+    parameter name: its plain state (param groups, the step count) follows the optimizer's
+    structure, which follows the layout (with EP > 1 expert parameters get a sub-optimizer of their
+    own: other param groups, other ids). A resumed optimizer keeps the param groups it was built
+    with (the run's settings) and takes the saved step count, kept apart (:data:`OPTIMIZER_STEP`)."""
+    state = optimizer.sharded_state_dict(models, is_loading=step is not None, metadata=_OPTIMIZER_METADATA)
+    if step is None:
+        step = int(next((float(c[k]) for c, k in _step_slots(state) if k in c), 0))
+    else:
+        for container, key in _step_slots(state):
+            container[key] = torch.tensor(float(step)) if key == "common_step" else float(step)
+    dict_list_map_inplace(lambda v: v if isinstance(v, (ShardedBase, LocalNonpersistentObject))
+                          else LocalNonpersistentObject(v), state)
+    return state, step
 
 
 # What a checkpoint imported from Hugging Face records of its origin (tools/convert_hf.py import):
@@ -76,11 +124,53 @@ def origin(common: dict) -> dict:
     return {key: common[key] for key in ORIGIN_KEYS if key in common}
 
 
+def _disk_full(err: BaseException | None) -> bool:
+    """Whether ``err``, or what it came from, is ENOSPC (PyTorch's checkpoint writer passes other
+    ranks' failures on as text)."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _write(state: dict, tmp: str, final: str) -> None:
+    """Collective: this rank's part of the checkpoint into ``tmp``. A failure on any rank fails
+    every rank (none waits for it), after ``tmp`` is removed; a full disk is one line."""
+    failure = None
+    try:
+        dist_checkpointing.save(state, tmp)
+        os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
+        torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{dist.get_rank():05d}.pt"))
+    except Exception as err:  # any: the other ranks must hear of it
+        failure = err
+    failures: list = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, None if failure is None else ("disk full" if _disk_full(failure) else "failed"))
+    if not any(failures):
+        return
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if "disk full" in failures:
+        raise CheckpointError(f"no space left on device while saving {final}")
+    raise failure or RuntimeError(f"saving {final} failed on rank {failures.index('failed')}")
+
+
+def _remove_old(root: str, keep_last: int) -> None:
+    """Removes the whole checkpoints of ``root`` before the one ``latest`` names (just saved) but
+    the newest ``keep_last - 1`` of them; those after it (a run resumed from an earlier one) stay."""
+    with open(os.path.join(root, LATEST)) as f:
+        latest = int(f.read().strip()[len("iter_"):])
+    for name in [n for n in iterations(root) if int(n[len("iter_"):]) < latest][keep_last - 1:]:
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        log.info("removed checkpoint %s (checkpoint.keep_last=%d)", os.path.join(root, name), keep_last)
+
+
 def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, scheduler, common: dict,
-                    weights_only: bool = False) -> str:
+                    weights_only: bool = False, keep_last: int = 0) -> str:
     """Collective: every rank calls it. ``chunks`` are this rank's unwrapped model chunks;
     ``common`` is plain data identical on all ranks (data-loader position, config).
-    ``weights_only``: the model alone (e.g. the initial weights, before any optimizer state)."""
+    ``weights_only``: the model alone (e.g. the initial weights, before any optimizer state).
+    ``keep_last``: once saved, older whole checkpoints beyond the newest ``keep_last`` are removed (0: none)."""
     final, tmp = _iter_dir(root, iteration), _iter_dir(root, iteration) + ".tmp"
     rank = dist.get_rank()
     if rank == 0:
@@ -90,11 +180,11 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
     if weights_only:
         state = {**_model_state(chunks), "weights_only": True}
     else:
-        state = {**_sharded_state(chunks, optimizer, is_loading=False), "scheduler": scheduler.state_dict()}
-    state.update(iteration=iteration, **common)
-    dist_checkpointing.save(state, tmp)
-    os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
-    torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{rank:05d}.pt"))
+        models = _model_state(chunks)
+        optimizer_state, step = _optimizer_state(optimizer, models)
+        state = {**models, "optimizer": optimizer_state, OPTIMIZER_STEP: step, "scheduler": scheduler.state_dict()}
+    state.update({"iteration": iteration, WORLD_SIZE: dist.get_world_size(), **common})
+    _write(state, tmp, final)
     dist.barrier()
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
@@ -103,54 +193,106 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
             f.write(os.path.basename(final))
         os.replace(os.path.join(root, LATEST + ".tmp"), os.path.join(root, LATEST))
         log.info("saved checkpoint %s", final)
+        if keep_last:
+            _remove_old(root, keep_last)
     dist.barrier()
     return final
 
 
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint directory, or a root holding ``latest``."""
-    latest = os.path.join(path, LATEST)
-    if os.path.isfile(latest):
-        with open(latest) as f:
-            path = os.path.join(path, f.read().strip())
-    if not os.path.isfile(os.path.join(path, "metadata.json")):
-        raise FileNotFoundError(f"checkpoint.load={path}: not a checkpoint (no metadata.json, no {LATEST})")
+def resolve_checkpoint(path: str, world_size: int | None = None) -> str:
+    """A checkpoint directory, or a root holding ``latest`` (its newest whole checkpoint: damaged
+    ones are passed over, with a warning). Raises CheckpointError (one line) where none is whole."""
+    path, skipped = find_checkpoint(path, world_size)
+    if skipped and (not dist.is_initialized() or dist.get_rank() == 0):
+        log.warning("resuming from %s, the newest whole checkpoint: passed over %s", path, "; ".join(skipped))
     return path
 
 
-def load_weights(path: str, chunks: list) -> dict:
+def _fitting(state: dict, path: str) -> tuple[dict, list[str], list[str]]:
+    """``checkpoint.strict=false``: ``state`` with what the checkpoint lacks, or holds in another
+    shape, kept as it is (not loaded); the weights (model keys, over all ranks) left at their
+    initial values, and the checkpoint's weights not loaded."""
+    saved = saved_shapes(path)
+
+    def fits(value) -> bool:
+        if isinstance(value, ShardedTensor):
+            return saved.get(value.key, ()) == tuple(value.global_shape)
+        if isinstance(value, ShardedTensorFactory):  # e.g. SwiGLU's fc1: the tensors it makes
+            return all(fits(v) for v in nested_values(value.build()))
+        return value.unique_key in saved  # a ShardedObject
+
+    left, loaded = [], []
+
+    def keep_unfitting(value):
+        if not isinstance(value, ShardedBase):
+            return value
+        fit = fits(value)
+        (loaded if fit else left).append(value.key)
+        return value if fit else LocalNonpersistentObject(value.data)
+
+    dict_list_map_inplace(keep_unfitting, state)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, (left, loaded))
+    left = {k for ks, _ in gathered for k in ks if _is_weight(k)}
+    loaded = {k for _, ks in gathered for k in ks}
+    return state, sorted(left), sorted(k for k in saved if _is_weight(k) and k not in loaded)
+
+
+def _is_weight(key: str) -> bool:
+    """A model tensor's key (not the optimizer's state, nor a module's extra state)."""
+    return not key.startswith("optimizer.") and "_extra_state" not in key
+
+
+def _load(state: dict, path: str, strict: bool) -> dict:
+    if strict:
+        return dist_checkpointing.load(state, path)
+    state, left, unused = _fitting(state, path)
+    if dist.get_rank() == 0:  # the lists cover every rank's weights
+        log.warning("checkpoint.strict=false: %d weights left at their initial values (absent from the checkpoint "
+                    "or of another shape): %s", len(left), ", ".join(left) or "none")
+        log.warning("checkpoint.strict=false: %d weights of the checkpoint not loaded (absent from this model or "
+                    "of another shape): %s", len(unused), ", ".join(unused) or "none")
+    return dist_checkpointing.load(state, path)
+
+
+def load_weights(path: str, chunks: list, strict: bool = True) -> dict:
     """Collective. The model's weights alone, from any checkpoint (``path`` resolved); returns its
-    common state (``config``, ...)."""
+    common state (``config``, ...). ``strict=False``: those that fit (see :func:`_fitting`)."""
     path = resolve_checkpoint(path)
-    state = dist_checkpointing.load(_model_state(chunks), path)
+    state = _load(_model_state(chunks), path, strict)
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(state.pop(f"model{i}"))
     return dist_checkpointing.load_common_state_dict(path)
 
 
-def load_checkpoint(path: str, chunks: list, optimizer, scheduler, finetune: bool = False) -> dict:
+def load_checkpoint(path: str, chunks: list, optimizer, scheduler, finetune: bool = False, strict: bool = True,
+                    reset_schedule: bool = False) -> dict:
     """Collective. Restores the model, and from a full checkpoint the optimizer, scheduler and
     (same layout only) RNG; returns the common state saved with it (``iteration``, data-loader
     position, ...). A weights-only checkpoint, or any with ``finetune``, starts training from its
-    weights at iteration 0 (a new optimizer, schedule and data position)."""
-    path = resolve_checkpoint(path)
+    weights at iteration 0 (a new optimizer, schedule and data position). ``strict=False``: the
+    weights (and their optimizer state) that fit, the rest as built, both listed in the log.
+    ``reset_schedule``: the scheduler takes this run's settings, from the saved step."""
+    path = resolve_checkpoint(path, dist.get_world_size())
     common = dist_checkpointing.load_common_state_dict(path)
     if common.get("weights_only") or finetune:
-        load_weights(path, chunks)
+        load_weights(path, chunks, strict)
         optimizer.reload_model_params()  # fp32 master copies follow the loaded weights
         log.info("initialised from weights %s", path)
         return {"iteration": 0, **origin(common)}
-    state = dist_checkpointing.load(_sharded_state(chunks, optimizer, is_loading=True), path)
+    models = _model_state(chunks)
+    optimizer_state, _ = _optimizer_state(optimizer, models, step=common[OPTIMIZER_STEP])
+    state = _load({**models, "optimizer": optimizer_state}, path, strict)
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(state.pop(f"model{i}"))
     optimizer.load_state_dict(state.pop("optimizer"))
+    # megatron-core's scheduler takes its settings from the checkpoint unless told to override them.
+    scheduler.override_opt_param_scheduler = reset_schedule
     scheduler.load_state_dict(state.pop("scheduler"))
-    rng_dir = os.path.join(path, "rng")
-    rng_file = os.path.join(rng_dir, f"rank_{dist.get_rank():05d}.pt")
-    if len(os.listdir(rng_dir)) == dist.get_world_size() and os.path.isfile(rng_file):
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+    if common[WORLD_SIZE] == dist.get_world_size():
+        _set_rng_state(torch.load(os.path.join(path, "rng", f"rank_{dist.get_rank():05d}.pt"), weights_only=False))
     else:
         log.warning("checkpoint %s was saved by %d ranks, this run has %d: RNG states re-seeded",
-                    path, len(os.listdir(rng_dir)), dist.get_world_size())
+                    path, common[WORLD_SIZE], dist.get_world_size())
     log.info("loaded checkpoint %s (iteration %d)", path, state["iteration"])
     return state

@@ -11,7 +11,9 @@ import torch.distributed as dist
 import yaml
 from megatron.core import parallel_state as ps
 
-from megaomni.checkpoint.dist_ckpt import load_checkpoint, origin, save_checkpoint
+from megaomni.checkpoint.changes import keeps_data_position, resumed_config
+from megaomni.checkpoint.check import load_common
+from megaomni.checkpoint.dist_ckpt import load_checkpoint, origin, resolve_checkpoint, save_checkpoint
 from megaomni.config import OmniConfig
 from megaomni.data.loader import OmniDataLoader, merged
 from megaomni.data.tokenizer import load_tokenizer
@@ -100,6 +102,9 @@ def train(cfg: OmniConfig) -> dict:
     ``train.iters=0`` it only writes the initial weights as a checkpoint (iteration 0)."""
     device = init_distributed(cfg)
     check_run_dirs(cfg)
+    if cfg.checkpoint.load:  # checked, whole (validation); the optimizer settings it resumes with
+        resume_from = resolve_checkpoint(cfg.checkpoint.load, dist.get_world_size())
+        cfg = resumed_config(cfg, load_common(resume_from))
     tokenizer = load_tokenizer(cfg.data.tokenizer_path())
     vocab = padded_vocab_size(tokenizer.vocab_size, cfg.model.llm.vocab_size)
     state = build_training_state(cfg, vocab, tokenizer.media_pad_ids, device)
@@ -112,10 +117,10 @@ def train(cfg: OmniConfig) -> dict:
 
     start, carried = 0, {}
     if cfg.checkpoint.load:
-        common = load_checkpoint(cfg.checkpoint.load, state.chunks, state.optimizer, state.scheduler,
-                                 cfg.checkpoint.finetune)
+        common = load_checkpoint(resume_from, state.chunks, state.optimizer, state.scheduler, cfg.checkpoint.finetune,
+                                 cfg.checkpoint.strict, cfg.checkpoint.reset_schedule)
         start, carried = common["iteration"], origin(common)
-        if "data" in common:
+        if "data" in common and keeps_data_position(cfg, common):
             loader.load_state_dict(common["data"])
     if cfg.train.iters == 0:
         save_checkpoint(save_root, 0, state.chunks, state.optimizer, state.scheduler,
@@ -132,7 +137,8 @@ def train(cfg: OmniConfig) -> dict:
 
     def save(iteration: int) -> str:
         return save_checkpoint(save_root, iteration, state.chunks, optimizer, state.scheduler,
-                               common={"data": loader.state_dict(), "config": cfg.to_dict(), **carried})
+                               common={"data": loader.state_dict(), "config": cfg.to_dict(), **carried},
+                               keep_last=cfg.checkpoint.keep_last)
 
     record: dict = {}
     with StopSignals(device, cfg.train.exit_grace_s) as signals:

@@ -224,6 +224,7 @@ def test_checkpoints_hold_frozen_weights_and_resume(megatron_cpu, tmp_path):
         load_weights,
         save_checkpoint,
     )
+    from megaomni.checkpoint.check import load_common
     from megaomni.validation import check_resumed_freeze
 
     cfg, state = _state("vision")
@@ -250,17 +251,17 @@ def test_checkpoints_hold_frozen_weights_and_resume(megatron_cpu, tmp_path):
         assert torch.equal(value, steps.params(state)[name]), name
 
     # A full checkpoint resumes with the freeze list it was saved with (the same parts, however named).
-    cfg.checkpoint.load = str(tmp_path)
+    cfg.checkpoint.load, common = str(tmp_path), load_common(str(tmp_path / "iter_0000001"))
     cfg.model.freeze = ["vision.projector", "vision.encoder"]
-    check_resumed_freeze(cfg)
+    check_resumed_freeze(cfg, common)
     cfg.model.freeze = []
     with pytest.raises(ConfigError, match=r"saved with model.freeze=\[vision\], loaded with \[\]: a checkpoint "
                                           "resumes with the freeze list it was saved with"):
-        check_resumed_freeze(cfg)
+        check_resumed_freeze(cfg, common)
 
     # A next stage (checkpoint.finetune) under another list: the weights, at iteration 0, a new optimizer.
     cfg.checkpoint.finetune = True
-    check_resumed_freeze(cfg)
+    check_resumed_freeze(cfg, common)
     _, stage2 = _state(seed=3)
     assert load_checkpoint(str(tmp_path), stage2.chunks, stage2.optimizer, stage2.scheduler, finetune=True) == \
         {"iteration": 0}
