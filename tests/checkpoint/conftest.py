@@ -10,15 +10,15 @@ NEWEST, OLDER = "iter_0000002", "iter_0000001"
 
 @pytest.fixture(scope="module")
 def saved(megatron_cpu, tmp_path_factory) -> str:  # noqa: F811
-    """A root of the tiny model's checkpoints (tests/training/test_freeze.py's training state) after
+    """A root of the tiny model's checkpoints (tests/training/steps.py's training state) after
     one step and after two, ``latest`` naming the second."""
     from megaomni.checkpoint.dist_ckpt import save_checkpoint
-    from tests.training.test_freeze import _micro_batch, _state, _step
+    from tests.training.steps import micro_batch, small_state, step
 
-    cfg, state = _state()
+    cfg, state = small_state()
     root = str(tmp_path_factory.mktemp("saved"))
     for iteration in (1, 2):
-        _step(cfg, state, [_micro_batch(cfg, iteration)])
+        step(cfg, state, [micro_batch(cfg, iteration)])
         save_checkpoint(root, iteration, state.chunks, state.optimizer, state.scheduler,
                         common={"config": cfg.to_dict()})
     return root

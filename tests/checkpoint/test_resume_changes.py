@@ -18,7 +18,7 @@ from megaomni.checkpoint.check import load_common, saved_shapes
 from megaomni.config import ConfigError
 from tests.checkpoint.conftest import NEWEST
 from tests.models.test_parts import VOCAB
-from tests.training.test_freeze import PAD_IDS, _params, _state
+from tests.training.steps import PAD_IDS, params, small_state
 
 CPU = torch.device("cpu")
 
@@ -30,7 +30,7 @@ def common(saved) -> dict:
 
 def _run_config(saved: str, *changes: tuple[str, object]):
     """The saved run's config, resuming from ``saved``, with ``changes`` (dotted field, value)."""
-    cfg, _ = _state()
+    cfg, _ = small_state()
     cfg.checkpoint.load = saved
     for key, value in changes:
         *path, name = key.split(".")
@@ -136,7 +136,7 @@ def test_strict_false_loads_what_fits_and_lists_the_rest(saved, caplog):
     cfg = _run_config(saved, ("checkpoint.strict", False), ("model.vision.enabled", False),
                       ("model.audio.ffn_hidden_size", 32))
     state = _built(cfg)
-    initial = {n: p.detach().clone() for n, p in _params(state).items()}
+    initial = {n: p.detach().clone() for n, p in params(state).items()}
     with caplog.at_level(logging.WARNING, logger="megaomni.checkpoint"):
         load_checkpoint(saved, state.chunks, state.optimizer, state.scheduler, strict=False)
     mlp = [f"audio_encoder.blocks.layers.mlp.linear_fc{i}.weight" for i in (1, 2)]
@@ -148,7 +148,7 @@ def test_strict_false_loads_what_fits_and_lists_the_rest(saved, caplog):
         f"shape): {', '.join(mlp)}",
         f"checkpoint.strict=false: {len(vision) + 2} weights of the checkpoint not loaded (absent from this model or "
         f"of another shape): {', '.join(sorted(mlp + vision))}"]
-    expected = _params(saved_weights)
-    for name, value in _params(state).items():
+    expected = params(saved_weights)
+    for name, value in params(state).items():
         left = name.startswith("audio_encoder.blocks.layers.") and ".mlp.linear_fc" in name
         assert torch.equal(value, initial[name] if left else expected[name]), name

@@ -13,9 +13,9 @@ from megaomni.checkpoint.check import CheckpointError, iterations
 
 @pytest.fixture(scope="module")
 def state(megatron_cpu):
-    from tests.training.test_freeze import _state
+    from tests.training.steps import small_state
 
-    return _state()[1]
+    return small_state()[1]
 
 
 def _save(root, iteration: int, state, **kwargs) -> str:

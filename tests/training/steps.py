@@ -9,7 +9,7 @@ import torch
 from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
 from tests.media_views import audio_batch, vision_batch
-from tests.models.test_parts import AUDIO_PAD, IMAGE_PAD, VOCAB, random_frames, random_patches
+from tests.models.test_parts import AUDIO_PAD, IMAGE_PAD, VOCAB, random_frames, random_patches, small_config
 
 PAD_IDS = {"vision": IMAGE_PAD, "audio": AUDIO_PAD}
 CPU = torch.device("cpu")
@@ -21,6 +21,20 @@ def training_state(cfg: OmniConfig, seed: int = 0):
 
     torch.manual_seed(seed)
     return build_training_state(cfg, VOCAB, PAD_IDS.__getitem__, CPU)
+
+
+def small_state(*freeze: str, seed: int = 0):
+    """The tiny model's config and training state with ``freeze``; weight decay on, and gradient
+    clipping that acts (the grad norm matters)."""
+    cfg = small_config()
+    cfg.model.freeze = list(freeze)
+    cfg.train.iters, cfg.train.warmup_iters, cfg.train.lr, cfg.train.min_lr = 4, 0, 1e-2, 1e-3
+    cfg.train.weight_decay, cfg.train.clip_grad = 0.1, 0.05
+    # Adam's first step is lr * g / (|g| + eps): with eps near float noise in a gradient (1e-8) an
+    # element with |g| ~ eps moves by a fraction of lr on that noise alone; eps=1e-4 keeps the
+    # update smooth in g, so the same gradients give the same weights within a stated tolerance.
+    cfg.train.adam_eps = 1e-4
+    return cfg, training_state(cfg, seed)
 
 
 def media(cfg: OmniConfig, seed: int, modalities=("vision", "audio")) -> dict:

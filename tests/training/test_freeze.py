@@ -102,7 +102,8 @@ def _encode(model, media):
     the grad mode its transformer blocks and projector ran in."""
     encoder, modes, saved = model.vision_encoder, {}, []
     hooks = [encoder.blocks.register_forward_hook(lambda *_: modes.__setitem__("blocks", torch.is_grad_enabled())),
-             encoder.projector.register_forward_pre_hook(lambda *_: modes.__setitem__("projector", torch.is_grad_enabled()))]
+             encoder.projector.register_forward_pre_hook(
+                 lambda *_: modes.__setitem__("projector", torch.is_grad_enabled()))]
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         out = encoder(media)
     for hook in hooks:
@@ -143,27 +144,13 @@ def test_frozen_encoder_keeps_no_activations(megatron_cpu):
 # ----------------------------------------------------------------------------- training steps
 
 
-def _state(*freeze: str, seed: int = 0):
-    """A training state of the tiny model with ``freeze``; weight decay on, and gradient clipping
-    that acts (the grad norm matters)."""
-    cfg = small_config()
-    cfg.model.freeze = list(freeze)
-    cfg.train.iters, cfg.train.warmup_iters, cfg.train.lr, cfg.train.min_lr = 4, 0, 1e-2, 1e-3
-    cfg.train.weight_decay, cfg.train.clip_grad = 0.1, 0.05
-    # Adam's first step is lr * g / (|g| + eps): with eps near float noise in a gradient (1e-8) an
-    # element with |g| ~ eps moves by a fraction of lr on that noise alone; eps=1e-4 keeps the
-    # update smooth in g, so the same gradients give the same weights within a stated tolerance.
-    cfg.train.adam_eps = 1e-4
-    return cfg, steps.training_state(cfg, seed)
-
-
 @pytest.mark.parametrize("freeze", [("vision.encoder", "llm.embedding"), ("vision", "audio.projector", "llm.decoder")])
 def test_a_step_trains_only_the_rest(megatron_cpu, freeze):
     """Against the same step unfrozen with the frozen part's gradients discarded: the same loss,
     grad norm (clipping acts), gradients and updated weights of what trains. Frozen weights stay
     bit-identical, where weight decay moves the reference's."""
-    cfg, state = _state(*freeze)
-    _, reference = _state()
+    cfg, state = steps.small_state(*freeze)
+    _, reference = steps.small_state()
     steps.copy_weights(state, reference)
     params = steps.params(state)
     frozen = {n for n, p in params.items() if not p.requires_grad}
@@ -198,7 +185,7 @@ def test_a_micro_batch_that_reaches_nothing_trained(megatron_cpu):
     """Only the vision projector trains (LLaVA's first stage, audio frozen as well): micro-batches
     without images (audio alone, text alone) reach no trained parameter, and the step still runs
     (megatron-core skips the backward of an output that needs none); only the projector moves."""
-    cfg, state = _state("llm", "audio", "vision.encoder")
+    cfg, state = steps.small_state("llm", "audio", "vision.encoder")
     initial = {n: p.detach().clone() for n, p in steps.params(state).items()}
     steps.step(cfg, state, [steps.micro_batch(cfg, 1, ("audio",)), steps.micro_batch(cfg, 2),
                             steps.micro_batch(cfg, 3, ())])
@@ -208,7 +195,7 @@ def test_a_micro_batch_that_reaches_nothing_trained(megatron_cpu):
 
 def test_the_start_log_counts_trained_and_frozen(megatron_cpu, caplog):
     with caplog.at_level(logging.INFO, logger="megaomni.train"):
-        _, state = _state("vision")
+        _, state = steps.small_state("vision")
     model = state.chunks[0]
     frozen = sum(p.numel() for p in model.vision_encoder.parameters())
     trained = sum(p.numel() for p in model.parameters()) - frozen
@@ -219,15 +206,15 @@ def test_the_start_log_counts_trained_and_frozen(megatron_cpu, caplog):
 
 
 def test_checkpoints_hold_frozen_weights_and_resume(megatron_cpu, tmp_path):
+    from megaomni.checkpoint.check import load_common
     from megaomni.checkpoint.dist_ckpt import (
         load_checkpoint,
         load_weights,
         save_checkpoint,
     )
-    from megaomni.checkpoint.check import load_common
     from megaomni.validation import check_resumed_freeze
 
-    cfg, state = _state("vision")
+    cfg, state = steps.small_state("vision")
     initial = {n: p.detach().clone() for n, p in steps.params(state).items()}
     steps.step(cfg, state, [steps.micro_batch(cfg, 1)])
     save_checkpoint(str(tmp_path), 1, state.chunks, state.optimizer, state.scheduler, common={"config": cfg.to_dict()})
@@ -236,14 +223,14 @@ def test_checkpoints_hold_frozen_weights_and_resume(megatron_cpu, tmp_path):
     assert all(torch.equal(saved[n], initial[n]) for n in vision)
 
     # Into an unfrozen model (other initial weights): the frozen weights as they were, the rest trained.
-    _, unfrozen = _state(seed=1)
+    _, unfrozen = steps.small_state(seed=1)
     assert not all(torch.equal(steps.params(unfrozen)[n], saved[n]) for n in vision)
     load_weights(str(tmp_path), unfrozen.chunks)
     for name, value in steps.params(unfrozen).items():
         assert torch.equal(value, saved[name]), name
 
     # Resumed with the same freeze list: the next step is the uninterrupted run's.
-    _, resumed = _state("vision", seed=2)
+    _, resumed = steps.small_state("vision", seed=2)
     load_checkpoint(str(tmp_path), resumed.chunks, resumed.optimizer, resumed.scheduler)
     batches = [steps.micro_batch(cfg, 2), steps.micro_batch(cfg, 3)]
     assert steps.step(cfg, resumed, batches)[:2] == steps.step(cfg, state, batches)[:2]
@@ -262,7 +249,7 @@ def test_checkpoints_hold_frozen_weights_and_resume(megatron_cpu, tmp_path):
     # A next stage (checkpoint.finetune) under another list: the weights, at iteration 0, a new optimizer.
     cfg.checkpoint.finetune = True
     check_resumed_freeze(cfg, common)
-    _, stage2 = _state(seed=3)
+    _, stage2 = steps.small_state(seed=3)
     assert load_checkpoint(str(tmp_path), stage2.chunks, stage2.optimizer, stage2.scheduler, finetune=True) == \
         {"iteration": 0}
     for name, value in steps.params(stage2).items():
