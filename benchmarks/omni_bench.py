@@ -2,14 +2,14 @@
 model TFLOP/s and MFU (megaomni/flops.py; recomputation not counted), peak memory, step time.
 
     python benchmarks/omni_bench.py --config examples/configs/vl_2b.yaml [--iters 8] [--skip 3]
-        [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--out benchmarks/results] [OVERRIDE ...]
+        [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--name SUFFIX] [--out benchmarks/results] [OVERRIDE ...]
 
 Each variant is a ``pretrain_omni.py`` run of the recipe with its overrides (after the common
 ``OVERRIDE``s); figures are medians over the iterations after the first ``--skip`` (start-up,
 allocator warm-up, the first profile), peak memory the largest any iteration reached. A run that
 fails (out of memory, say) is a row with its last log line. Without ``--variant``: the activation
 recomputation table (none, selective core attention, full LLM, full everywhere).
-Writes ``omni_bench_<recipe>_<device>.json``.
+Writes ``omni_bench_<recipe>[_<name>]_<device>.json``.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--variant", action="append", default=[])
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--work", default="")
+    parser.add_argument("--name", default="", help="a suffix of the result file's name")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     import torch
@@ -104,7 +105,7 @@ def main(argv=None) -> dict:
     stem = os.path.splitext(os.path.basename(args.config))[0]
     result = {"device": device, "torch": torch.__version__, "config": args.config, "overrides": args.overrides,
               "iters": args.iters, "skip": args.skip, "results": rows}
-    write_result(result, args.out, f"omni_bench_{stem}", device)
+    write_result(result, args.out, f"omni_bench_{stem}{'_' + args.name if args.name else ''}", device)
     return result
 
 
