@@ -24,7 +24,7 @@ log = logging.getLogger("megaomni.checkpoint")
 NO_PARAMETERS = {
     *(f"model.llm.{f}" for f in ("max_seq_len", "rotary_base", "norm_eps", "init_std", "mrope_section")),
     *(f"model.llm.moe.{f}" for f in ("top_k", "aux_loss_coeff", "bias_update_rate", "token_dispatcher",
-                                     "normalize_top_k")),
+                                     "normalize_top_k", "grouped_gemm")),
     *(f"model.vision.{f}" for f in ("rotary_base", "norm_eps", "resize", "resample", "image_mean", "image_std",
                                     "window_size", "full_attention_layers", "tokens_per_second", "seconds_first",
                                     "seconds_per_chunk", "keep_class_token", "feature_layer")),

@@ -95,6 +95,22 @@ def _step_slots(tree) -> list[tuple[dict, str]]:
     return slots
 
 
+def _allocate_adam_state(optimizer) -> None:
+    """Zero moments and step 0 in every distributed optimizer's inner ``torch.optim.Adam`` that has
+    not stepped yet, for the load to overwrite: megatron-core builds the state to load into from
+    that optimizer's ``state_dict()`` and reads Adam's step count there, which torch's Adam creates
+    only at its first step (TE's and Apex's fused Adam keep it in the param groups)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(sub, "optimizer", None)
+        if isinstance(sub, DistributedOptimizer) and isinstance(inner, torch.optim.Adam) and not inner.state:
+            for group in inner.param_groups:
+                for param in group["params"]:
+                    inner.state[param] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(param),
+                                          "exp_avg_sq": torch.zeros_like(param)}
+
+
 def _optimizer_state(optimizer, models: dict, step: int | None = None) -> tuple[dict, int]:
     """The optimizer's sharded state, to save (``step`` None) or to load ``step`` into, and Adam's
     step count (megatron-core steps all sub-optimizers together). Only its tensors are saved, by
@@ -102,6 +118,8 @@ def _optimizer_state(optimizer, models: dict, step: int | None = None) -> tuple[
     structure, which follows the layout (with EP > 1 expert parameters get a sub-optimizer of their
     own: other param groups, other ids). A resumed optimizer keeps the param groups it was built
     with (the run's settings) and takes the saved step count, kept apart (:data:`OPTIMIZER_STEP`)."""
+    if step is not None:
+        _allocate_adam_state(optimizer)
     state = optimizer.sharded_state_dict(models, is_loading=step is not None, metadata=_OPTIMIZER_METADATA)
     if step is None:
         step = int(next((float(c[k]) for c, k in _step_slots(state) if k in c), 0))
@@ -243,6 +261,37 @@ def _is_weight(key: str) -> bool:
     return not key.startswith("optimizer.") and "_extra_state" not in key
 
 
+# Where optimizers keep the fp32 master weights: megatron-core's distributed optimizer, and its
+# mixed-precision one; fp32 without the distributed optimizer keeps none but the weights.
+_MASTER_PREFIXES = ("optimizer.state.param.", "optimizer.state.fp32_param.")
+
+
+def _masters_from_saved(state: dict, saved: dict) -> bool:
+    """A checkpoint of another kind of optimizer holds the master weights under the other key, or
+    (fp32, no distributed optimizer) none: they are read from the other key, or left for the
+    weights to fill after the load (True: some were)."""
+    from_weights = False
+
+    def redirect(value):
+        nonlocal from_weights
+        prefix = next((p for p in _MASTER_PREFIXES if isinstance(value, (ShardedTensor, ShardedTensorFactory))
+                       and value.key not in saved and value.key.startswith(p)), None)
+        if prefix is None:
+            return value
+        name = value.key[len(prefix):]
+        other = next((p + name for p in _MASTER_PREFIXES if p + name in saved), None)
+        if other is not None:
+            value.key = other
+            return value
+        if name not in saved:
+            return value  # absent altogether: strict loading names it
+        from_weights = True
+        return LocalNonpersistentObject(value.data)
+
+    dict_list_map_inplace(redirect, state)
+    return from_weights
+
+
 def _load(state: dict, path: str, strict: bool) -> dict:
     if strict:
         return dist_checkpointing.load(state, path)
@@ -282,10 +331,20 @@ def load_checkpoint(path: str, chunks: list, optimizer, scheduler, finetune: boo
         return {"iteration": 0, **origin(common)}
     models = _model_state(chunks)
     optimizer_state, _ = _optimizer_state(optimizer, models, step=common[OPTIMIZER_STEP])
+    masters_from_weights = _masters_from_saved(optimizer_state, saved_shapes(path))
     state = _load({**models, "optimizer": optimizer_state}, path, strict)
-    for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(state.pop(f"model{i}"))
+    weights = [state.pop(f"model{i}") for i in range(len(chunks))]
+    for chunk, chunk_weights in zip(chunks, weights):
+        chunk.load_state_dict(chunk_weights)
+    if masters_from_weights:  # the distributed optimizer's load copies its masters over the weights
+        weights = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in w.items()} for w in weights]
     optimizer.load_state_dict(state.pop("optimizer"))
+    if masters_from_weights:
+        for chunk, chunk_weights in zip(chunks, weights):
+            chunk.load_state_dict(chunk_weights)
+        optimizer.reload_model_params()
+        log.info("checkpoint %s keeps no master weights (fp32, saved without the distributed optimizer): "
+                 "the optimizer's are its weights", path)
     # megatron-core's scheduler takes its settings from the checkpoint unless told to override them.
     scheduler.override_opt_param_scheduler = reset_schedule
     scheduler.load_state_dict(state.pop("scheduler"))

@@ -107,12 +107,12 @@ def shard_of_images(path, count: int) -> dict[str, tarfile.TarInfo]:
 
 
 def load(cfg, tokenizer, path, caplog) -> tuple[OmniDataLoader, str]:
-    """The loader of ``path`` and its one load log line."""
+    """The loader of ``path`` and its one load log line (INFO; small test sets also warn of repeats)."""
     cfg.data.path = str(path)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="megaomni.data"):
         loader = OmniDataLoader(cfg, tokenizer, dp_rank=0, dp_size=1)
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "megaomni.data"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "megaomni.data" and r.levelno == logging.INFO]
     return loader, line
 
 

@@ -100,7 +100,7 @@ def test_corrupt_samples_are_skipped_and_counted(cfg, tokenizer, tmp_path, caplo
     assert loader.skipped == {"bad_json": 1, "placeholder_mismatch": 1}
     assert len(loader.samples) == SMALL_SAMPLES + 2
     assert loader.samples.skipped().counts == {"bad_image": 1}
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "megaomni.data"]
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "megaomni.data" and r.levelno == logging.INFO]
     assert "skipped 2" in line and "bad_json 1" in line
     assert len(loader.next_step()) == 4
     (bad,) = [i for i in range(len(loader.samples)) if _fails(loader.samples, i)]

@@ -10,6 +10,7 @@ from tests.parallel.layouts import DENSE, MOE, assert_same_run
 pytestmark = pytest.mark.slow
 
 TP2_PP2 = ("parallel.tp=2", "parallel.pp=2")
+DISTOPT = ("parallel.distributed_optimizer=true",)
 PP2_EP2 = ("parallel.pp=2", "parallel.ep=2")
 
 
@@ -50,3 +51,20 @@ def test_moe_checkpoint_reshards_across_expert_parallelism(parity_setup, tmp_pat
 
     assert_same_run(single[1:], resume("pp2ep2", "ep1_from_pp2ep2"), rel=1e-5)
     assert_same_run(single[1:], resume("ep1", "pp2ep2_from_ep1", *PP2_EP2, nproc=4), rel=1e-5)
+
+
+def test_distributed_optimizer_checkpoint_reshards_to_one_process_and_back(parity_setup, tmp_path):
+    """The distributed optimizer's state (sharded over DP2, with fp32 master weights) resumes in one
+    process's plain optimizer (none: the weights are the masters), and the reverse, into a
+    distributed optimizer that has not stepped when it loads (torch's Adam has no state then)."""
+    run = parity_setup.run
+    two_iters = ("train.iters=2", "checkpoint.save_interval=1")
+    single = run(DENSE, tmp_path / "dp1", *two_iters)
+    sharded = run(DENSE, tmp_path / "dp2", *two_iters, *DISTOPT, nproc=2)
+    assert_same_run(single, sharded, rel=1e-5)
+
+    def resume(saved_by: str, out: str, *layout: str, nproc: int = 1) -> list[dict]:
+        return _resume(parity_setup, tmp_path, DENSE, saved_by, 1, 2, out, *layout, nproc=nproc)
+
+    assert_same_run(single[1:], resume("dp2", "dp1_from_dp2"), rel=1e-5)
+    assert_same_run(single[1:], resume("dp1", "dp2_from_dp1", *DISTOPT, nproc=2), rel=1e-5)
