@@ -13,7 +13,7 @@ import torch
 from megatron.core.transformer.mlp import MLP
 from megatron.core.transformer.moe.experts import SequentialMLP
 
-from megaomni.ops.grouped_gemm import grouped_linear, resolve
+from megaomni.ops.grouped_gemm import grouped_linear, placed_offsets, resolve
 
 
 class _GroupedLinear:
@@ -54,5 +54,6 @@ class GroupedExperts(SequentialMLP):
             self._resolved = resolve(self.impl, x.device, x.dtype, self.num_local_experts) if plain else "loop"
         if self._resolved == "loop":
             return super().forward(x, tokens_per_expert, permuted_probs)
-        offsets = torch.cumsum(tokens_per_expert, 0)  # on the host, where the dispatcher counted
+        # Counted on the host by the dispatcher; placed once for both linears.
+        offsets = placed_offsets(torch.cumsum(tokens_per_expert, 0), x.device, self._resolved)
         return MLP.forward(_ExpertsAsOneMLP(self.local_experts, offsets, self._resolved), x, permuted_probs)

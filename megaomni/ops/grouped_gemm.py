@@ -73,9 +73,18 @@ def grouped_linear(x: torch.Tensor, weights: Sequence[torch.Tensor], offsets: to
     kernels read rows in 16-byte pieces."""
     if impl == "loop" or not all(n * x.element_size() % 16 == 0 for n in (x.shape[1], weights[0].shape[0])):
         return loop_grouped_linear(x, weights, offsets)
+    offsets = placed_offsets(offsets, x.device, impl)
+    function = _CublasGroupedLinear if impl == "cuda" else _StackedGroupedLinear
+    return function.apply(x, offsets, *weights)
+
+
+def placed_offsets(offsets: torch.Tensor, device: torch.device, impl: str) -> torch.Tensor:
+    """``offsets`` where ``impl`` reads them: on the host for cuBLAS (it takes the problem sizes
+    there), int32 on ``device`` for ``torch._grouped_mm``. A no-op when they are already there, so
+    a caller running several grouped GEMMs over the same groups places them once."""
     if impl == "cuda":
-        return _CublasGroupedLinear.apply(x, offsets.cpu(), *weights)
-    return _StackedGroupedLinear.apply(x, offsets.to(x.device, torch.int32, non_blocking=True), *weights)
+        return offsets.cpu()
+    return offsets.to(device, torch.int32, non_blocking=True)
 
 
 def loop_grouped_linear(x: torch.Tensor, weights: Sequence[torch.Tensor], offsets: torch.Tensor) -> torch.Tensor:
