@@ -72,7 +72,10 @@ def run_variant(config: str, name: str, overrides: list[str], common: list[str],
             "step_time_s": median("step_time_s"),
             "tflops_per_gpu": median("tflops_per_gpu"), "mfu": median("mfu"),
             "max_memory_gib": max((r.get("max_memory_gib", 0.0) for r in records), default=None),
-            "padding": median("padding"), "micro_batches": median("micro_batches")}
+            "padding": median("padding"), "micro_batches": median("micro_batches"),
+            # Every iteration's loss: variants that change only kernels start from the same weights
+            # and batches, so their first losses must agree within bf16 noise (a correctness check).
+            "losses": [r["loss"] for r in records]}
 
 
 def main(argv=None) -> dict:

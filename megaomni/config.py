@@ -396,6 +396,15 @@ class TrainConfig:
     recompute: str = "none"
     recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])
     recompute_parts: list[str] = field(default_factory=list)
+    # Kernels (none changes a weight; a resume may change them). auto: the first choice on a GPU,
+    # the second on the CPU. cross_entropy: chunked (the output layer and loss chunk by chunk, no
+    # full logits: megaomni/ops/cross_entropy.py; one tensor-parallel rank) | megatron (its
+    # vocab-parallel loss over the whole fp32 logits). fusion: compile (elementwise chains compiled
+    # by torch.compile: megaomni/ops/kernels.py) | none. encoder_attention: dense (each length's images
+    # or clips one dense SDPA call, cuDNN's kernel) | varlen (flash varlen over the packed segments).
+    cross_entropy: str = "auto"
+    fusion: str = "auto"
+    encoder_attention: str = "auto"
     # The GPU's dense bf16 peak, TFLOP/s, for MFU; 0: by the device's name (H100/H200 SXM: 989).
     peak_tflops: float = 0.0
     output_dir: str = "runs/tiny_omni"

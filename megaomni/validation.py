@@ -43,6 +43,7 @@ def check_model(cfg: OmniConfig) -> None:
             f"data.seq_length={cfg.data.seq_length}: must not exceed model.llm.max_seq_len={llm.max_seq_len}")
     check_freeze(cfg)
     check_recompute(cfg)
+    check_kernels(cfg)
 
 
 def check_recompute(cfg: OmniConfig) -> None:
@@ -68,6 +69,17 @@ def check_recompute(cfg: OmniConfig) -> None:
             require(have_transformer_engine(),
                     f"{shown}: layernorm recomputation needs Transformer Engine (megatron-core's norm "
                     "checkpoint asks it for its FP8 state); leave layernorm out")
+
+
+def check_kernels(cfg: OmniConfig) -> None:
+    train = cfg.train
+    for name, valid in (("cross_entropy", ("auto", "chunked", "megatron")), ("fusion", ("auto", "compile", "none")),
+                        ("encoder_attention", ("auto", "dense", "varlen"))):
+        value = getattr(train, name)
+        require(value in valid, f"train.{name}={value!r}: valid: {', '.join(valid)}")
+    require(train.cross_entropy != "chunked" or cfg.parallel.tp == 1,
+            f"train.cross_entropy=chunked at parallel.tp={cfg.parallel.tp}: the chunked loss needs the whole "
+            "vocabulary on one rank; use megatron (or auto, which picks it under tensor parallelism)")
 
 
 def check_freeze(cfg: OmniConfig) -> None:

@@ -10,6 +10,7 @@ from megatron.core.activations import quick_gelu
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megaomni.config import MoEConfig, TrainConfig
+from megaomni.ops.kernels import compiled
 
 # megaomni.config's names -> megatron-core's norm, and (activation, gated): SwiGLU gates one half by the other.
 NORM_NAMES = {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}
@@ -32,13 +33,20 @@ def make_transformer_config(
     norm: str = "rmsnorm",
     activation: str = "swiglu",
     bias: bool = False,
+    fusion: bool = False,
     **extra,
 ) -> TransformerConfig:
     """``norm`` (:data:`NORM_NAMES`), ``activation`` (:data:`ACTIVATION_FUNCS`), biases on every linear or
-    none, no dropout; fusions off (they need CUDA/TE kernels).
+    none, no dropout; ``fusion``: megatron-core's compiled bias/dropout/residual and activation
+    fusions where it has them, the activation compiled here where not (megaomni.ops.kernels).
 
     ``extra`` holds the remaining ``TransformerConfig`` fields: the parallel layout (from
     :mod:`megaomni.parallel.layout`) and MoE settings (:func:`moe_config_fields`)."""
+    activation_func, gated = ACTIVATION_FUNCS[activation]
+    # megatron-core fuses SwiGLU, and GELU with a bias; the other activations are compiled alone.
+    megatron_fused = fusion and (activation == "swiglu" or (activation == "gelu" and bias))
+    if fusion and not megatron_fused:
+        activation_func = compiled(activation_func)
     return TransformerConfig(
         num_layers=num_layers,
         hidden_size=hidden_size,
@@ -48,14 +56,14 @@ def make_transformer_config(
         kv_channels=head_dim or hidden_size // num_attention_heads,
         normalization=NORM_NAMES[norm],
         layernorm_epsilon=norm_eps,
-        gated_linear_unit=ACTIVATION_FUNCS[activation][1],
-        activation_func=ACTIVATION_FUNCS[activation][0],
+        gated_linear_unit=gated,
+        activation_func=activation_func,
         add_bias_linear=bias,
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=init_std,
-        bias_activation_fusion=False,
-        bias_dropout_fusion=False,
+        bias_activation_fusion=megatron_fused,
+        bias_dropout_fusion=fusion,
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=False,

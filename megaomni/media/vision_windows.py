@@ -15,7 +15,7 @@ from functools import lru_cache
 import torch
 from megatron.core.packed_seq_params import PackedSeqParams
 
-from megaomni.ops.attention import RotaryPackedSeqParams, segment_params
+from megaomni.ops.attention import RotaryPackedSeqParams, SegmentParams, segment_params
 from megaomni.platform.transfer import to_device
 
 
@@ -66,4 +66,5 @@ class Windows:
         return RotaryPackedSeqParams(
             **{name: getattr(windows, name) for name in plain}, rotary_cos=self.gather(params.rotary_cos),
             rotary_sin=self.gather(params.rotary_sin),
-            full=PackedSeqParams(**{name: getattr(params, name) for name in plain}), full_layers=tuple(full_layers))
+            lengths=windows.lengths, full_layers=tuple(full_layers),
+            full=SegmentParams(**{name: getattr(params, name) for name in plain}, lengths=params.lengths))

@@ -9,6 +9,7 @@ from megaomni.layers.transformer_config import make_transformer_config, moe_conf
 from megaomni.media import registry
 from megaomni.models.llm import build_llm
 from megaomni.models.omni import OmniModel, whole_sequence
+from megaomni.ops.kernels import fuse_megatron_rotary, kernels
 
 
 def _stack_config(part, bf16: bool, **extra):
@@ -37,6 +38,8 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     (megaomni.parallel.layout) and ``encoder_pg_collection`` the encoders' process groups;
     absent, the model is built for one process."""
     llm_cfg = cfg.model.llm
+    chosen = kernels(cfg)
+    fuse_megatron_rotary(chosen.fusion)
     # The layout's fields come last: they may adjust MoE settings to the layout.
     fields = {**moe_config_fields(llm_cfg.moe, llm_cfg.ffn_hidden_size), **(llm_parallel or {})}
     # Plain RoPE: all rotary frequencies from the first of the three position axes.
@@ -45,14 +48,15 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     llm_config = _stack_config(llm_cfg, cfg.train.bf16, num_query_groups=llm_cfg.num_query_groups,
                                head_dim=head_dim, init_std=llm_cfg.init_std, mrope_section=mrope,
                                add_qkv_bias=llm_cfg.qkv_bias, qk_layernorm=llm_cfg.qk_norm,
-                               **recompute_fields(cfg.train, "llm"), **fields)
-    llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage)
+                               fusion=chosen.fusion, **recompute_fields(cfg.train, "llm"), **fields)
+    llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage, chosen.chunked_loss)
     encoders, encoder_pads = {}, {}
     if pre_process if with_encoders is None else with_encoders:
         for modality in registry.enabled(cfg.model):
             part = getattr(cfg.model, modality.name)
             config = _stack_config(part, cfg.train.bf16, init_std=llm_cfg.init_std, norm=part.norm,
-                                   activation=part.activation, bias=part.bias,
+                                   activation=part.activation, bias=part.bias, fusion=chosen.fusion,
+                                   attention_backend=chosen.encoder_attention,
                                    **recompute_fields(cfg.train, modality.name), **(encoder_parallel or {}))
             encoders[modality.name] = modality.encoder(part, config, llm_cfg.hidden_size, encoder_pg_collection)
             pads = media_pad_id(modality.name)

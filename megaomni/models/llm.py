@@ -9,12 +9,30 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megaomni.config import LLMConfig
 from megaomni.layers.specs import llm_block_spec
+from megaomni.ops.cross_entropy import chunked_cross_entropy
+
+
+class LLM(GPTModel):
+    """GPTModel whose loss may skip the full logits (``chunked_loss``: megaomni.ops.cross_entropy,
+    one tensor-parallel rank); everything else, logits included (no labels), is megatron-core's."""
+
+    def __init__(self, *args, chunked_loss: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.chunked_loss = chunked_loss
+
+    def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
+        if not (self.chunked_loss and self.post_process and labels is not None
+                and self.config.mtp_num_layers is None and kwargs.get("inference_context") is None):
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
+        weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights \
+            else self.output_layer.weight
+        return chunked_cross_entropy(hidden_states, weight, labels)
 
 
 def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int, pre_process: bool = True,
-              post_process: bool = True, vp_stage: Optional[int] = None) -> GPTModel:
+              post_process: bool = True, vp_stage: Optional[int] = None, chunked_loss: bool = False) -> LLM:
     """The LLM part of one pipeline stage (all of it without pipelining)."""
-    return GPTModel(
+    return LLM(
         config=config,
         transformer_layer_spec=llm_block_spec(config, vp_stage=vp_stage, grouped_gemm=cfg.moe.grouped_gemm),
         vocab_size=vocab_size,
@@ -31,4 +49,5 @@ def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int, pre_pr
         # sequence is then split for context / sequence parallelism (megaomni.parallel.sequence).
         scatter_embedding_sequence_parallel=False,
         vp_stage=vp_stage,
+        chunked_loss=chunked_loss,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from itertools import accumulate
 from typing import Optional
 
 import torch
@@ -25,11 +26,12 @@ import torch.nn.functional as F
 from megatron.core import parallel_state as ps
 from megatron.core import tensor_parallel
 from megatron.core.packed_seq_params import PackedSeqParams
-from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.enums import AttnBackend, AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megaomni.ops.context_parallel import causal_cp_mask, gather_keys_values, sequence_ids
+from megaomni.ops.kernels import compiled
 from megaomni.platform.transfer import to_device
 
 
@@ -46,7 +48,16 @@ def packed_params(cu_seqlens: torch.Tensor, device: Optional[torch.device] = Non
 
 
 @dataclass
-class RotaryPackedSeqParams(PackedSeqParams):
+class SegmentParams(PackedSeqParams):
+    """:class:`PackedSeqParams` of bidirectional segments (images, clips, windows) that also carry
+    the segments' ``lengths`` on the host: what :func:`segment_attention` groups by, with no read
+    of the GPU's copy."""
+
+    lengths: tuple[int, ...] = ()
+
+
+@dataclass
+class RotaryPackedSeqParams(SegmentParams):
     """:class:`PackedSeqParams` that also carry every position's rotary ``cos`` and ``sin``
     (``[t, 1, 1, d]``, in the activations' dtype), made once per encoder call; megatron-core
     would recompute them in every layer, for q and for k (host time, where the encoders are
@@ -67,15 +78,15 @@ class RotaryPackedSeqParams(PackedSeqParams):
 
 def segment_params(lengths: torch.Tensor, device: Optional[torch.device] = None,
                    angles: Optional[torch.Tensor] = None, dtype: Optional[torch.dtype] = None) -> PackedSeqParams:
-    """:func:`packed_params` from the inputs' lengths; with rotary ``angles`` (``[t, 1, 1, d]``)
-    :class:`RotaryPackedSeqParams` holding their cos and sin in ``dtype``."""
+    """:class:`SegmentParams` from the inputs' lengths (on the host); with rotary ``angles``
+    (``[t, 1, 1, d]``) :class:`RotaryPackedSeqParams` holding their cos and sin in ``dtype``."""
     cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
     cu[1:] = torch.cumsum(lengths, 0)
-    params = packed_params(cu, device)
+    params = {f.name: getattr(packed_params(cu, device), f.name) for f in fields(PackedSeqParams)}
+    params["lengths"] = tuple(lengths.tolist())
     if angles is None:
-        return params
-    return RotaryPackedSeqParams(**{f.name: getattr(params, f.name) for f in fields(params)},
-                                 rotary_cos=torch.cos(angles).to(dtype), rotary_sin=torch.sin(angles).to(dtype))
+        return SegmentParams(**params)
+    return RotaryPackedSeqParams(**params, rotary_cos=torch.cos(angles).to(dtype), rotary_sin=torch.sin(angles).to(dtype))
 
 
 def _rotate(t: torch.Tensor, params: RotaryPackedSeqParams) -> torch.Tensor:
@@ -139,6 +150,47 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
                        window_size=(-1, 0) if causal else (-1, -1))
 
 
+def _dense_backends() -> list:
+    """SDPA's kernels for :func:`segment_attention`, cuDNN's first (at head dim 80 it runs 1.6x
+    flash's, benchmarks/results/attention_bench_nvidia-h200.json); the rest where it declines."""
+    from torch.nn.attention import SDPBackend
+    return [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: tuple[int, ...],
+                      scale: Optional[float]) -> torch.Tensor:
+    """Bidirectional attention inside each segment of ``[t, h, d]`` packed q/k/v (``lengths`` on
+    the host): the segments of one length stacked into one dense SDPA call, no mask. Images of
+    one size are common (fixed resizes, video frames, windows); a size alone is a batch of one."""
+    from torch.nn.attention import sdpa_kernel
+
+    starts = list(accumulate((0, *lengths[:-1])))
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        if n:
+            groups.setdefault(n, []).append(i)
+    pieces: list = [None] * len(lengths)
+    for n, members in groups.items():
+        def stacked(x):  # [m, h, n, d]
+            rows = [x[starts[i]:starts[i] + n] for i in members]
+            return (torch.stack(rows) if len(rows) > 1 else rows[0][None]).transpose(1, 2)
+
+        with sdpa_kernel(_dense_backends(), set_priority=True):
+            out = F.scaled_dot_product_attention(stacked(q), stacked(k), stacked(v), scale=scale,
+                                                 enable_gqa=q.shape[1] != k.shape[1])
+        for j, i in enumerate(members):
+            pieces[i] = out[j].transpose(0, 1)
+    return torch.cat([p for p in pieces if p is not None])
+
+
+def _dense_segments(config: TransformerConfig, q: torch.Tensor) -> bool:
+    """Segments through :func:`segment_attention` (``attention_backend`` fused: always; flash:
+    never, flash varlen; auto: on the GPU in half precision)."""
+    if config.attention_backend == AttnBackend.fused:
+        return True
+    return config.attention_backend == AttnBackend.auto and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+
+
 class SDPAttention(MegatronModule):
     """megatron-core core-attention module backed by :func:`sdpa_attention`."""
 
@@ -160,6 +212,8 @@ class SDPAttention(MegatronModule):
         self.attn_mask_type = attn_mask_type
         self.dropout_p = config.attention_dropout if attention_dropout is None else attention_dropout
         self.layer_index = layer_number - 1  # megatron-core's layer numbers start at 1
+        # train.fusion (megaomni.ops.kernels) sets bias_dropout_fusion; the rotary is fused with it.
+        self.rotate = compiled(_rotate) if config.bias_dropout_fusion else _rotate
         head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
 
@@ -178,7 +232,7 @@ class SDPAttention(MegatronModule):
         if attention_mask is not None:
             raise ValueError("SDPAttention expresses masks by attn_mask_type and cu_seqlens only")
         if isinstance(packed_seq_params, RotaryPackedSeqParams):
-            query, key = _rotate(query, packed_seq_params), _rotate(key, packed_seq_params)
+            query, key = self.rotate(query, packed_seq_params), self.rotate(key, packed_seq_params)
             packed_seq_params = packed_seq_params.for_layer(self.layer_index)
         mask_type = attn_mask_type or self.attn_mask_type
         causal = mask_type == AttnMaskType.causal
@@ -194,6 +248,9 @@ class SDPAttention(MegatronModule):
         dropout_p = self.dropout_p if self.training else 0.0
         if cu_seqlens is not None and mask is None and dropout_p == 0 and (thd or query.shape[1] == 1):
             flat = [x if thd else x[:, 0] for x in (query, key, value)]  # [t, h, d]
+            if isinstance(packed_seq_params, SegmentParams) and not causal and _dense_segments(self.config, query):
+                out = segment_attention(*flat, packed_seq_params.lengths, self.softmax_scale)
+                return out.reshape(out.shape[0], 1, -1)
             out = varlen_attention(*flat, cu_seqlens, packed_seq_params.max_seqlen_q, causal=causal,
                                    scale=self.softmax_scale)
             if out is not None:

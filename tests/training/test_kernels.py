@@ -1,0 +1,59 @@
+"""``train.cross_entropy``, ``train.fusion`` and ``train.encoder_attention``: each choice's training
+step equals the step of megatron-core's loss, no fusion and the packed (varlen) attention (the
+same math in another order: equal within float32 noise), and a bad value is one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from megaomni.config import ConfigError, load_config
+from megaomni.models import llm as models_llm
+from megaomni.ops import attention
+from megaomni.validation import check_model
+from tests.models.test_parts import small_config
+from tests.training import steps
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("train.fusion=fused",), "train.fusion='fused': valid: auto, compile, none"),
+    (("train.encoder_attention=flash",), "train.encoder_attention='flash': valid: auto, dense, varlen"),
+    (("train.cross_entropy=chunked", "parallel.tp=2", "model.llm.num_query_groups=2"),
+     "train.cross_entropy=chunked at parallel.tp=2: the chunked loss needs the whole vocabulary on one rank"),
+])
+def test_bad_kernel_settings_fail_with_one_line(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        check_model(load_config(None, list(overrides)))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _step(tie: bool = False, **train):
+    cfg = small_config()
+    cfg.train.iters, cfg.train.warmup_iters = 2, 0
+    cfg.model.llm.tie_embeddings = tie
+    defaults = dict(cross_entropy="megatron", fusion="none", encoder_attention="varlen")
+    for name, value in {**defaults, **train}.items():
+        setattr(cfg.train, name, value)
+    state = steps.training_state(cfg)
+    batches = [steps.micro_batch(cfg, 1), steps.micro_batch(cfg, 2, ("vision",))]
+    return steps.step(cfg, state, batches)
+
+
+# Each choice, and the function it must route through (counted: the step must take that path).
+@pytest.mark.parametrize("train, module, name", [
+    (dict(cross_entropy="chunked"), models_llm, "chunked_cross_entropy"),
+    (dict(cross_entropy="chunked", tie=True), models_llm, "chunked_cross_entropy"),
+    (dict(encoder_attention="dense"), attention, "segment_attention"),
+    pytest.param(dict(fusion="compile"), attention, "compiled", marks=pytest.mark.slow),  # ~40 s
+], ids=["chunked_loss", "chunked_loss_tied", "dense_encoder_attention", "fusion"])
+def test_a_step_with_each_kernel_choice_equals_the_reference(megatron_cpu, monkeypatch, train, module, name):
+    tie = train.pop("tie", False)
+    calls, original = [], getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    loss, norm, grads = _step(tie, **train)
+    assert calls, f"{train} did not reach {name}"
+    monkeypatch.setattr(module, name, original)
+    ref_loss, ref_norm, ref_grads = _step(tie)
+    assert loss == pytest.approx(ref_loss, rel=1e-6) and norm == pytest.approx(ref_norm, rel=1e-5)
+    for name, grad in grads.items():
+        assert grad.abs().max() > 0 or ref_grads[name].abs().max() == 0, name
+        assert (grad - ref_grads[name]).abs().max() <= 1e-5 * ref_grads[name].abs().max() + 1e-8, name
