@@ -73,6 +73,7 @@ class StepRunner:
         # profiling pass and of the sync check.
         profile = self.schedule == "joint" and 2 <= self._steps <= 1 + self.cfg.pipeline.profile_steps
         sync_debug = self.cfg.pipeline.sync_debug if self._steps > 1 else ""
+        self.last_timeline = None  # the step's recorded actions, if any (megaomni.training.step_time)
         if self.executor is None and not record:  # megatron-core's schedules need no plan
             return self._megatron_core(batches, forward_step)
         items = [media_items(b.media) for b in batches]
@@ -89,6 +90,7 @@ class StepRunner:
             if self._steps == 1 + self.cfg.pipeline.profile_steps:
                 self._fit()
         self._pending = (iteration, described, plan, timeline) if record else None
+        self.last_timeline = timeline if record or profile else None
         return reports
 
     def _fit(self) -> None:

@@ -27,6 +27,7 @@ from megaomni.training.run_dir import check_run_dirs, checkpoint_root
 from megaomni.training.schedule import StepRunner
 from megaomni.training.setup import build_training_state
 from megaomni.training.step import STAT_KEYS, make_forward_step
+from megaomni.training.step_time import StepClock, action_time, over_ranks
 from megaomni.training.throughput import batch_flops, peak_tflops
 
 log = logging.getLogger("megaomni.train")
@@ -143,15 +144,19 @@ def train(cfg: OmniConfig) -> dict:
     record: dict = {}
     with StopSignals(device, cfg.train.exit_grace_s) as signals:
         for iteration in range(start + 1, cfg.train.iters + 1):
-            started = time.perf_counter()
+            started, clock = time.perf_counter(), StepClock(device)
             batches = loader.next_step()
+            clock.mark("data_wait")
             for ddp in state.ddp:
                 ddp.zero_grad_buffer()
             optimizer.zero_grad()
             reports = runner.run(iteration, batches, forward_step)
+            clock.mark("forward_backward")
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
             _, grad_norm, _ = optimizer.step()
             state.scheduler.step(increment=1)
+            clock.mark("optimizer")
+            ranks = over_ranks({"step_time_s": clock.total, "data_wait_s": clock.parts["data_wait_s"]}, device)
             tokens = sum(int((b.tokens != tokenizer.pad_id).sum()) for b in batches)
             flops = sum(batch_flops(flop_model, b, tokenizer.pad_id) for b in batches)
             stats = reduce_step_stats(reports, tokens, sum(b.num_samples for b in batches), flops, device)
@@ -166,6 +171,7 @@ def train(cfg: OmniConfig) -> dict:
                 "tokens": stats["tokens"],
                 "tokens_per_s": stats["tokens"] / step_time,
                 "step_time_s": step_time,
+                **clock.parts, **action_time(runner.last_timeline), **ranks,
                 **throughput_metrics(stats["flops"], step_time, peak),
                 "answer_nll": stats["answer_nll"],
                 "loss_tokens": stats["loss_tokens"],
