@@ -4,8 +4,6 @@ computed here with numpy), on the Pillow path, whatever data.decoder asks for.""
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from PIL import Image
 
 from megaomni.media import dali_decode
 from megaomni.media.images import decode_image
+from tests.data.helpers import rgb16_png
 
 WHITE = 255
 
@@ -44,18 +43,6 @@ def test_16_bit_grey_keeps_its_high_byte(mode):
     expected = (samples >> 8).astype(np.uint8)
     np.testing.assert_array_equal(pixels, np.stack([expected] * 3, axis=-1) if mode == "RGB" else expected)
     assert (pixels == 255).mean() < 0.01  # a plain convert("RGB") saturates ~99.5% of them
-
-
-def rgb16_png(samples: np.ndarray) -> bytes:
-    """A 16-bit RGB PNG (colour type 2, bit depth 16), written by hand: Pillow cannot save one."""
-    height, width, _ = samples.shape
-    rows = b"".join(b"\x00" + samples[r].astype(">u2").tobytes() for r in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def test_16_bit_rgb_keeps_its_high_byte():
