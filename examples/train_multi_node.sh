@@ -15,7 +15,7 @@ SCHEDULE=${SCHEDULE:-megatron}  # megatron: encoders on stage 0; joint: every st
 CP=${CP:-1}; EP=${EP:-1}
 DIST_OPT=${DIST_OPT:-true}
 CONFIG=${CONFIG:?set CONFIG, a recipe YAML (see examples/configs)}
-PYTHON=${PYTHON:-python3}
+. "$(dirname "${BASH_SOURCE[0]}")/python.sh"  # PYTHON: .venv/bin/python where it exists
 # On SIGTERM torchrun passes it on to the ranks, which save at the end of their step and exit 143;
 # it kills them after this many seconds (its default, 30, can cut a large model's save short;
 # torch releases before the variable wait a fixed 30 s).

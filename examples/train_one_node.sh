@@ -14,7 +14,7 @@ EP=${EP:-1}            # expert parallel (MoE LLMs only)
 DIST_OPT=${DIST_OPT:-true}  # shard optimizer state over data-parallel ranks
 CONFIG=${CONFIG:-examples/configs/tiny_omni.yaml}
 DATA=${DATA:-data/toy}
-PYTHON=${PYTHON:-python3}
+. "$(dirname "${BASH_SOURCE[0]}")/python.sh"  # PYTHON: .venv/bin/python where it exists
 # On SIGTERM torchrun passes it on to the ranks, which save at the end of their step and exit 143;
 # it kills them after this many seconds (its default, 30, can cut a large model's save short;
 # torch releases before the variable wait a fixed 30 s).

@@ -31,9 +31,10 @@ its pixels are not decoded here (the loader skips a truncated one). A crude data
 Samples split.yaml excludes are left out (counted as ``excluded``); a bad sample is skipped and
 counted by reason: ``missing_field`` (no member or JSON key for a field; an optional one,
 ``answer_weights``, is then left out), ``bad_field`` (unreadable text or JSON, a value of the
-wrong kind), ``bad_media``, ``no_answer``, ``placeholder_mismatch`` (an ``<image>`` in a
-caption), ``reserved_token``, ``corrupt_shard`` (a shard unreadable from some point on, or
-holding fewer samples than Energon counted: the rest of it). The summary gives each reason's
+wrong kind), ``bad_image`` (an image that does not decode), ``no_answer``,
+``placeholder_mismatch`` (an ``<image>`` in a caption), ``reserved_token``, ``corrupt_shard`` (a
+shard unreadable from some point on, or holding fewer samples than Energon counted: the rest of
+it). The summary gives each reason's
 count and first case. The output has no tokenizer: set ``data.tokenizer`` (or train one:
 tools/prepare_data.py). Exit status: 0, or 1 when nothing was written, 2 for an unusable input or
 option. Keys are ``NNNNNNNN_KEY`` (a running number and Energon's key cut to

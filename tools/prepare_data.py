@@ -29,17 +29,21 @@ LLaVA records (a JSON list, or JSONL: an object a line) look like ``{"id": ..., 
   ``KEY.video.0.png``, ``KEY.video.1.png``, ... in list order; its ``<video>`` placeholder stays.
   A video file is skipped (``unsupported_media``): nothing here decodes video.
 - PNG, JPEG, 16-bit WAV and FLAC are copied byte for byte (the loader reads them); other images
-  Pillow opens are re-encoded to PNG, 8/24/32-bit WAV to 16-bit; other audio is skipped. Image
-  pixels are not decoded: a truncated image passes here and the loader skips it.
+  Pillow opens are re-encoded to PNG (alpha composited on white, 16-bit samples by their high
+  byte: megaomni/media/image_modes.py), 8/24/32-bit WAV to 16-bit; other audio is skipped. Images
+  and WAV are decoded in full as the loader decodes them, so a damaged file is skipped here
+  (``bad_image``, ``bad_audio``); FLAC is checked by its header only.
 
 Plain text records (``{"text": ...}``; ``--text-key``) become one assistant turn. The loader
 trains on assistant turns only (``megaomni/data/sample.py``); a lone one puts every text token,
-and the closing ``<|end|>`` (a Hugging Face tokenizer's: ``<|im_end|>``), under the loss. Texts over ``data.seq_length`` tokens are not split
-here: the loader skips them (``too_long``).
+and the closing ``<|end|>`` (a Hugging Face tokenizer's: ``<|im_end|>``), under the loss. Texts
+over ``data.seq_length`` tokens are not split here: the loader skips them (``too_long``).
 
-A bad record is skipped and counted by reason (``bad_json``, ``missing_media``,
+A bad record or media file is skipped, never fatal, and counted by reason (``bad_json``, also
+for a lone surrogate in the text; ``missing_media``, ``bad_image``, ``bad_audio``,
 ``placeholder_mismatch``, ...; the conversation also passes the loader's own check); the summary
-gives each reason's count and first case. Exit status: 0, or 1 when nothing was written, 2 for
+gives each reason's count and first case (``FILE:LINE`` or ``FILE[INDEX]``, the record's id, the
+media file). Exit status: 0, or 1 when nothing was written, 2 for
 an unusable input or option (a missing file; shards already in DIR without --overwrite). The same
 inputs and options give byte-identical shards: keys are ``NNNNNNNN_ID`` (a running number and the
 record's id cut to ``[A-Za-z0-9_-]``: no dot, which ends a key in a shard), members carry no times.
@@ -50,12 +54,14 @@ from __future__ import annotations
 import argparse
 import codecs
 import collections
+import contextlib
 import glob
 import io
 import json
 import math
 import os
 import re
+import reprlib
 import shutil
 import sys
 import tarfile
@@ -71,8 +77,24 @@ from megaomni.data.sample import parse_conversation, text_tokens
 from megaomni.data.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from megaomni.errors import BadSample
 from megaomni.media.audio import AUDIO, AUDIO_EXTS
+from megaomni.media.images import decode_image
+from megaomni.media.sounds import read_wav
 from megaomni.media.vision import IMAGE, VIDEO, VIDEO_FIELD
 
+# --help's epilog: what the input records look like (the module docstring has the conventions).
+RECORD_LAYOUT = """\
+--llava records: a JSON list of objects, or JSONL (one object a line), e.g.
+  {"id": "sample-1", "image": "images/cat.jpg",
+   "conversations": [{"from": "human", "value": "<image>\\nWhat is on the mat?"},
+                     {"from": "gpt", "value": "A cat."}]}
+  "image" and "audio" (.wav, .flac): a path or a list of paths; "video": a list of frame images;
+  paths relative to --media-root (default: the JSON file's folder). "from": human, user, gpt,
+  assistant or system ("role"/"content" work too). One <image> / <audio> / <video> placeholder a
+  file; missing ones are put before the first human turn.
+--text records: JSONL, e.g. {"id": "doc-1", "text": "Any document."} (the field: --text-key).
+A bad record or media file is skipped, never fatal; the summary counts skips by reason, each
+with its first case (file:line and id).
+"""
 ROLES = {"human": "user", "user": "user", "system": "user", "gpt": "assistant", "assistant": "assistant"}
 IMAGE_FORMATS = {"PNG": "png", "JPEG": "jpg"}  # Pillow format -> a member extension the reader takes
 TOKENIZER_MAX_TEXTS = 1_000_000  # turn texts the tokenizer trains on: the first ones written
@@ -105,39 +127,45 @@ def read_media(root: str, path: str) -> bytes:
         raise BadSample("bad_media", f"{full}: unreadable ({e})") from e
 
 
+@contextlib.contextmanager
+def _named(name: str):
+    """A media file's :class:`BadSample` with the file named in it."""
+    try:
+        yield
+    except BadSample as e:
+        raise BadSample(e.reason, f"{name}: {e.detail}") from e
+
+
 def image_member(data: bytes, name: str) -> tuple[str, bytes]:
     """PNG and JPEG as they are; other formats Pillow opens re-encoded to PNG (the shard reader
-    takes png/jpg/jpeg members only), as RGB: what the loader would decode them to anyway."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.format in IMAGE_FORMATS:
-            return IMAGE_FORMATS[image.format], data
-        out = io.BytesIO()
-        image.convert("RGB").save(out, format="PNG")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BadSample("bad_media", f"{name}: not a readable image ({e})") from e
+    takes png/jpg/jpeg members only), as RGB: what the loader would decode them to anyway. Every
+    image is decoded in full as the loader decodes it, so one it cannot read is skipped here."""
+    with _named(name):
+        pixels = decode_image(data, "RGB", "pillow")
+    image_format = Image.open(io.BytesIO(data)).format
+    if image_format in IMAGE_FORMATS:
+        return IMAGE_FORMATS[image_format], data
+    out = io.BytesIO()
+    pixels.save(out, format="PNG")
     return "png", out.getvalue()
 
 
 def audio_member(data: bytes, name: str) -> tuple[str, bytes]:
     """16-bit WAV and FLAC as they are; 8/24/32-bit integer WAV converted to 16-bit (the loader
-    reads 16-bit PCM only). Other formats would need a decoder this project does not have."""
+    reads 16-bit PCM only). Other formats would need a decoder this project does not have. WAV is
+    read in full, as the loader reads it; FLAC's header only (its decoder is an optional package)."""
     ext = os.path.splitext(name)[1][1:].lower()
     if ext not in AUDIO_EXTS:
         raise BadSample("unsupported_media", f"{name}: .{ext} audio (the loader reads {', '.join(AUDIO_EXTS)})")
     if ext == "flac":
         if not data.startswith(b"fLaC"):
-            raise BadSample("bad_media", f"{name}: not a FLAC file")
+            raise BadSample("bad_audio", f"{name}: not a FLAC file")
         return ext, data
-    try:
-        with wave.open(io.BytesIO(data)) as f:
-            width, channels, rate = f.getsampwidth(), f.getnchannels(), f.getframerate()
-            frames = f.readframes(f.getnframes())
-    except (wave.Error, EOFError) as e:
-        raise BadSample("bad_media", f"{name}: unreadable WAV ({e})") from e
+    with _named(name):
+        width, channels, rate, frames = read_wav(data)
     if width == 2:
         return ext, data
-    samples = np.frombuffer(frames[:len(frames) - len(frames) % width], np.uint8).reshape(-1, width)
+    samples = np.frombuffer(frames, np.uint8).reshape(-1, width)
     if width == 1:  # 8-bit WAV is unsigned
         pcm = (samples[:, 0].astype(np.int16) - 128) << 8
     else:  # little-endian signed: the two most significant bytes are the 16-bit sample
@@ -166,7 +194,7 @@ def _paths(record: dict, name: str) -> list[str]:
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
-    raise BadSample("bad_record", f'"{name}": {value!r} is not a path or a list of paths')
+    raise BadSample("bad_record", f'"{name}": {reprlib.repr(value)} is not a path or a list of paths')
 
 
 def llava_turns(conversations: object) -> tuple[list[dict], Optional[int]]:
@@ -178,7 +206,8 @@ def llava_turns(conversations: object) -> tuple[list[dict], Optional[int]]:
         speaker = str(turn.get("from", turn.get("role", ""))).lower() if isinstance(turn, dict) else ""
         content = turn.get("value", turn.get("content")) if isinstance(turn, dict) else None
         if speaker not in ROLES or not isinstance(content, str):
-            raise BadSample("bad_conversation", f"turn {turn!r} is not {{'from': {'|'.join(ROLES)}, 'value': str}}")
+            raise BadSample("bad_conversation",
+                            f"turn {reprlib.repr(turn)} is not {{'from': {'|'.join(ROLES)}, 'value': str}}")
         if first_human is None and speaker in ("human", "user"):
             first_human = len(turns)
         turns.append({"role": ROLES[speaker], "content": content})
@@ -239,7 +268,7 @@ def read_records(path: str) -> tuple[int, Iterator[tuple[str, object]]]:
         try:
             with open(path, "rb") as f:
                 records = json.load(f)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than Python's stack
             return 1, iter([(name, BadSample("bad_json", f"not a JSON list ({e})"))])
         return len(records), ((f"{name}[{i}]", record) for i, record in enumerate(records))
     with open(path, "rb") as f:
@@ -253,8 +282,28 @@ def _jsonl(path: str, name: str) -> Iterator[tuple[str, object]]:
             if line.strip():
                 try:
                     yield f"{name}:{number}", json.loads(line)
-                except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+                except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError; too deep
                     yield f"{name}:{number}", BadSample("bad_json", str(e))
+
+
+def lone_surrogate(record: object) -> Optional[str]:
+    """Where in a parsed record a lone surrogate stands (``conversations[1].value``), or None.
+    JSON's ``\\ud800`` escapes make one; it is no character, so the text cannot be written as
+    UTF-8 (nor printed in a skip reason). A loop, not recursion: records may nest deeply."""
+    stack: list[tuple[str, object]] = [("", record)]
+    while stack:
+        field, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError as e:
+                return f"{field or 'the record'} ({e.object[e.start:e.end]!r} at character {e.start})"
+        elif isinstance(value, dict):
+            stack += [(f"{field}.{key}" if field else str(key), item) for key, item in reversed(value.items())]
+            stack += [(f"{field} (a key)", key) for key in value]
+        elif isinstance(value, list):
+            stack += [(f"{field}[{i}]", item) for i, item in reversed(list(enumerate(value)))]
+    return None
 
 
 def convert(kind: str, record: object, root: str, text_key: str) -> Converted:
@@ -262,6 +311,8 @@ def convert(kind: str, record: object, root: str, text_key: str) -> Converted:
         raise record
     if not isinstance(record, dict):
         raise BadSample("bad_record", f"a {type(record).__name__}, not an object")
+    if (field := lone_surrogate(record)) is not None:
+        raise BadSample("bad_json", f"a lone surrogate, not UTF-8 text, in {field}")
     return llava_sample(record, root) if kind == "llava" else text_sample(record, text_key)
 
 
@@ -361,6 +412,12 @@ class Progress:
 # ----------------------------------------------------------------------------- the tool
 
 
+def _named_record(where: str, record: object) -> str:
+    """``FILE:LINE`` (``FILE[INDEX]`` in a JSON list), and the record's id where it has one."""
+    record_id = _record_id(record) if isinstance(record, dict) else ""
+    return f"{where} (id {reprlib.repr(record_id)})" if record_id else where
+
+
 def _key(number: int, record_id: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_-]+", "_", record_id).strip("_")[:40]
     return f"{number:08d}_{safe}" if safe else f"{number:08d}"
@@ -378,7 +435,8 @@ def _media_members(media: list[tuple[str, bytes]], field: str = "") -> list[tupl
 def hf_tokenizer_for(folder: str, out: str) -> Tokenizer:
     """The Hugging Face tokenizer of ``folder``, loaded before anything is written."""
     if not os.path.isdir(folder):
-        raise ValueError(f"--tokenizer {folder}: not a folder (give a Hugging Face model folder holding tokenizer.json)")
+        raise ValueError(f"--tokenizer {folder}: not a folder "
+                         "(give a Hugging Face model folder holding tokenizer.json)")
     if os.path.exists(os.path.join(out, "tokenizer.model")):
         raise FileExistsError(f"{out} holds a tokenizer.model, which data.tokenizer would default to over the "
                               f"tokenizer of {folder} (remove it)")
@@ -437,7 +495,7 @@ def prepare(out: str, *, llava: Sequence[str] = (), text: Sequence[str] = (), me
                         text_tokens(turns, checker)
                 except BadSample as e:
                     skipped[e.reason] += 1
-                    first_skipped.setdefault(e.reason, f"{where}: {e.detail}")
+                    first_skipped.setdefault(e.reason, f"{_named_record(where, record)}: {e.detail}")
                 else:
                     writer.write(_key(writer.samples, sample.id), [(".json", conversation),
                                                                    *_media_members(sample.images),
@@ -469,7 +527,8 @@ def _byte_count(text: str) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=RECORD_LAYOUT,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--llava", nargs="+", action="extend", default=[], metavar="FILE",
                         help="LLaVA-style JSON list or JSONL of conversations")

@@ -2,7 +2,8 @@
 
 DALI's CPU decoders are libjpeg-turbo and libpng, as Pillow's are: RGB output of JPEG and 8-bit
 PNG is identical (tests/data/test_dali.py). Where the two differ, :func:`handles` says no and
-Pillow decodes.
+Pillow decodes; images with alpha or 16-bit samples never come here (DALI's RGB output drops
+alpha instead of compositing it: megaomni.media.image_modes).
 """
 
 from __future__ import annotations

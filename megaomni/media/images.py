@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from megaomni.errors import BadSample
-from megaomni.media import dali_decode
+from megaomni.media import dali_decode, image_modes
 
 RESIZES = ("fit", "smart_resize", "shortest_edge_crop", "square")  # model.vision.resize
 FIXED_RESIZES = ("shortest_edge_crop", "square")  # an image_size x image_size square, whatever the image
@@ -102,16 +102,17 @@ def _bad_image():
 
 def decode_image(data: bytes, mode: str, decoder: str = "auto") -> Image.Image:
     """Image bytes -> the fully decoded image in ``mode`` ("RGB" or "L"), the same pixels
-    whichever of DALI and Pillow decodes (see :mod:`megaomni.media.dali_decode`)."""
+    whichever of DALI and Pillow decodes (see :mod:`megaomni.media.dali_decode`); 16-bit and
+    alpha images as :mod:`megaomni.media.image_modes` converts them (Pillow only)."""
     with _bad_image():
         image = Image.open(io.BytesIO(data))  # reads the header only: both paths share its checks
-        if use_dali(decoder) and dali_decode.handles(image.format, data):
+        if use_dali(decoder) and image_modes.plain(image) and dali_decode.handles(image.format, data):
             # None: DALI cannot decode it. It is stricter in places (a PNG without IEND), so Pillow
             # decides below and bad images fail with Pillow's reason and message on both paths.
             if (pixels := dali_decode.decode_rgb(data)) is not None:
                 rgb = Image.fromarray(pixels, "RGB")
                 return rgb if mode == "RGB" else rgb.convert(mode)  # Pillow's RGB -> L weights
-        return image.convert(mode)  # forces the full decode: truncation shows here
+        return image_modes.to_mode(image, mode)  # forces the full decode: truncation shows here
 
 
 def _resample(image: Image.Image, h: int, w: int, channels: int, resample: str) -> torch.Tensor:

@@ -18,19 +18,28 @@ from megaomni.errors import BadSample
 WHISPER_SECONDS = 30
 
 
-def _load_wav(data: bytes) -> tuple[np.ndarray, int]:
+def read_wav(data: bytes) -> tuple[int, int, int, bytes]:
+    """(sample width in bytes, channels, sample rate, the frames' bytes) of WAV bytes; a malformed
+    header, a rate of 0 or frames fewer than the header says are ``bad_audio``."""
     try:
         with wave.open(io.BytesIO(data)) as f:
             width, channels, rate, count = f.getsampwidth(), f.getnchannels(), f.getframerate(), f.getnframes()
             frames = f.readframes(count)
-    except RuntimeError as e:  # what wave raises for a chunk that claims more bytes than the file has
-        raise wave.Error("a chunk overruns the file") from e
-    if width != 2:
-        raise BadSample("bad_audio", f"WAV with {8 * width}-bit samples (need 16-bit PCM)")
+    except RuntimeError as e:  # what wave raises, with no message, for a chunk that claims more bytes than the file has
+        raise BadSample("bad_audio", "undecodable .wav (a chunk overruns the file)") from e
+    except (wave.Error, EOFError, ValueError, struct.error) as e:
+        raise BadSample("bad_audio", f"undecodable .wav ({str(e) or 'its header ends early'})") from e
     if rate <= 0:
         raise BadSample("bad_audio", f"WAV with a sample rate of {rate} Hz")
     if len(frames) != count * channels * width:  # a short clip would be silently wrong, not bad
         raise BadSample("bad_audio", f"truncated WAV data: {len(frames) // (channels * width)} of {count} frames")
+    return width, channels, rate, frames
+
+
+def _load_wav(data: bytes) -> tuple[np.ndarray, int]:
+    width, channels, rate, frames = read_wav(data)
+    if width != 2:
+        raise BadSample("bad_audio", f"WAV with {8 * width}-bit samples (need 16-bit PCM)")
     samples = np.frombuffer(frames, dtype="<i2")
     return samples.reshape(-1, channels).astype(np.float32).mean(axis=1) / 32768.0, rate
 

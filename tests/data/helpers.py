@@ -7,6 +7,7 @@ import json
 import logging
 import struct
 import tarfile
+import zlib
 
 import numpy as np
 import torch
@@ -21,6 +22,19 @@ def png(width: int, height: int, colour: tuple[int, int, int] = (200, 30, 30)) -
     out = io.BytesIO()
     Image.new("RGB", (width, height), colour).save(out, format="PNG")
     return out.getvalue()
+
+
+def rgb16_png(samples: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG (colour type 2, bit depth 16) of ``samples`` ``[H, W, 3]``, written by
+    hand: Pillow cannot save one."""
+    height, width, _ = samples.shape
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in samples)  # filter type 0 before each row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def conversation(*turns: tuple[str, str]) -> bytes:

@@ -231,7 +231,7 @@ def test_convert_captioning(tool, tmp_path, tokenizer, cfg, capsys):
     printed = capsys.readouterr().out
     assert "3 samples (CaptioningSample) in 1 shards" in printed and "skipped 4 of 7 samples" in printed
     assert "missing_field 1 (first: train/cap-000000.tar:c2: caption: no txt member (has jpg))" in printed
-    for reason in ("bad_media 1 (first: train/cap-000001.tar:c3", "placeholder_mismatch 1", "excluded 1"):
+    for reason in ("bad_image 1 (first: train/cap-000001.tar:c3", "placeholder_mismatch 1", "excluded 1"):
         assert reason in printed
     raws = index_shards(list_shards(out))
     assert [r.key for r in raws] == ["00000000_c0", "00000001_c1", "00000002_c6"]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
-import types
 import wave
 
 import numpy as np
@@ -24,22 +22,11 @@ from tests.data.helpers import png
 from tests.data.hf_tokenizers import qwen2_vl
 from tests.media_views import image_times, raw_audios, raw_images, raw_videos
 from tests.media_views import images as decoded_images
+from tests.tools.conftest import ROOT, TOOL
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOOL = os.path.join(ROOT, "tools", "prepare_data.py")
 SKIPPED = {"bad_conversation": 1, "bad_json": 2, "missing_media": 1, "no_conversations": 1, "no_text": 1,
            "placeholder_mismatch": 2, "reserved_token": 1, "unsupported_media": 2}
 TEXTS = ["The quick brown fox.", "Second document,\nwith two lines."]
-
-
-@pytest.fixture(scope="module")
-def tool() -> types.ModuleType:
-    """tools/prepare_data.py as a module (tools/ is scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("prepare_data", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def wav(width: int, seconds: float = 0.5, rate: int = 16000) -> bytes:
@@ -259,8 +246,9 @@ def test_hugging_face_tokenizer(tool, inputs, tmp_path):
     skipped = {**SKIPPED, "unsupported_media": SKIPPED["unsupported_media"] + 2}
     del skipped["reserved_token"]
     assert summary["skipped"] == skipped and summary["samples"] == 8 and summary["tokenizer"] == str(out)
-    assert summary["first_skipped"]["unsupported_media"] == (f"llava.json[2]: tokenizer {folder} has no tokens for "
-                                                             "<audio> (knows: Qwen2-Audio <|audio_bos|><|AUDIO|><|audio_eos|>)")
+    assert summary["first_skipped"]["unsupported_media"] == (
+        f"llava.json[2] (id 'c'): tokenizer {folder} has no tokens for "
+        "<audio> (knows: Qwen2-Audio <|audio_bos|><|AUDIO|><|audio_eos|>)")
     assert sorted(os.listdir(out)) == ["chat_template.jinja", "data-000000.tar", "tokenizer.json",
                                        "tokenizer_config.json"]
     cfg = OmniConfig()
@@ -274,3 +262,40 @@ def test_hugging_face_tokenizer(tool, inputs, tmp_path):
     (out / "tokenizer.model").write_bytes(b"")
     with pytest.raises(FileExistsError, match="holds a tokenizer.model, which data.tokenizer would default to"):
         tool.prepare(str(out), text=inputs["text"], hf_tokenizer=folder, overwrite=True)
+
+
+def test_bad_files_and_text_are_named_skips(tmp_path):
+    """A WAV whose fmt chunk overruns the file (wave's bare RuntimeError), bytes no image format
+    has (Pillow's message names a BytesIO object), a lone surrogate in a turn (not writable as
+    UTF-8, nor printable): each a skip naming the record and the file, the rest written."""
+    overrun = bytearray(wav(2))
+    overrun[16:20] = (1000).to_bytes(4, "little")  # fmt chunk: 1000 bytes, more than the file holds
+    (tmp_path / "overrun.wav").write_bytes(bytes(overrun))
+    (tmp_path / "noise.png").write_bytes(b"\x00not an image at all" * 8)
+    (tmp_path / "red.png").write_bytes(png(28, 28))
+    lines = [json.dumps({"id": "a", "audio": "overrun.wav", "conversations": human_gpt("<audio>", "x")}),
+             json.dumps({"id": "i", "image": "noise.png", "conversations": human_gpt("<image>", "x")}),
+             '{"id": "s", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "\\udc00!"}]}',
+             "[" * 100_000,  # nested deeper than Python's stack
+             json.dumps({"id": "ok", "image": "red.png", "conversations": human_gpt("<image>", "red")})]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    proc = subprocess.run([sys.executable, TOOL, "--out", str(tmp_path / "out"), "--llava", str(tmp_path / "in.jsonl")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "1 samples" in proc.stdout and "skipped 4 of 5 records" in proc.stdout
+    assert "bad_audio 1 (first: in.jsonl:1 (id 'a'): overrun.wav: undecodable .wav (a chunk overruns the file))" \
+        in proc.stdout
+    assert ("bad_image 1 (first: in.jsonl:2 (id 'i'): noise.png: undecodable image (not a format Pillow knows))"
+            in proc.stdout) and "object at 0x" not in proc.stdout
+    assert ("bad_json 2 (first: in.jsonl:3 (id 's'): a lone surrogate, not UTF-8 text, in "
+            "conversations[1].value ('\\udc00' at character 0))") in proc.stdout
+    assert [raw.key for raw in index_shards(list_shards(str(tmp_path / "out")))] == ["00000000_ok"]
+
+
+def test_help_shows_the_record_layout():
+    proc = subprocess.run([sys.executable, TOOL, "--help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0
+    example = proc.stdout[proc.stdout.index("--llava records"):].split("\n  ", 1)[1].split("\n  \"image\"")[0]
+    record = json.loads(example)  # the example record is real JSON
+    assert record["conversations"][0] == {"from": "human", "value": "<image>\nWhat is on the mat?"}
+    assert '{"id": "doc-1", "text": "Any document."}' in proc.stdout
