@@ -444,6 +444,12 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     log_interval: int = 1
+    # Dashboards fed with every numeric field of metrics.jsonl (megaomni/training/dashboards.py);
+    # optional packages, needed only when set.
+    tensorboard: str = ""  # a directory for TensorBoard event files (pip install tensorboard); empty: none
+    wandb_project: str = ""  # a Weights & Biases project to log to (pip install wandb); empty: none
+    wandb_mode: str = "online"  # online, offline (synced later with `wandb sync`) or disabled
+    wandb_name: str = ""  # the W&B run's name; empty: W&B picks one
 
 
 @dataclass

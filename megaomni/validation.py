@@ -9,13 +9,14 @@ from __future__ import annotations
 import glob
 import os
 
-from megaomni.checks import divisors, require, require_heads, require_positive
+from megaomni.checks import divisors, require, require_choice, require_heads, require_positive
 from megaomni.config import RECOMPUTE_MODULES, DataConfig, OmniConfig
 from megaomni.data import audio_in_video, energon
 from megaomni.data.batch_rules import check_batch_sizes, equal_micro_batches
 from megaomni.media import dali_decode, registry
 from megaomni.models.freeze import frozen_leaves, leaf_prefixes, part_names
 from megaomni.parallel.rules import check_parallel_layout
+from megaomni.training.dashboards import WANDB_MODES, missing_packages
 
 
 def check_model(cfg: OmniConfig) -> None:
@@ -182,6 +183,15 @@ def check_train(cfg: OmniConfig) -> None:
     require(cfg.logging.log_interval > 0, f"logging.log_interval={cfg.logging.log_interval}: must be > 0")
 
 
+def check_logging(cfg: OmniConfig) -> None:
+    """The dashboards asked for can start (megaomni/training/dashboards.py)."""
+    logging_cfg = cfg.logging
+    require_choice("logging.wandb_mode", logging_cfg.wandb_mode, WANDB_MODES)
+    for name, package in missing_packages(logging_cfg).items():
+        require(False, f"logging.{name}={getattr(logging_cfg, name)}: needs the {package} package, not installed: "
+                f"pip install {package} (or leave logging.{name} empty)")
+
+
 def check_paths(cfg: OmniConfig) -> None:
     data = cfg.data
     require(bool(data.path), "data.path is empty: set it to a directory of *.tar shards "
@@ -245,5 +255,6 @@ def validate(cfg: OmniConfig, world_size: int) -> None:
     check_decoder(cfg.data)
     check_data(cfg)
     check_train(cfg)
+    check_logging(cfg)
     check_paths(cfg)
     check_resume(cfg, world_size)

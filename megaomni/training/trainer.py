@@ -20,6 +20,7 @@ from megaomni.data.tokenizer import load_tokenizer
 from megaomni.flops import FlopModel
 from megaomni.models.build import padded_vocab_size
 from megaomni.platform.distributed import init_distributed
+from megaomni.training.dashboards import Dashboards
 from megaomni.training.health import HealthCheck
 from megaomni.training.metrics import MetricsWriter, check_finite
 from megaomni.training.preemption import StopSignals
@@ -129,6 +130,7 @@ def train(cfg: OmniConfig) -> dict:
         return {}
     writer = MetricsWriter(cfg.train.output_dir, cfg.train.iters, cfg.logging.log_interval,
                            enabled=_is_metrics_rank(), resume_from=start)
+    dashboards = Dashboards(cfg.logging, cfg.to_dict(), cfg.train.output_dir, enabled=_is_metrics_rank())
 
     runner = StepRunner(cfg, state, device, vocab)
     flop_model, peak = FlopModel.from_config(cfg.model, vocab), peak_tflops(device, cfg.train.peak_tflops)
@@ -183,6 +185,7 @@ def train(cfg: OmniConfig) -> dict:
             }
             check_finite(iteration, record["loss"], record["grad_norm"])
             writer.write(record)
+            dashboards.write(record)
             health.check(iteration, record["loss"], record["grad_norm"])
             interval = cfg.checkpoint.save_interval
             if (iteration == cfg.train.iters and cfg.checkpoint.save_last) or (interval and iteration % interval == 0):
@@ -191,4 +194,5 @@ def train(cfg: OmniConfig) -> dict:
                 signals.stop_if_signalled(iteration, save, save_root)
     loader.close()
     writer.close()
+    dashboards.close()
     return record
