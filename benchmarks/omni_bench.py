@@ -2,13 +2,16 @@
 model TFLOP/s and MFU (megaomni/flops.py; recomputation not counted), peak memory, step time.
 
     python benchmarks/omni_bench.py --config examples/configs/vl_2b.yaml [--iters 8] [--skip 3]
-        [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--name SUFFIX] [--out benchmarks/results] [OVERRIDE ...]
+        [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--baseline] [--name SUFFIX] [--out benchmarks/results] [OVERRIDE ...]
 
 Each variant is a ``pretrain_omni.py`` run of the recipe with its overrides (after the common
 ``OVERRIDE``s); figures are medians over the iterations after the first ``--skip`` (start-up,
 allocator warm-up, the first profile), peak memory the largest any iteration reached. A run that
 fails (out of memory, say) is a row with its last log line. Without ``--variant``: the activation
-recomputation table (none, selective core attention, full LLM, full everywhere).
+recomputation table (none, selective core attention, full LLM, full everywhere). ``--baseline``
+adds the plain-PyTorch model of the recipe on the same batches (benchmarks/plain_omni.py, a row
+``plain_pytorch``, with the common ``OVERRIDE``s) and each variant's tokens/s over the baseline's
+(``vs_plain``).
 Writes ``omni_bench_<recipe>[_<name>]_<device>.json``.
 """
 
@@ -78,12 +81,33 @@ def run_variant(config: str, name: str, overrides: list[str], common: list[str],
             "losses": [r["loss"] for r in records]}
 
 
+def run_baseline(config: str, common: list[str], iters: int, skip: int, work: str) -> dict:
+    """benchmarks/plain_omni.py's row, in its own process as the variants run."""
+    out = os.path.join(work, "plain_pytorch.json")
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "plain_omni.py"), "--config", config, "--iters", str(iters),
+           "--skip", str(skip), "--json", out, *common]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode or not os.path.isfile(out):
+        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
+        return {"variant": "plain_pytorch", "failed": lines[-1] if lines else f"exit {proc.returncode}"}
+    with open(out) as f:
+        return json.load(f)
+
+
+def with_ratios(rows: list[dict], baseline: dict) -> list[dict]:
+    """Each megaomni row's tokens/s over the baseline's (``vs_plain``; absent where either failed)."""
+    if "failed" in baseline:
+        return rows
+    return [r if "failed" in r else {**r, "vs_plain": r["tokens_per_s"] / baseline["tokens_per_s"]} for r in rows]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--skip", type=int, default=3)
     parser.add_argument("--variant", action="append", default=[])
+    parser.add_argument("--baseline", action="store_true", help="add the plain-PyTorch row (plain_omni.py)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     parser.add_argument("--work", default="")
     parser.add_argument("--name", default="", help="a suffix of the result file's name")
@@ -97,14 +121,18 @@ def main(argv=None) -> dict:
         work = args.work or tmp
         rows = [run_variant(args.config, name, overrides, args.overrides, args.iters, args.skip, work)
                 for name, overrides in variants]
-    print(f"{'variant':22} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'s/step':>7} {'peak GiB':>9}")
+        if args.baseline:
+            baseline = run_baseline(args.config, args.overrides, args.iters, args.skip, work)
+            rows = [*with_ratios(rows, baseline), baseline]
+    print(f"{'variant':22} {'tokens/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'s/step':>7} {'peak GiB':>9} {'vs plain':>8}")
     for r in rows:
         if "failed" in r:
             print(f"{r['variant']:22} failed: {r['failed'][:100]}")
             continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+        ratio = f"{r['vs_plain']:.2f}x" if "vs_plain" in r else ""
         print(f"{r['variant']:22} {r['tokens_per_s']:9.0f} {r['tflops_per_gpu']:8.1f} {mfu:>6} {r['step_time_s']:7.2f} "
-              f"{r['max_memory_gib'] or 0:9.1f}")
+              f"{r['max_memory_gib'] or 0:9.1f} {ratio:>8}")
     stem = os.path.splitext(os.path.basename(args.config))[0]
     result = {"device": device, "torch": torch.__version__, "config": args.config, "overrides": args.overrides,
               "iters": args.iters, "skip": args.skip, "results": rows}

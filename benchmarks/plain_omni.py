@@ -150,7 +150,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", default="", help="write the row here")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    # train.iters as omni_bench.py sets it for megaomni's runs: the same LR schedule and checks.
+    cfg = load_config(args.config, [f"train.iters={args.iters}", *args.overrides])
     validate(cfg, world_size=1)  # the recipe's checks, as pretrain_omni.py runs them
     if args.skip >= args.iters:
         parser.error(f"--skip={args.skip}: must be below --iters={args.iters}")

@@ -72,9 +72,22 @@ def test_two_steps_on_cpu(plain_omni, toy_data, tmp_path):
 
     vocab = padded_vocab_size(load_tokenizer(os.path.join(toy_data, "tokenizer.model")).vocab_size, 0)
     row = plain_omni.main(["--config", TINY_CONFIG, "--iters", "2", "--skip", "1", "--json", str(tmp_path / "row.json"),
-                      "model.audio.enabled=false", f"data.path={toy_data}", "train.device=cpu"])
+                      "model.audio.enabled=false", f"data.path={toy_data}", "train.device=cpu",
+                            "train.warmup_iters=1"])
     assert len(row["losses"]) == 2 and all(math.isfinite(x) for x in row["losses"])
     # Untrained (init std 0.02): near the uniform guess, ln(vocab), as megaomni's toy run starts.
     assert abs(row["losses"][0] - math.log(vocab)) < 0.5, (row["losses"], math.log(vocab))
     assert row["tokens_per_s"] > 0 and row["iterations"] == 1 and not row["compile"]
     assert (tmp_path / "row.json").is_file()
+
+
+def test_omni_bench_baseline_row(toy_data, tmp_path):
+    """omni_bench.py --baseline: plain_omni.py's row from its own process, and each megaomni row's ratio to it."""
+    load_script("benchmarks/report.py")  # omni_bench imports it by name
+    bench = load_script("benchmarks/omni_bench.py")
+    baseline = bench.run_baseline(TINY_CONFIG, ["model.audio.enabled=false", f"data.path={toy_data}",
+                                                "train.device=cpu", "train.warmup_iters=1"], 2, 1, str(tmp_path))
+    assert baseline["variant"] == "plain_pytorch" and baseline["iterations"] == 1, baseline
+    rows = bench.with_ratios([{"variant": "none", "tokens_per_s": 3 * baseline["tokens_per_s"]},
+                              {"variant": "oom", "failed": "out of memory"}], baseline)
+    assert rows[0]["vs_plain"] == pytest.approx(3.0, rel=1e-12) and "vs_plain" not in rows[1]
