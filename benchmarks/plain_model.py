@@ -1,8 +1,7 @@
 """The omni model of a recipe in plain PyTorch (no megatron-core): the baseline megaomni's speed is
 measured against (benchmarks/plain_omni.py). Same shapes, parameters and matmuls as
-megaomni.models.build; parameter names follow megaomni's parts (``llm.embedding.``,
-``llm.decoder.``, ``llm.output_layer.``, ``vision_encoder.``, ``vision_encoder.projector.``) so
-that megaomni.models.freeze applies unchanged.
+megaomni.models.build, and the same parameter names and layouts: megaomni's state dict loads as it
+is (tests/benchmarks/test_plain_omni.py checks the losses agree), and megaomni.models.freeze applies.
 
 Every stack runs on packed rows ``[t, hidden]`` with ``cu_seqlens`` boundaries: images in the
 ViT, samples in the LLM. Attention: ``varlen_attn`` (flash) on CUDA in bf16/fp16, SDPA with a
@@ -13,6 +12,7 @@ encoder); no audio, CLIP-style towers, windows or video time embeddings.
 from __future__ import annotations
 
 from functools import partial
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,25 +39,30 @@ def check_supported(cfg: ModelConfig) -> None:
                          "positions, windows, pre-norm or feature_layer)")
 
 
-def segments(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """Each of ``total`` packed rows' segment index (host ``cu_seqlens`` -> ``[total]``)."""
-    return torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1), torch.diff(cu_seqlens.long()),
-                                   output_size=total)
+def flash(x: torch.Tensor) -> bool:
+    """Whether attention over ``x`` takes ``varlen_attn`` (flash: CUDA, half precision)."""
+    return x.is_cuda and x.dtype in (torch.bfloat16, torch.float16)
 
 
-def attend(q, k, v, cu_seqlens: torch.Tensor, longest: int, causal: bool) -> torch.Tensor:
-    """``q [t, hq, d]``, ``k, v [t, hkv, d]`` packed by ``cu_seqlens`` (host, int32) -> ``[t, hq, d]``."""
+def block_mask(cu_seqlens: torch.Tensor, total: int, causal: bool) -> torch.Tensor:
+    """``[total, total]``, True where a row may attend: inside its own segment (host ``cu_seqlens``)."""
+    ids = torch.repeat_interleave(torch.arange(len(cu_seqlens) - 1), torch.diff(cu_seqlens.long()),
+                                  output_size=total)
+    mask = ids[:, None] == ids[None, :]
+    return mask & torch.ones_like(mask).tril() if causal else mask
+
+
+def attend(q, k, v, cu_seqlens: Optional[torch.Tensor], longest: int, mask: Optional[torch.Tensor],
+           causal: bool) -> torch.Tensor:
+    """``q [t, hq, d]``, ``k, v [t, hkv, d]`` -> ``[t, hq, d]``: ``varlen_attn`` over ``cu_seqlens``
+    (on the device), or SDPA with ``mask`` (:func:`block_mask`) where that is given."""
     if k.shape[1] != q.shape[1]:  # GQA, as megaomni's varlen path does it
         k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
-    if q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+    if mask is None:
         from torch.nn.attention.varlen import varlen_attn
 
-        cu = cu_seqlens.to(q.device, torch.int32, non_blocking=True)
-        return varlen_attn(q, k, v, cu, cu, longest, longest, window_size=(-1, 0) if causal else (-1, -1))
-    ids = segments(cu_seqlens, q.shape[0]).to(q.device)
-    mask = ids[:, None] == ids[None, :]
-    if causal:
-        mask &= torch.ones_like(mask).tril()
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, longest, longest,
+                           window_size=(-1, 0) if causal else (-1, -1))
     out = F.scaled_dot_product_attention(*(x.transpose(0, 1)[None] for x in (q, k, v)), attn_mask=mask)
     return out[0].transpose(0, 1)
 
@@ -72,39 +77,63 @@ def make_norm(kind: str, size: int, eps: float) -> nn.Module:
     return nn.LayerNorm(size, eps=eps) if kind == "layernorm" else nn.RMSNorm(size, eps=eps)
 
 
+class Attention(nn.Module):
+    """Fused QKV (GQA; rows per key/value group ``[its queries, k, v]``, megatron-core's layout),
+    optional QK-norm, RoPE, packed attention, output projection."""
+
+    def __init__(self, hidden: int, heads: int, groups: int, head_dim: int, *, eps: float, bias: bool,
+                 qkv_bias: bool, qk_norm: bool, causal: bool):
+        super().__init__()
+        self.heads, self.groups, self.head_dim, self.causal = heads, groups, head_dim, causal
+        self.linear_qkv = nn.Linear(hidden, (heads + 2 * groups) * head_dim, bias=bias or qkv_bias)
+        self.q_layernorm = nn.RMSNorm(head_dim, eps=eps) if qk_norm else None
+        self.k_layernorm = nn.RMSNorm(head_dim, eps=eps) if qk_norm else None
+        self.linear_proj = nn.Linear(heads * head_dim, hidden, bias=bias)
+
+    def forward(self, x, cos, sin, cu_seqlens: Optional[torch.Tensor], longest: int, mask: Optional[torch.Tensor]):
+        t, per = x.shape[0], self.heads // self.groups
+        qkv = self.linear_qkv(x).view(t, self.groups, per + 2, self.head_dim)
+        q = qkv[:, :, :per].reshape(t, self.heads, self.head_dim)
+        k, v = qkv[:, :, per], qkv[:, :, per + 1]
+        if self.q_layernorm is not None:
+            q, k = self.q_layernorm(q), self.k_layernorm(k)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        return self.linear_proj(attend(q, k, v, cu_seqlens, longest, mask, self.causal).reshape(t, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU (``linear_fc1`` rows ``[gate; up]``) or a plain activation between two linears."""
+
+    def __init__(self, hidden: int, ffn: int, activation: str, bias: bool):
+        super().__init__()
+        self.gated, self.act = activation == "swiglu", ACTIVATIONS[activation]
+        self.linear_fc1 = nn.Linear(hidden, ffn * (2 if self.gated else 1), bias=bias)
+        self.linear_fc2 = nn.Linear(ffn, hidden, bias=bias)
+
+    def forward(self, x):
+        h = self.linear_fc1(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            return self.linear_fc2(self.act(gate) * up)
+        return self.linear_fc2(self.act(h))
+
+
 class Layer(nn.Module):
-    """Pre-norm transformer layer: fused QKV (GQA), RoPE, attention, output projection; MLP."""
+    """Pre-norm transformer layer (megatron-core's parameter names, so state dicts load as they are)."""
 
     def __init__(self, hidden: int, heads: int, groups: int, head_dim: int, ffn: int, *, norm: str, eps: float,
                  activation: str, bias: bool, qkv_bias: bool, qk_norm: bool, causal: bool):
         super().__init__()
-        self.heads, self.groups, self.head_dim, self.causal = heads, groups, head_dim, causal
-        self.gated, self.act = activation == "swiglu", ACTIVATIONS[activation]
+        self.causal = causal
         self.input_layernorm = make_norm(norm, hidden, eps)
-        self.linear_qkv = nn.Linear(hidden, (heads + 2 * groups) * head_dim, bias=bias or qkv_bias)
-        self.q_norm = nn.RMSNorm(head_dim, eps=eps) if qk_norm else None
-        self.k_norm = nn.RMSNorm(head_dim, eps=eps) if qk_norm else None
-        self.linear_proj = nn.Linear(heads * head_dim, hidden, bias=bias)
+        self.self_attention = Attention(hidden, heads, groups, head_dim, eps=eps, bias=bias, qkv_bias=qkv_bias,
+                                        qk_norm=qk_norm, causal=causal)
         self.pre_mlp_layernorm = make_norm(norm, hidden, eps)
-        self.linear_fc1 = nn.Linear(hidden, ffn * (2 if self.gated else 1), bias=bias)
-        self.linear_fc2 = nn.Linear(ffn, hidden, bias=bias)
+        self.mlp = MLP(hidden, ffn, activation, bias)
 
-    def forward(self, x, cos, sin, cu_seqlens: torch.Tensor, longest: int):
-        t, d = x.shape[0], self.head_dim
-        q, k, v = self.linear_qkv(self.input_layernorm(x)).split(
-            [self.heads * d, self.groups * d, self.groups * d], dim=-1)
-        q, k, v = q.view(t, self.heads, d), k.view(t, self.groups, d), v.view(t, self.groups, d)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        x = x + self.linear_proj(attend(q, k, v, cu_seqlens, longest, self.causal).reshape(t, -1))
-        h = self.linear_fc1(self.pre_mlp_layernorm(x))
-        if self.gated:
-            gate, up = h.chunk(2, dim=-1)
-            h = self.act(gate) * up
-        else:
-            h = self.act(h)
-        return x + self.linear_fc2(h)
+    def forward(self, x, cos, sin, cu_seqlens: Optional[torch.Tensor], longest: int, mask: Optional[torch.Tensor]):
+        x = x + self.self_attention(self.input_layernorm(x), cos, sin, cu_seqlens, longest, mask)
+        return x + self.mlp(self.pre_mlp_layernorm(x))
 
 
 class Stack(nn.Module):
@@ -120,10 +149,25 @@ class Stack(nn.Module):
         # dynamic: packed lengths change every micro-batch; one graph for all of them.
         self.calls = [torch.compile(layer, dynamic=True) for layer in self.layers]
 
-    def forward(self, x, cos, sin, cu_seqlens, longest):
+    def forward(self, x, cos, sin, cu_seqlens: torch.Tensor, longest: int):
+        """``x [t, hidden]`` packed by host ``cu_seqlens``: boundaries on the device, or a mask,
+        made once for all layers."""
+        if flash(x):
+            cu, mask = cu_seqlens.to(x.device, torch.int32, non_blocking=True), None
+        else:
+            cu, mask = None, block_mask(cu_seqlens, x.shape[0], self.layers[0].causal).to(x.device)
         for layer in self.calls:
-            x = layer(x, cos, sin, cu_seqlens, longest)
+            x = layer(x, cos, sin, cu, longest, mask)
         return self.final_layernorm(x)
+
+
+class Merger(nn.Module):
+    def __init__(self, size: int, hidden: int, out: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(size, hidden), nn.Linear(hidden, out)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class VisionTower(nn.Module):
@@ -140,9 +184,8 @@ class VisionTower(nn.Module):
                         qk_norm=False, causal=False)
         self.blocks = Stack([layer() for _ in range(cfg.num_layers)],
                             make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps))
-        self.projector = nn.Sequential(nn.Linear(cfg.hidden_size * cfg.merge_size ** 2,
-                                                 cfg.projector_hidden_size or llm_hidden),
-                                       nn.GELU(), nn.Linear(cfg.projector_hidden_size or llm_hidden, llm_hidden))
+        self.projector = Merger(cfg.hidden_size * cfg.merge_size ** 2, cfg.projector_hidden_size or llm_hidden,
+                                llm_hidden)
 
     def forward(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         """``patches [N, C*T*p*p]`` in megaomni's patch order, ``grids [n, 2]`` (host)
@@ -178,7 +221,8 @@ class LLM(nn.Module):
     def __init__(self, cfg: LLMConfig, vocab: int):
         super().__init__()
         self.cfg, self.head_dim = cfg, cfg.head_dim or cfg.hidden_size // cfg.num_attention_heads
-        self.embedding = nn.Embedding(vocab, cfg.hidden_size)
+        self.embedding = nn.Module()
+        self.embedding.word_embeddings = nn.Embedding(vocab, cfg.hidden_size)
         layer = partial(Layer, cfg.hidden_size, cfg.num_attention_heads, cfg.num_query_groups, self.head_dim,
                         cfg.ffn_hidden_size, norm="rmsnorm", eps=cfg.norm_eps, activation="swiglu", bias=False,
                         qkv_bias=cfg.qkv_bias, qk_norm=cfg.qk_norm, causal=True)
@@ -189,7 +233,7 @@ class LLM(nn.Module):
         """``x [t, hidden]`` embeddings, ``labels [t]`` -> per-token cross entropy ``[t]`` (fp32 logits)."""
         angles = llm_angles(self.cfg, position_ids, self.head_dim)
         x = self.decoder(x, angles.cos().to(x.dtype), angles.sin().to(x.dtype), cu_seqlens, longest)
-        weight = self.embedding.weight if self.output_layer is None else self.output_layer.weight
+        weight = self.embedding.word_embeddings.weight if self.output_layer is None else self.output_layer.weight
         return F.cross_entropy(F.linear(x, weight).float(), labels, reduction="none")
 
 
@@ -224,7 +268,7 @@ class PlainOmni(nn.Module):
         """A megaomni ``Batch`` (on the device) -> per-token loss ``[b * s]`` (unmasked)."""
         b, s = batch.tokens.shape
         tokens = batch.tokens.reshape(-1)
-        x = self.llm.embedding(tokens)
+        x = self.llm.embedding.word_embeddings(tokens)
         if "vision" in batch.media and self.encoder_names:
             media = batch.media["vision"]
             if "time" in media.info and bool((media.info["time"] != 0).any()):

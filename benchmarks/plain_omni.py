@@ -67,8 +67,8 @@ class MasterAdamW:
 
     def step(self, lr: float) -> torch.Tensor:
         for m, p in zip(self.master, self.params):
-            if m is not p:
-                m.grad = p.grad.float()
+            if m is not p:  # None where a part was not used (the vision tower in a text-only step)
+                m.grad = None if p.grad is None else p.grad.float()
         norm = torch.nn.utils.clip_grad_norm_(self.master, self.clip) if self.clip else torch.zeros(())
         for group in self.optimizer.param_groups:
             group["lr"] = lr

@@ -2,8 +2,11 @@
 
 The plain model must be the model megaomni builds (same parameters, hence the same FLOPs): for
 each recipe shape, every part (LLM embedding, decoder, output layer, vision encoder, projector)
-holds parameters of exactly the same shapes as megaomni.models.build's. Then two training steps
-on the toy data run with finite losses.
+holds parameters of exactly the same shapes as megaomni.models.build's; and given megaomni's
+weights (its state dict loads as it is) it computes the same per-token loss on a toy batch, in
+float64, within ``RTOL`` of the largest loss (megatron-core and megaomni compute rotary angles
+in float32: tests/models/test_parts.py's tolerance; measured 5e-8 relative). Then two training
+steps on the toy data run with finite losses, and omni_bench.py's baseline row comes back.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from megaomni.config import load_config
 from megaomni.models.freeze import _leaf, leaf_prefixes
 from tests.conftest import ROOT, TINY_CONFIG, load_script
+from tests.models.test_parts import RTOL, randomize_
 
 VOCAB = 256
 PADS = {"vision": (5, 6)}
@@ -28,6 +32,9 @@ SMALL_VL = ["model.llm.num_layers=2", "model.llm.hidden_size=64", "model.llm.num
             "model.llm.num_query_groups=2", "model.llm.ffn_hidden_size=96", "model.llm.mrope_section=[4,2,2]",
             "model.vision.num_layers=2", "model.vision.hidden_size=32", "model.vision.num_attention_heads=2",
             "model.vision.ffn_hidden_size=64", "model.vision.projector_hidden_size=128"]
+# Toy data (tools/make_toy_data.py) through the vl recipe: its small images within the budgets.
+VL_TOY_DATA = ["data.seq_length=256", "data.max_tokens=256", "data.max_patches=4096", "data.max_pixels=200000",
+               "data.global_batch_size=4", "data.workers=0"]
 CASES = {
     "tiny_omni": (TINY_CONFIG, ["model.audio.enabled=false"]),
     "tiny_qk_norm_untied": (TINY_CONFIG, ["model.audio.enabled=false", "model.llm.qk_norm=true",
@@ -64,6 +71,34 @@ def test_same_parameters_as_megaomni(megatron_cpu, plain_model, case):
     ours = plain_model.PlainOmni(cfg.model, VOCAB, PADS["vision"])
     assert part_shapes(ours, cfg) == part_shapes(theirs, cfg)
     assert plain_model.parameter_count(ours) == plain_model.parameter_count(theirs)
+
+
+@pytest.mark.parametrize("case", ["tiny_omni", "vl_2b_small"])
+def test_same_loss_as_megaomni(megatron_cpu, plain_model, toy_data, case):
+    from megaomni.data.loader import OmniDataLoader
+    from megaomni.data.tokenizer import load_tokenizer
+    from megaomni.models.build import build_model, padded_vocab_size
+
+    path, overrides = CASES[case]
+    cfg = load_config(path, [*overrides, *(VL_TOY_DATA if path == VL_2B else []), f"data.path={toy_data}",
+                             "train.device=cpu", "train.bf16=false"])
+    tokenizer = load_tokenizer(cfg.data.tokenizer_path())
+    vocab = padded_vocab_size(tokenizer.vocab_size, 0)
+    theirs = build_model(cfg, vocab, tokenizer.media_pad_ids)
+    randomize_(theirs)  # weights large enough that attention, positions and the merge matter
+    theirs.double()
+    ours = plain_model.PlainOmni(cfg.model, vocab, tokenizer.media_pad_ids("vision")).double()
+    result = ours.load_state_dict(theirs.state_dict(), strict=False)
+    assert not result.missing_keys and all(k.endswith("._extra_state") for k in result.unexpected_keys), result
+    loader = OmniDataLoader(cfg, tokenizer, dp_rank=0, dp_size=1)
+    batch = loader.next_step()[0]
+    loader.close()
+    assert batch.media["vision"].values.shape[0] > 0
+    expected = theirs(batch.tokens, batch.position_ids, labels=batch.labels, cu_seqlens=batch.cu_seqlens,
+                      media=batch.media).reshape(-1).detach()
+    mask = batch.loss_mask.reshape(-1).bool()
+    actual = ours(batch)[mask].detach()
+    torch.testing.assert_close(actual, expected[mask], rtol=RTOL, atol=RTOL * float(expected[mask].abs().max()))
 
 
 def test_two_steps_on_cpu(plain_omni, toy_data, tmp_path):
