@@ -174,9 +174,18 @@ def check_paths(cfg: OmniConfig) -> None:
     data = cfg.data
     require(bool(data.path), "data.path is empty: set it to a directory of *.tar shards "
              "(make one with `python tools/make_toy_data.py --out DIR`)")
-    for directory, _ in data.datasets():
+    check_dataset_dirs("data.path", data.path, [directory for directory, _ in data.datasets()])
+    tokenizer = data.tokenizer_path()
+    require(os.path.isfile(tokenizer) or os.path.isfile(os.path.join(tokenizer, "tokenizer.json")),
+             f"data.tokenizer={tokenizer}: no such file, nor a folder holding tokenizer.json (train one with "
+             "tools/make_toy_data.py, or point data.tokenizer at a .model file or a Hugging Face model folder)")
+
+
+def check_dataset_dirs(key: str, value: str, directories: list[str]) -> None:
+    """Each directory a data set in a format the loader reads."""
+    for directory in directories:
         # Name the entry, and the whole value only when it lists several.
-        where = f"data.path={directory}" if directory == data.path else f"data.path={data.path}: {directory}"
+        where = f"{key}={directory}" if directory == value else f"{key}={value}: {directory}"
         require(os.path.isdir(directory), f"{where}: no such directory")
         if energon.is_prepared(directory):  # its train split's shards, in subfolders too
             try:
@@ -185,10 +194,24 @@ def check_paths(cfg: OmniConfig) -> None:
                 require(False, f"{where}: {e}")
         else:
             require(bool(glob.glob(os.path.join(directory, "*.tar"))), f"{where}: holds no *.tar shards")
-    tokenizer = data.tokenizer_path()
-    require(os.path.isfile(tokenizer) or os.path.isfile(os.path.join(tokenizer, "tokenizer.json")),
-             f"data.tokenizer={tokenizer}: no such file, nor a folder holding tokenizer.json (train one with "
-             "tools/make_toy_data.py, or point data.tokenizer at a .model file or a Hugging Face model folder)")
+
+
+def check_eval(cfg: OmniConfig) -> None:
+    """Evaluation's settings, and its sets' directories when it is on."""
+    ev = cfg.eval
+    require(ev.interval >= 0, f"eval.interval={ev.interval}: must be >= 0 (0: no evaluation)")
+    if not ev.interval:
+        return
+    require(bool(ev.path), f"eval.interval={ev.interval}: needs eval.path (held-out data sets, DIR or NAME=DIR, "
+            "comma-separated), or set eval.interval=0")
+    require(ev.iters >= 1, f"eval.iters={ev.iters}: must be >= 1 (steps per eval set)")
+    sets = ev.sets()
+    names = [name for name, _ in sets]
+    for name, directory in sets:
+        require(bool(name) and bool(directory) and names.count(name) == 1,
+                f"eval.path={ev.path}: {name or '(empty)'}={directory or '(empty)'}: each set needs a directory and "
+                "a name of its own (name one with NAME=DIR)")
+    check_dataset_dirs("eval.path", ev.path, [directory for _, directory in sets])
 
 
 EMBEDDING = "llm.embedding.word_embeddings.weight"  # its rows: the padded vocabulary
@@ -234,4 +257,5 @@ def validate(cfg: OmniConfig, world_size: int) -> None:
     check_data(cfg)
     check_train(cfg)
     check_paths(cfg)
+    check_eval(cfg)
     check_resume(cfg, world_size)

@@ -75,10 +75,7 @@ class StepRunner:
         sync_debug = self.cfg.pipeline.sync_debug if self._steps > 1 else ""
         if self.executor is None and not record:  # megatron-core's schedules need no plan
             return self._megatron_core(batches, forward_step)
-        items = [media_items(b.media) for b in batches]
-        described = describe(batches, items)
-        costs = step_costs(self.flops, described, self.bytes)
-        plan = self.plan(described, costs)
+        items, described, costs, plan = self._planned(batches)
         if self.executor is None:
             reports, timeline = self._megatron_core(batches, forward_step), None
         else:
@@ -90,6 +87,22 @@ class StepRunner:
                 self._fit()
         self._pending = (iteration, described, plan, timeline) if record else None
         return reports
+
+    def forward_only(self, batches: list[Batch], forward_step) -> list:
+        """The step's forward alone (evaluation, under ``torch.no_grad``): the schedule training
+        runs, without its backward; no profiling or timeline, and training's step count kept."""
+        if self.executor is None:
+            return self._megatron_core(batches, forward_step, forward_only=True)
+        items, _, _, plan = self._planned(batches)
+        reports, _ = self.executor.run(plan, batches, items, forward_step, forward_only=True)
+        return reports
+
+    def _planned(self, batches: list[Batch]):
+        """The step's media items, described micro-batches, costs and plan."""
+        items = [media_items(b.media) for b in batches]
+        described = describe(batches, items)
+        costs = step_costs(self.flops, described, self.bytes)
+        return items, described, costs, self.plan(described, costs)
 
     def _fit(self) -> None:
         """The planner's costs from the profiling pass. Every rank must plan alike, and the
@@ -107,7 +120,7 @@ class StepRunner:
             self._write(*self._pending)
             self._pending = None
 
-    def _megatron_core(self, batches: list[Batch], forward_step) -> list:
+    def _megatron_core(self, batches: list[Batch], forward_step, forward_only: bool = False) -> list:
         chunks = self.state.chunks
         # Every model chunk (virtual stage) walks the same micro-batches.
         iterators = [iter(batches) for _ in chunks]
@@ -120,7 +133,7 @@ class StepRunner:
             num_microbatches=len(batches),
             seq_length=max(b.tokens.shape[1] for b in batches),
             micro_batch_size=batches[0].tokens.shape[0],
-            forward_only=False,
+            forward_only=forward_only,
         )
 
     def _write(self, iteration: int, described: list[dict], plan, timeline) -> None:
