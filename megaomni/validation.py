@@ -135,17 +135,20 @@ def check_data(cfg: OmniConfig) -> None:
 
 
 def check_indexes(cfg: OmniConfig) -> None:
-    """With data.index=require, every data set's index serves this run (before any rank starts)."""
+    """With data.index=require, every data set's index serves this run (before any rank starts),
+    the evaluation sets' too."""
     from megaomni.data.index import StaleIndex, index_status
     from megaomni.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.data.tokenizer_path())
-    for path, _ in cfg.data.datasets():
+    sets = [("data.path", path) for path, _ in cfg.data.datasets()]
+    sets += [("eval.path", path) for _, path in cfg.eval.sets()] if cfg.eval.interval else []
+    for key, path in sets:
         try:
             _, why = index_status(path, tokenizer, cfg)
         except (StaleIndex, FileNotFoundError) as e:
             why = str(e)
-        require(why is None, f"data.path={path}: {why} (data.index=require); build it: python tools/index_data.py "
+        require(why is None, f"{key}={path}: {why} (data.index=require); build it: python tools/index_data.py "
                 f"{path} --config YOUR_RECIPE.yaml")
 
 

@@ -93,12 +93,32 @@ def parity(toy_data, tmp_path_factory) -> ParitySetup:
 
 
 @pytest.fixture(scope="module")
-def eval_sets(toy_data, tmp_path_factory) -> str:
-    """Two sets: the training data and another, smaller one."""
+def other_set(tmp_path_factory) -> str:
+    """A small data set besides the training data."""
     other = tmp_path_factory.mktemp("other")
     subprocess.run([sys.executable, "tools/make_toy_data.py", "--out", str(other), "--samples", "64", "--seed", "1"],
                    check=True, cwd=ROOT, timeout=300)
-    return f"eval.path=train={toy_data},other={other}"
+    return str(other)
+
+
+@pytest.fixture(scope="module")
+def eval_sets(toy_data, other_set) -> str:
+    return f"eval.path=train={toy_data},other={other_set}"
+
+
+def test_a_run_that_requires_indexes_checks_the_eval_sets_too(toy_data, other_set, tmp_path):
+    from megaomni.data.loader import OmniDataLoader
+    from megaomni.data.tokenizer import load_tokenizer
+    from megaomni.validation import check_data
+
+    cfg = load_config(None, [f"data.path={toy_data}", f"data.index_dir={tmp_path}", "train.device=cpu"])
+    tokenizer = load_tokenizer(cfg.data.tokenizer_path())
+    OmniDataLoader(cfg, tokenizer, dp_rank=0, dp_size=1).close()  # builds the training set's index alone
+    cfg.data.index, cfg.eval.path, cfg.eval.interval = "require", f"held={other_set}", 5
+    with pytest.raises(ConfigError, match=rf"^eval.path={other_set}: no index for these settings"):
+        check_data(cfg)
+    cfg.eval.interval = 0  # off: its sets are not read
+    check_data(cfg)
 
 
 @pytest.fixture(scope="module")
