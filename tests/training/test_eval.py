@@ -1,6 +1,6 @@
 """Evaluation during training (``eval.*``): its validation; the forward-only loss against the model
 run directly, training's state untouched; and ``pretrain_omni.py`` runs: the eval records equal
-under one process and 2-rank layouts (DP2, TP2, PP2 under the joint schedule), and a run with
+under one process and 2-rank layouts (DP2, TP2, CP2, PP2 under the joint schedule; MoE under EP2), and a run with
 evaluation trains exactly as one without.
 
 In process: the tiny model and hand-made micro-batches of ``tests/training/steps.py`` on one gloo
@@ -9,6 +9,7 @@ rank. The runs: ``tests/parallel``'s harness (shared initial weights), ``slow``.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ import torch
 from megaomni.config import ConfigError, load_config
 from megaomni.validation import check_eval
 from tests.conftest import ROOT
-from tests.parallel.layouts import DENSE, ParitySetup
+from tests.parallel.layouts import DENSE, MOE, Model, ParitySetup
 from tests.training import steps
 
 # ----------------------------------------------------------------------------- validation
@@ -40,6 +41,18 @@ def test_bad_eval_settings_fail_with_one_line(overrides, message):
 def test_eval_sets_are_named_by_folder_or_name():
     cfg = load_config(None, ["eval.path=/d/held, val=/d/other/"])
     assert cfg.eval.sets() == [("held", "/d/held"), ("val", "/d/other/")]
+
+
+def test_a_resume_sets_aside_the_eval_lines_past_its_checkpoint(tmp_path):
+    from megaomni.training.metrics import set_aside_past
+
+    lines = [{"iteration": 1, "loss": 5.0}, {"iteration": 2, "loss": 4.0}, {"iteration": 2, "eval": {"a": {}}},
+             {"iteration": 3, "loss": 3.0}, {"iteration": 3, "eval": {"a": {}}}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    aside = set_aside_past(str(path), 2)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == lines[:3]
+    assert [json.loads(line) for line in open(aside)] == lines[3:]
 
 
 # ----------------------------------------------------------------------------- in process
@@ -122,8 +135,17 @@ def test_a_run_that_requires_indexes_checks_the_eval_sets_too(toy_data, other_se
 
 
 @pytest.fixture(scope="module")
-def one_process(parity, eval_sets, tmp_path_factory) -> list[dict]:
-    return parity.run(DENSE, tmp_path_factory.mktemp("eval_one") / "run", eval_sets, *EVAL)
+def one_process(parity, eval_sets, tmp_path_factory):
+    """A model's single-process run with evaluation (made once per model)."""
+    runs: dict[str, list[dict]] = {}
+
+    def run(model: Model) -> list[dict]:
+        if model.name not in runs:
+            out = tmp_path_factory.mktemp(f"eval_{model.name}") / "run"
+            runs[model.name] = parity.run(model, out, eval_sets, *EVAL)
+        return runs[model.name]
+
+    return run
 
 
 def _split(records: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -132,7 +154,7 @@ def _split(records: list[dict]) -> tuple[list[dict], list[dict]]:
 
 @pytest.mark.slow
 def test_a_run_with_evaluation_trains_exactly_as_one_without(parity, one_process):
-    trained, evals = _split(one_process)
+    trained, evals = _split(one_process(DENSE))
     reference = parity.reference(DENSE)
     assert [(r["loss"], r["grad_norm"]) for r in trained] == [(r["loss"], r["grad_norm"]) for r in reference]
     assert [r["iteration"] for r in evals] == [2, 3]
@@ -145,14 +167,17 @@ def test_a_run_with_evaluation_trains_exactly_as_one_without(parity, one_process
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides", [
-    pytest.param((), id="dp2"),
-    pytest.param(("parallel.tp=2",), id="tp2"),
-    pytest.param(("parallel.pp=2", "pipeline.schedule=joint", "pipeline.joint_fallback=false"), id="pp2_joint"),
+@pytest.mark.parametrize("model, overrides", [
+    pytest.param(DENSE, (), id="dense-dp2"),
+    pytest.param(DENSE, ("parallel.tp=2",), id="dense-tp2"),
+    pytest.param(DENSE, ("parallel.cp=2",), id="dense-cp2"),
+    pytest.param(DENSE, ("parallel.pp=2", "pipeline.schedule=joint", "pipeline.joint_fallback=false"),
+                 id="dense-pp2_joint"),
+    pytest.param(MOE, ("parallel.ep=2",), id="moe-ep2"),
 ])
-def test_eval_loss_is_equal_across_layouts(parity, eval_sets, one_process, overrides, tmp_path):
-    _, expected = _split(one_process)
-    _, evals = _split(parity.run(DENSE, tmp_path / "run", eval_sets, *EVAL, *overrides, nproc=2))
+def test_eval_loss_is_equal_across_layouts(parity, eval_sets, one_process, model, overrides, tmp_path):
+    _, expected = _split(one_process(model))
+    _, evals = _split(parity.run(model, tmp_path / "run", eval_sets, *EVAL, *overrides, nproc=2))
     assert [r["iteration"] for r in evals] == [r["iteration"] for r in expected]
     for a, b in zip(expected, evals):
         for name, stats in a["eval"].items():
