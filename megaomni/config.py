@@ -442,6 +442,28 @@ class CheckpointConfig:
 
 
 @dataclass
+class EvalConfig:
+    # Held-out sets, each evaluated and reported on its own: comma-separated directories in
+    # data.path's formats (*.tar shards, an Energon dataset), each DIR or NAME=DIR (NAME: the
+    # directory's name).
+    path: str = ""
+    interval: int = 0  # evaluate every this many iterations and at the last; 0: never
+    # Steps per set, shaped as training's (data.global_batch_size / global_batch_tokens), always
+    # from the set's start, so every evaluation reads the same samples.
+    iters: int = 10
+
+    def sets(self) -> list[tuple[str, str]]:
+        """``path`` as (name, directory) entries; [] when it is empty."""
+        entries = []
+        for entry in filter(None, (e.strip() for e in self.path.split(","))):
+            name, equals, directory = entry.partition("=")
+            if not equals:
+                name, directory = os.path.basename(os.path.normpath(entry)), entry
+            entries.append((name.strip(), directory.strip()))
+        return entries
+
+
+@dataclass
 class LoggingConfig:
     log_interval: int = 1
     # Dashboards fed with every numeric field of metrics.jsonl (megaomni/training/dashboards.py);
@@ -460,6 +482,7 @@ class OmniConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:

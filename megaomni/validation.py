@@ -148,17 +148,20 @@ def check_data(cfg: OmniConfig) -> None:
 
 
 def check_indexes(cfg: OmniConfig) -> None:
-    """With data.index=require, every data set's index serves this run (before any rank starts)."""
+    """With data.index=require, every data set's index serves this run (before any rank starts),
+    the evaluation sets' too."""
     from megaomni.data.index import StaleIndex, index_status
     from megaomni.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.data.tokenizer_path())
-    for path, _ in cfg.data.datasets():
+    sets = [("data.path", path) for path, _ in cfg.data.datasets()]
+    sets += [("eval.path", path) for _, path in cfg.eval.sets()] if cfg.eval.interval else []
+    for key, path in sets:
         try:
             _, why = index_status(path, tokenizer, cfg)
         except (StaleIndex, FileNotFoundError) as e:
             why = str(e)
-        require(why is None, f"data.path={path}: {why} (data.index=require); build it: python tools/index_data.py "
+        require(why is None, f"{key}={path}: {why} (data.index=require); build it: python tools/index_data.py "
                 f"{path} --config YOUR_RECIPE.yaml")
 
 
@@ -196,9 +199,18 @@ def check_paths(cfg: OmniConfig) -> None:
     data = cfg.data
     require(bool(data.path), "data.path is empty: set it to a directory of *.tar shards "
              "(make one with `python tools/make_toy_data.py --out DIR`)")
-    for directory, _ in data.datasets():
+    check_dataset_dirs("data.path", data.path, [directory for directory, _ in data.datasets()])
+    tokenizer = data.tokenizer_path()
+    require(os.path.isfile(tokenizer) or os.path.isfile(os.path.join(tokenizer, "tokenizer.json")),
+             f"data.tokenizer={tokenizer}: no such file, nor a folder holding tokenizer.json (train one with "
+             "tools/make_toy_data.py, or point data.tokenizer at a .model file or a Hugging Face model folder)")
+
+
+def check_dataset_dirs(key: str, value: str, directories: list[str]) -> None:
+    """Each directory a data set in a format the loader reads."""
+    for directory in directories:
         # Name the entry, and the whole value only when it lists several.
-        where = f"data.path={directory}" if directory == data.path else f"data.path={data.path}: {directory}"
+        where = f"{key}={directory}" if directory == value else f"{key}={value}: {directory}"
         require(os.path.isdir(directory), f"{where}: no such directory")
         if energon.is_prepared(directory):  # its train split's shards, in subfolders too
             try:
@@ -207,10 +219,24 @@ def check_paths(cfg: OmniConfig) -> None:
                 require(False, f"{where}: {e}")
         else:
             require(bool(glob.glob(os.path.join(directory, "*.tar"))), f"{where}: holds no *.tar shards")
-    tokenizer = data.tokenizer_path()
-    require(os.path.isfile(tokenizer) or os.path.isfile(os.path.join(tokenizer, "tokenizer.json")),
-             f"data.tokenizer={tokenizer}: no such file, nor a folder holding tokenizer.json (train one with "
-             "tools/make_toy_data.py, or point data.tokenizer at a .model file or a Hugging Face model folder)")
+
+
+def check_eval(cfg: OmniConfig) -> None:
+    """Evaluation's settings, and its sets' directories when it is on."""
+    ev = cfg.eval
+    require(ev.interval >= 0, f"eval.interval={ev.interval}: must be >= 0 (0: no evaluation)")
+    if not ev.interval:
+        return
+    require(bool(ev.path), f"eval.interval={ev.interval}: needs eval.path (held-out data sets, DIR or NAME=DIR, "
+            "comma-separated), or set eval.interval=0")
+    require(ev.iters >= 1, f"eval.iters={ev.iters}: must be >= 1 (steps per eval set)")
+    sets = ev.sets()
+    names = [name for name, _ in sets]
+    for name, directory in sets:
+        require(bool(name) and bool(directory) and names.count(name) == 1,
+                f"eval.path={ev.path}: {name or '(empty)'}={directory or '(empty)'}: each set needs a directory and "
+                "a name of its own (name one with NAME=DIR)")
+    check_dataset_dirs("eval.path", ev.path, [directory for _, directory in sets])
 
 
 EMBEDDING = "llm.embedding.word_embeddings.weight"  # its rows: the padded vocabulary
@@ -257,4 +283,5 @@ def validate(cfg: OmniConfig, world_size: int) -> None:
     check_train(cfg)
     check_logging(cfg)
     check_paths(cfg)
+    check_eval(cfg)
     check_resume(cfg, world_size)

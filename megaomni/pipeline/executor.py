@@ -36,6 +36,7 @@ from megaomni.pipeline.plan import (
     check_plan,
     makes,
     needs,
+    without_backward,
 )
 from megaomni.pipeline.shares import Item, assemble, merge_inputs, share_inputs, share_outputs, split_outputs
 from megaomni.pipeline.timeline import Event, Timeline
@@ -110,14 +111,17 @@ class PlanExecutor:
                 for m, n in sorted(rows.items()) if name == "feat" or self.trains[m]}
 
     def run(self, plan: Plan, batches: list[Batch], items: list[list[Item]], forward_step_func,
-            record: bool = False, sync_debug: str = ""):
+            record: bool = False, sync_debug: str = "", forward_only: bool = False):
         """One step's forward and backward (``items[m]``: micro-batch ``m``'s media items);
         returns megatron-core's per-micro-batch loss reports (last stage) and, with ``record``,
         this pipeline group's :class:`Timeline`. ``sync_debug`` ("warn" | "error"): CUDA's sync
-        debug mode around the actions, on a GPU."""
+        debug mode around the actions, on a GPU. ``forward_only``: the plan's forward alone
+        (evaluation, under ``torch.no_grad``), no gradient reduced."""
         if plan.pp != self.pp or plan.num_micro != len(batches):
             raise PlanError(f"plan for pp={plan.pp} and {plan.num_micro} micro-batches given to "
                             f"pp={self.pp} with {len(batches)} micro-batches")
+        if forward_only:
+            plan = without_backward(plan)
         check_plan(plan)
         batches = [b.to(self.device) for b in batches]
         clock = None
@@ -129,9 +133,11 @@ class PlanExecutor:
         reports: list = []
         with _sync_debug(sync_debug if self.device.type == "cuda" else ""):
             tokens = self._run_actions(plan, batches, items, forward_step_func, clock, reports)
-        if self.joint and self.encoders:
-            self._reduce_encoder_grads()
-        self.config.finalize_model_grads_func(self.chunks, tokens if self.config.calculate_per_token_loss else None)
+        if not forward_only:
+            if self.joint and self.encoders:
+                self._reduce_encoder_grads()
+            self.config.finalize_model_grads_func(self.chunks,
+                                                  tokens if self.config.calculate_per_token_loss else None)
         timeline = None
         if clock is not None:
             events = clock.events()

@@ -92,6 +92,17 @@ class Plan:
         return cls(data["policy"], data["pp"], data["vpp"], data["num_micro"], actions, shares)
 
 
+def without_backward(plan: Plan) -> Plan:
+    """``plan`` without its backward (evaluation): the backward actions and the gradients they
+    exchange dropped, the forward ones left in their order. Removing actions no forward one waits
+    for adds no wait, so the plan still runs."""
+    def forward(action: Action) -> bool:
+        return action.kind in (ENC_F, LLM_F) or action.kind in (SEND, RECV) and action.key[0] in ("act", "feat")
+
+    return Plan(plan.policy, plan.pp, plan.vpp, plan.num_micro,
+                [[a for a in rank if forward(a)] for rank in plan.actions], plan.shares)
+
+
 def needs(plan: Plan, rank: int, action: Action) -> list[Key]:
     """The values ``action`` reads, all of which must exist on ``rank`` before it runs."""
     m, s = action.micro, action.stage

@@ -42,8 +42,7 @@ class MetricsWriter:
         it = record["iteration"]
         if self._first_iter is None:
             self._first_iter = it - 1
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        self.append(record)
         if it % self.log_interval == 0 or it == self.total_iters:
             done = it - self._first_iter
             per_iter = (time.perf_counter() - self._started) / max(done, 1)
@@ -58,6 +57,12 @@ class MetricsWriter:
                 record["tokens"], record["tokens_per_s"], record["step_time_s"], extras,
                 format_eta(per_iter * (self.total_iters - it)),
             )
+
+    def append(self, record: dict) -> None:
+        """One line, no progress line (evaluations' records)."""
+        if self.enabled:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
         if self._file:

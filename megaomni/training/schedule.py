@@ -76,10 +76,7 @@ class StepRunner:
         self.last_timeline = None  # the step's recorded actions, if any (megaomni.training.step_time)
         if self.executor is None and not record:  # megatron-core's schedules need no plan
             return self._megatron_core(batches, forward_step)
-        items = [media_items(b.media) for b in batches]
-        described = describe(batches, items)
-        costs = step_costs(self.flops, described, self.bytes)
-        plan = self.plan(described, costs)
+        items, described, costs, plan = self._planned(batches)
         if self.executor is None:
             reports, timeline = self._megatron_core(batches, forward_step), None
         else:
@@ -92,6 +89,22 @@ class StepRunner:
         self._pending = (iteration, described, plan, timeline) if record else None
         self.last_timeline = timeline if record or profile else None
         return reports
+
+    def forward_only(self, batches: list[Batch], forward_step) -> list:
+        """The step's forward alone (evaluation, under ``torch.no_grad``): the schedule training
+        runs, without its backward; no profiling or timeline, and training's step count kept."""
+        if self.executor is None:
+            return self._megatron_core(batches, forward_step, forward_only=True)
+        items, _, _, plan = self._planned(batches)
+        reports, _ = self.executor.run(plan, batches, items, forward_step, forward_only=True)
+        return reports
+
+    def _planned(self, batches: list[Batch]):
+        """The step's media items, described micro-batches, costs and plan."""
+        items = [media_items(b.media) for b in batches]
+        described = describe(batches, items)
+        costs = step_costs(self.flops, described, self.bytes)
+        return items, described, costs, self.plan(described, costs)
 
     def _fit(self) -> None:
         """The planner's costs from the profiling pass. Every rank must plan alike, and the
@@ -109,7 +122,7 @@ class StepRunner:
             self._write(*self._pending)
             self._pending = None
 
-    def _megatron_core(self, batches: list[Batch], forward_step) -> list:
+    def _megatron_core(self, batches: list[Batch], forward_step, forward_only: bool = False) -> list:
         chunks = self.state.chunks
         # Every model chunk (virtual stage) walks the same micro-batches.
         iterators = [iter(batches) for _ in chunks]
@@ -122,7 +135,7 @@ class StepRunner:
             num_microbatches=len(batches),
             seq_length=max(b.tokens.shape[1] for b in batches),
             micro_batch_size=batches[0].tokens.shape[0],
-            forward_only=False,
+            forward_only=forward_only,
         )
 
     def _write(self, iteration: int, described: list[dict], plan, timeline) -> None:

@@ -21,6 +21,7 @@ from megaomni.flops import FlopModel
 from megaomni.models.build import padded_vocab_size
 from megaomni.platform.distributed import init_distributed
 from megaomni.training.dashboards import Dashboards
+from megaomni.training.evaluate import Evaluator
 from megaomni.training.health import HealthCheck
 from megaomni.training.metrics import MetricsWriter, check_finite
 from megaomni.training.preemption import StopSignals
@@ -137,6 +138,7 @@ def train(cfg: OmniConfig) -> dict:
     forward_step = make_forward_step(device)
     optimizer = state.optimizer
     health = HealthCheck.from_config(cfg.train, vocab)
+    evaluator = Evaluator(cfg, tokenizer, runner, state, device, loader.decode_media) if cfg.eval.interval else None
 
     def save(iteration: int) -> str:
         return save_checkpoint(save_root, iteration, state.chunks, optimizer, state.scheduler,
@@ -187,12 +189,16 @@ def train(cfg: OmniConfig) -> dict:
             writer.write(record)
             dashboards.write(record)
             health.check(iteration, record["loss"], record["grad_norm"])
+            if evaluator and evaluator.due(iteration):
+                dashboards.write(evaluator.report(iteration, writer))
             interval = cfg.checkpoint.save_interval
             if (iteration == cfg.train.iters and cfg.checkpoint.save_last) or (interval and iteration % interval == 0):
                 signals.timed_save(save, iteration)
             if iteration < cfg.train.iters:  # a signal during the last step: the run ends as it would have
                 signals.stop_if_signalled(iteration, save, save_root)
     loader.close()
+    if evaluator:
+        evaluator.close()
     writer.close()
     dashboards.close()
     return record
