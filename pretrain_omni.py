@@ -5,7 +5,8 @@ Launch several ranks with ``torchrun --nproc-per-node N pretrain_omni.py ...``.
 Exit codes: 0 done; 2 configuration error, e.g. an output directory holding an earlier run (one
 line on stderr); 3 the run stopped training: a non-finite loss or grad norm, a collapsed model, a
 loss spike; 4 a checkpoint could not be written (e.g. the disk is full; the partial directory
-is removed); 128 + the signal for a run stopped by SIGTERM (143) or SIGINT (130) at a step
+is removed); 5 a step phase ran past train.step_timeout_s (a hang: the rank, iteration and phase are
+logged, the stacks dumped); 128 + the signal for a run stopped by SIGTERM (143) or SIGINT (130) at a step
 boundary, with a checkpoint saved there (a line says where, and how to resume; train.exit_grace_s).
 """
 

@@ -420,6 +420,10 @@ class TrainConfig:
     collapse_steps: int = 20
     # Stop (exit 3) at a loss above this many times the mean of the previous 20 iterations'. 0: never.
     spike_factor: float = 0.0
+    # A step phase (data, forward_backward, optimizer, metrics, save) running longer than this many
+    # seconds ends every live rank with exit 5, naming the phase (megaomni/training/watchdog.py);
+    # the process groups' collective timeout becomes twice it (start-up's waits too). 0: off.
+    step_timeout_s: float = 0.0
 
 
 @dataclass

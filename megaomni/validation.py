@@ -179,6 +179,8 @@ def check_train(cfg: OmniConfig) -> None:
     require(train.collapse_steps >= 0, f"train.collapse_steps={train.collapse_steps}: must be >= 0 (0: no check)")
     require(train.spike_factor == 0 or train.spike_factor > 1, f"train.spike_factor={train.spike_factor}: must be "
             "> 1 (a loss that many times its recent mean stops the run), or 0 (no check)")
+    require(train.step_timeout_s >= 0, f"train.step_timeout_s={train.step_timeout_s}: must be >= 0 (seconds a "
+            "step phase may last before the run exits, longer than the slowest step or save; 0: off)")
     require(cfg.checkpoint.save_interval >= 0,
              f"checkpoint.save_interval={cfg.checkpoint.save_interval}: must be >= 0 (0: only at the end)")
     require(cfg.checkpoint.keep_last >= 0,

@@ -52,6 +52,7 @@ def _valid_cfg(tmp_path, *overrides):
     (["train.exit_grace_s=-1"], 1, "train.exit_grace_s=-1.0: must be >= 0"),
     (["train.collapse_steps=-1"], 1, "train.collapse_steps=-1: must be >= 0 (0: no check)"),
     (["train.spike_factor=0.5"], 1, "train.spike_factor=0.5: must be > 1"),
+    (["train.step_timeout_s=-5"], 1, "train.step_timeout_s=-5.0: must be >= 0"),
     (["checkpoint.keep_last=-1"], 1, "checkpoint.keep_last=-1: must be >= 0 (0: keep every checkpoint)"),
     (["data.path=/nonexistent/dir"], 1, "data.path=/nonexistent/dir: no such directory"),
     (["data.max_pixels=500"], 1, "data.max_pixels=500: must hold one merged patch"),

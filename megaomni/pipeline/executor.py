@@ -97,6 +97,7 @@ class PlanExecutor:
         self.dtype = next(first.parameters()).dtype
         tp = ps.get_tensor_model_parallel_world_size()
         self.seq_divisor = (tp if self.config.sequence_parallel else 1) * ps.get_context_parallel_world_size()
+        self.action: Action | None = None  # the one running now, for the step watchdog (megaomni.training.watchdog)
 
     def _act_shape(self, batch: Batch) -> tuple[int, ...]:
         b, s = batch.tokens.shape
@@ -155,6 +156,7 @@ class PlanExecutor:
         sends: list = []
         tokens = torch.zeros([], dtype=torch.int, device=self.device)
         for index, action in enumerate(plan.actions[self.rank]):
+            self.action = action
             for key in needs(plan, self.rank, action):
                 if key not in store:
                     raise PlanError(f"pipeline rank {self.rank} (global rank {dist.get_rank()}), action "
@@ -197,6 +199,7 @@ class PlanExecutor:
                 store.setdefault(key, True)  # markers ("ran") and values made above
         for work, _ in sends:
             work.wait()
+        self.action = None
         return tokens
 
     def _encode(self, plan, action, batches, items, store, encoded) -> None:

@@ -4,8 +4,10 @@ when there is no usable CUDA device."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -42,13 +44,17 @@ def init_distributed(cfg: OmniConfig) -> torch.device:
         cpu.activate()
     else:
         torch.cuda.set_device(device)
+    # train.step_timeout_s: a collective fails after twice it rather than waiting torch's default
+    # (30 min on gloo, 10 on NCCL); twice, so the step watchdog, which names the phase, ends it first.
+    timeout_s = 2 * cfg.train.step_timeout_s
+    timeout = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if "RANK" in os.environ:  # torchrun / SLURM wrapper: rendezvous from the environment
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, **timeout)
         else:  # a plain `python pretrain_omni.py`: a world of one (environment left untouched)
             dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
-                                    rank=0, world_size=1)
+                                    rank=0, world_size=1, **timeout)
     if not parallel_state.model_parallel_is_initialized():
         par = cfg.parallel
         parallel_state.initialize_model_parallel(
@@ -57,6 +63,7 @@ def init_distributed(cfg: OmniConfig) -> torch.device:
             virtual_pipeline_model_parallel_size=par.vpp if par.vpp > 1 else None,
             context_parallel_size=par.cp,
             expert_model_parallel_size=par.ep,
+            **({"distributed_timeout_minutes": math.ceil(timeout_s / 60)} if timeout_s else {}),
         )
     torch.manual_seed(cfg.train.seed)
     model_parallel_cuda_manual_seed(cfg.train.seed)

@@ -57,6 +57,11 @@ class StepRunner:
             self.executor = None
             self.forward_backward = get_forward_backward_func()
 
+    def current_action(self) -> str:
+        """The plan action this rank is running ("" outside one, or under megatron-core's schedules)."""
+        action = self.executor.action if self.executor is not None else None
+        return "" if action is None else str(action)
+
     def plan(self, described: list[dict], costs: StepCosts):
         chunk_run = chunk_run_length(len(described), self.pp) if self.vpp > 1 else 0
         if self.schedule == "joint":

@@ -31,6 +31,7 @@ from megaomni.training.setup import build_training_state
 from megaomni.training.step import STAT_KEYS, make_forward_step
 from megaomni.training.step_time import StepClock, action_time, over_ranks
 from megaomni.training.throughput import batch_flops, peak_tflops
+from megaomni.training.watchdog import Watchdog
 
 log = logging.getLogger("megaomni.train")
 
@@ -141,25 +142,31 @@ def train(cfg: OmniConfig) -> dict:
     evaluator = Evaluator(cfg, tokenizer, runner, state, device, loader.decode_media) if cfg.eval.interval else None
 
     def save(iteration: int) -> str:
+        watchdog.phase("save", iteration)
         return save_checkpoint(save_root, iteration, state.chunks, optimizer, state.scheduler,
                                common={"data": loader.state_dict(), "config": cfg.to_dict(), **carried},
                                keep_last=cfg.checkpoint.keep_last)
 
     record: dict = {}
-    with StopSignals(device, cfg.train.exit_grace_s) as signals:
+    watchdog = Watchdog(cfg.train.step_timeout_s, dist.get_rank(), runner.current_action)
+    with StopSignals(device, cfg.train.exit_grace_s) as signals, watchdog:
         for iteration in range(start + 1, cfg.train.iters + 1):
+            watchdog.phase("data", iteration)
             started, clock = time.perf_counter(), StepClock(device)
             batches = loader.next_step()
             clock.mark("data_wait")
             for ddp in state.ddp:
                 ddp.zero_grad_buffer()
             optimizer.zero_grad()
+            watchdog.phase("forward_backward", iteration)
             reports = runner.run(iteration, batches, forward_step)
             clock.mark("forward_backward")
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
+            watchdog.phase("optimizer", iteration)
             _, grad_norm, _ = optimizer.step()
             state.scheduler.step(increment=1)
             clock.mark("optimizer")
+            watchdog.phase("metrics", iteration)  # the step's statistics over the ranks (collectives)
             ranks = over_ranks({"step_time_s": clock.total, "data_wait_s": clock.parts["data_wait_s"]}, device)
             tokens = sum(int((b.tokens != tokenizer.pad_id).sum()) for b in batches)
             flops = sum(batch_flops(flop_model, b, tokenizer.pad_id) for b in batches)
