@@ -197,6 +197,7 @@ def train(cfg: OmniConfig) -> dict:
             dashboards.write(record)
             health.check(iteration, record["loss"], record["grad_norm"])
             if evaluator and evaluator.due(iteration):
+                watchdog.phase("eval", iteration)
                 dashboards.write(evaluator.report(iteration, writer))
             interval = cfg.checkpoint.save_interval
             if (iteration == cfg.train.iters and cfg.checkpoint.save_last) or (interval and iteration % interval == 0):
