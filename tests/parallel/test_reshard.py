@@ -50,3 +50,20 @@ def test_distributed_optimizer_checkpoint_reshards_to_one_process_and_back(parit
     process's plain optimizer (none: the weights are the masters), and the reverse, into a
     distributed optimizer that has not stepped when it loads (torch's Adam has no state then)."""
     _assert_reshards(parity_setup, tmp_path, DENSE, DISTOPT, nproc=2, saved_at=1, iters=2)
+
+
+def test_checkpoints_move_between_two_split_layouts(parity_setup, tmp_path):
+    """Neither side one process: saved at PP2 x VPP2 under the joint schedule, resumed at CP2 under
+    megatron-core's (layers, stages and the sequence split all change), continuing the one-process run;
+    and weights alone (checkpoint.finetune) loaded at TP2 + SP train as one process's finetune does."""
+    run, iters, saved_at = parity_setup.run, 4, 2
+    schedule = (f"train.iters={iters}", f"checkpoint.save_interval={saved_at}")
+    single = run(DENSE, tmp_path / "one", *schedule)
+    run(DENSE, tmp_path / "pp", *schedule, "parallel.pp=2", "parallel.vpp=2", "pipeline.schedule=joint", nproc=2)
+    checkpoint = f"checkpoint.load={tmp_path / 'pp' / 'checkpoints' / f'iter_{saved_at:07d}'}"
+    resumed = run(DENSE, tmp_path / "cp", f"train.iters={iters}", checkpoint, "parallel.cp=2", nproc=2)
+    assert_same_run(single[saved_at:], resumed, rel=1e-5)
+    finetune = (f"train.iters={saved_at}", checkpoint, "checkpoint.finetune=true")
+    one_finetuned = run(DENSE, tmp_path / "ft_one", *finetune)
+    assert_same_run(one_finetuned, run(DENSE, tmp_path / "ft_tp", *finetune, "parallel.tp=2", "parallel.sp=true",
+                                       nproc=2), rel=1e-5)
