@@ -78,6 +78,11 @@ def check_kernels(cfg: OmniConfig) -> None:
                         ("encoder_attention", ("auto", "dense", "varlen"))):
         value = getattr(train, name)
         require(value in valid, f"train.{name}={value!r}: valid: {', '.join(valid)}")
+    require(cfg.data.row_padding in ("auto", "row", "step"),
+            f"data.row_padding={cfg.data.row_padding!r}: valid: auto, row, step")
+    require(cfg.data.row_padding != "row" or cfg.parallel.pp == 1,
+            f"data.row_padding=row at parallel.pp={cfg.parallel.pp}: pipeline stages exchange one activation shape "
+            "a step; use step (or auto)")
     require(train.cross_entropy != "chunked" or cfg.parallel.tp == 1,
             f"train.cross_entropy=chunked at parallel.tp={cfg.parallel.tp}: the chunked loss needs the whole "
             "vocabulary on one rank; use megatron (or auto, which picks it under tensor parallelism)")

@@ -4,7 +4,7 @@ a step needs under a data-parallel layout (a failing rule is one ConfigError lin
 from __future__ import annotations
 
 from megaomni.checks import require
-from megaomni.config import DataConfig, MoEConfig, ParallelConfig
+from megaomni.config import DataConfig, MoEConfig, OmniConfig, ParallelConfig
 
 
 def check_batch_sizes(data: DataConfig, dp: int, min_micro: int = 1) -> None:
@@ -36,3 +36,10 @@ def equal_micro_batches(moe: MoEConfig, par: ParallelConfig, dp: int) -> bool:
     """Every data-parallel rank must run the same number of micro-batches: expert all-to-alls
     inside the forward span the data-parallel ranks."""
     return moe.enabled and par.ep > 1 and dp > 1
+
+
+def rows_padded_alone(cfg: OmniConfig) -> bool:
+    """``data.row_padding``: each packed row padded to its own length (auto: without pipelining,
+    whose stages exchange one shape, and with a dense LLM, whose loss sees no padding)."""
+    padding = cfg.data.row_padding
+    return padding == "row" or (padding == "auto" and cfg.parallel.pp == 1 and not cfg.model.llm.moe.enabled)

@@ -20,7 +20,7 @@ import torch
 
 from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
-from megaomni.data.batch_rules import check_batch_sizes, equal_micro_batches
+from megaomni.data.batch_rules import check_batch_sizes, equal_micro_batches, rows_padded_alone
 from megaomni.data.blend import SampleStream
 from megaomni.data.collate import PAD_MULTIPLE
 from megaomni.data.index import DatasetIndex, open_index
@@ -190,8 +190,9 @@ class OmniDataLoader:
                 self.stream.take(data.global_batch_size)
             plan = plan_step([self.sizes(i) for i in step], data, self.flops, self.dp_size, self.min_micro_batches,
                              self.pad_multiple, equal=equal_micro_batches(self.cfg.model.llm.moe, self.cfg.parallel,
-                                                                          self.dp_size))
-            jobs = [([self.ref(step[i]) for i in plan.packs[p]], plan.length) for p in plan.ranks[self.dp_rank]]
+                                                                          self.dp_size),
+                             per_row=rows_padded_alone(self.cfg))
+            jobs = [([self.ref(step[i]) for i in plan.packs[p]], plan.row_lengths[p]) for p in plan.ranks[self.dp_rank]]
         else:
             plan, step = None, self.stream.take(data.global_batch_size)
             jobs = self._padded_jobs(step)

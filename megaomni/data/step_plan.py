@@ -79,23 +79,27 @@ def split_to(packs: list[list[int]], count: int) -> list[list[int]]:
 @dataclass
 class StepPlan:
     packs: list[list[int]]  # sample positions of each micro-batch, in step order
-    length: int  # tokens of every packed row (one shape per step: pipeline stages exchange it)
+    length: int  # tokens of the longest packed row (that of every row: one shape for pipeline stages)
     ranks: list[list[int]]  # micro-batches (indices into packs) of each data-parallel rank
     padding: float  # padding tokens / all tokens of the step's rows
     imbalance_before: float  # max/mean estimated cost over ranks, contiguous split
     imbalance_after: float  # the same, after balancing
+    row_lengths: list[int]  # tokens each packed row is padded to (all ``length`` but with per_row)
 
 
 def plan_step(samples: list[SampleSizes], data: DataConfig, flops: FlopModel, ranks: int, minimum: int,
-              pad_multiple: int, equal: bool = False) -> StepPlan:
+              pad_multiple: int, equal: bool = False, per_row: bool = False) -> StepPlan:
     """``minimum``: micro-batches each rank needs (the interleaved schedule needs >= pp);
     ``equal``: every rank runs the same number (``data.micro_batch_multiple`` makes the count
-    divisible)."""
+    divisible); ``per_row``: each row padded to its own length (rounded up to ``pad_multiple``),
+    not to the step's longest."""
     packs = pack(samples, data)
     multiple = data.micro_batch_multiple
     packs = split_to(packs, -(-max(len(packs), ranks * minimum) // multiple) * multiple)
-    longest = max(sum(samples[i].tokens for i in p) for p in packs)
-    length = min(-(-longest // pad_multiple) * pad_multiple, budgets(data)[0])
+    rounded = [min(-(-sum(samples[i].tokens for i in p) // pad_multiple) * pad_multiple, budgets(data)[0])
+               for p in packs]
+    length = max(rounded)
+    row_lengths = rounded if per_row else [length] * len(packs)
     sample_costs = [s.cost(flops) for s in samples]
     pack_costs = [sum(sample_costs[i] for i in p) for p in packs]
     assigned = assign_to_ranks(pack_costs, ranks, minimum, equal)
@@ -104,6 +108,6 @@ def plan_step(samples: list[SampleSizes], data: DataConfig, flops: FlopModel, ra
         return [sum(pack_costs[i] for i in mine) for mine in split]
 
     used = sum(s.tokens for s in samples)
-    return StepPlan(packs=packs, length=length, ranks=assigned, padding=1 - used / (length * len(packs)),
+    return StepPlan(packs=packs, length=length, ranks=assigned, padding=1 - used / sum(row_lengths),
                     imbalance_before=imbalance(rank_costs(contiguous_split(len(packs), ranks))),
-                    imbalance_after=imbalance(rank_costs(assigned)))
+                    imbalance_after=imbalance(rank_costs(assigned)), row_lengths=row_lengths)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from megaomni.data.batch_rules import rows_padded_alone
 from megaomni.data.blend import SampleStream
 from megaomni.data.collate import collate_packed
 from megaomni.data.index import StaleIndex, build_index, open_index
@@ -47,11 +48,13 @@ def assert_in_memory_steps(cfg, tokenizer, dp: int, steps: int) -> None:
     stream, flops = SampleStream([len(decoded)], [1.0], cfg.data.seed), FlopModel.from_config(cfg.model)
     for _ in range(steps):
         taken = stream.take(cfg.data.global_batch_size)
-        want = plan_step([decoded[i].sizes() for i in taken], cfg.data, flops, dp, 1, 8)
+        want = plan_step([decoded[i].sizes() for i in taken], cfg.data, flops, dp, 1, 8,
+                         per_row=rows_padded_alone(cfg))
         for rank, loader in enumerate(loaders):
             batches = loader.next_step()
             assert (loader.last_plan.packs, loader.last_plan.ranks) == (want.packs, want.ranks)
-            expected = [collate_packed([decoded[taken[i]] for i in want.packs[p]], tokenizer.pad_id, want.length)
+            expected = [collate_packed([decoded[taken[i]] for i in want.packs[p]], tokenizer.pad_id,
+                                       want.row_lengths[p])
                         for p in want.ranks[rank]]
             assert batches_equal(batches, expected)
     for loader in loaders:

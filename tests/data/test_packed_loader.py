@@ -44,11 +44,13 @@ def test_packed_micro_batches_hold_the_step_within_budget(cfg, tokenizer):
     for _ in range(3):
         batches = loader.next_step()
         plan = loader.last_plan
-        assert {b.tokens.shape for b in batches} == {(1, plan.length)} and plan.length <= 128
-        for b in batches:
+        # Each row padded to its own length (data.row_padding=auto, a dense LLM without pipelining).
+        lengths = [plan.row_lengths[p] for p in plan.ranks[0]]
+        assert [b.tokens.shape for b in batches] == [(1, n) for n in lengths] and max(lengths) == plan.length <= 128
+        for b, length in zip(batches, lengths):
             cu = b.cu_seqlens
-            assert cu[0] == 0 and cu[-1] == plan.length and b.cu_seqlens.dtype == torch.int32
-            starts = torch.zeros(plan.length, dtype=torch.bool)
+            assert cu[0] == 0 and cu[-1] == length and b.cu_seqlens.dtype == torch.int32
+            starts = torch.zeros(length, dtype=torch.bool)
             starts[cu[:-1].long()] = True
             assert torch.equal(b.position_ids[0] == 0, starts)  # positions restart at every sample
         # The same samples, in the same order within the step, as the padded loader's.
@@ -124,6 +126,22 @@ def test_balancing_beats_the_contiguous_split(cfg):
                      equal=True)
     assert len(even.packs) % 8 == 0 and len(even.packs) >= len(plan.packs)
     assert {len(mine) for mine in even.ranks} == {len(even.packs) // 4}
+
+
+def test_rows_padded_alone_pad_less_than_to_the_longest(cfg):
+    """``per_row``: each packed row rounded up to the pad multiple on its own; the default pads
+    every row to the step's longest (rounded). The same packs either way."""
+    samples = _random_samples(3, 24)
+    cfg.data.max_tokens = 64
+    sizes, flops = [s.sizes() for s in samples], FlopModel.from_config(cfg.model)
+    longest = plan_step(sizes, cfg.data, flops, ranks=2, minimum=1, pad_multiple=8)
+    alone = plan_step(sizes, cfg.data, flops, ranks=2, minimum=1, pad_multiple=8, per_row=True)
+    assert alone.packs == longest.packs and alone.ranks == longest.ranks and alone.length == longest.length
+    tokens = [sum(sizes[i].tokens for i in p) for p in alone.packs]
+    assert alone.row_lengths == [-(-t // 8) * 8 for t in tokens] and max(alone.row_lengths) == longest.length
+    assert longest.row_lengths == [longest.length] * len(longest.packs)
+    assert alone.padding == pytest.approx(1 - sum(tokens) / sum(alone.row_lengths))
+    assert alone.padding < longest.padding
 
 
 def test_assignment_guarantees_each_rank_its_micro_batches():

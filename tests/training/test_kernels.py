@@ -10,6 +10,7 @@ from megaomni.config import ConfigError, load_config
 from megaomni.models import llm as models_llm
 from megaomni.ops import attention
 from megaomni.validation import check_model
+from tests.conftest import read_metrics, run_pretrain
 from tests.models.test_parts import small_config
 from tests.training import steps
 
@@ -57,3 +58,18 @@ def test_a_step_with_each_kernel_choice_equals_the_reference(megatron_cpu, monke
     for name, grad in grads.items():
         assert grad.abs().max() > 0 or ref_grads[name].abs().max() == 0, name
         assert (grad - ref_grads[name]).abs().max() <= 1e-5 * ref_grads[name].abs().max() + 1e-8, name
+
+
+def test_rows_padded_alone_train_as_rows_padded_to_the_longest(toy_data, tmp_path):
+    """``data.row_padding=row`` leaves out padding, never a token: the same losses and grad norms as
+    every row padded to the step's longest (float32 sums in another order), with less padding."""
+    runs = {}
+    for padding in ("row", "step"):
+        proc = run_pretrain(f"data.path={toy_data}", f"train.output_dir={tmp_path / padding}", "train.iters=3",
+                            "train.warmup_iters=1", "data.seq_length=64", "data.max_tokens=80", f"data.row_padding={padding}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[padding] = read_metrics(str(tmp_path / padding))
+    for alone, longest in zip(runs["row"], runs["step"]):
+        assert alone["loss"] == pytest.approx(longest["loss"], rel=1e-6)
+        assert alone["grad_norm"] == pytest.approx(longest["grad_norm"], rel=1e-5)
+        assert alone["tokens"] == longest["tokens"] and alone["padding"] < longest["padding"]
