@@ -6,7 +6,8 @@ or expert built on another pipeline or EP rank drew other values.
 
 The MoE model mixes dense and expert layers (with a shared expert), so one model covers dense
 and expert weights; 4 layers give PP2 x VPP2 a layer per virtual stage. Three launches cover TP
-(with SP, as MoE needs), PP, VPP, EP and the joint schedule (encoders built on every rank)."""
+(with SP, as MoE needs; the encoders' too), PP, VPP, EP and the joint schedule (encoders built on
+every rank)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 MODEL = (*COMMON, *MOE.overrides, "model.llm.num_layers=4", "train.iters=0")
 LAYOUTS = [
-    pytest.param(4, ("parallel.tp=2", "parallel.sp=true", "parallel.pp=2"), id="tp2_sp-pp2"),
+    pytest.param(4, ("parallel.tp=2", "parallel.sp=true", "parallel.encoder.tp=2", "parallel.pp=2"),
+                 id="tp2_sp_enc_tp2-pp2"),
     pytest.param(4, ("parallel.pp=2", "parallel.vpp=2", "parallel.ep=2"), id="pp2_vpp2-ep2"),
     pytest.param(2, ("parallel.pp=2", "pipeline.schedule=joint"), id="pp2_joint"),
 ]
