@@ -7,6 +7,7 @@ from typing import Callable, Optional
 from megaomni.config import OmniConfig
 from megaomni.layers.transformer_config import make_transformer_config, moe_config_fields, recompute_fields
 from megaomni.media import registry
+from megaomni.models.initial_weights import reinit_llm, seeded
 from megaomni.models.llm import build_llm
 from megaomni.models.omni import OmniModel, whole_sequence
 from megaomni.ops.kernels import fuse_megatron_rotary, kernels
@@ -50,6 +51,7 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
                                add_qkv_bias=llm_cfg.qkv_bias, qk_layernorm=llm_cfg.qk_norm,
                                fusion=chosen.fusion, **recompute_fields(cfg.train, "llm"), **fields)
     llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage, chosen.chunked_loss)
+    reinit_llm(llm, cfg.train.seed)  # the same weights under every layout (megaomni.models.initial_weights)
     encoders, encoder_pads = {}, {}
     if pre_process if with_encoders is None else with_encoders:
         for modality in registry.enabled(cfg.model):
@@ -58,7 +60,8 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
                                    activation=part.activation, bias=part.bias, fusion=chosen.fusion,
                                    attention_backend=chosen.encoder_attention,
                                    **recompute_fields(cfg.train, modality.name), **(encoder_parallel or {}))
-            encoders[modality.name] = modality.encoder(part, config, llm_cfg.hidden_size, encoder_pg_collection)
+            with seeded(cfg.train.seed, f"{modality.name}_encoder"):  # drawn alike wherever it is built
+                encoders[modality.name] = modality.encoder(part, config, llm_cfg.hidden_size, encoder_pg_collection)
             pads = media_pad_id(modality.name)
             encoder_pads[modality.name] = (pads,) if isinstance(pads, int) else tuple(pads)
     return OmniModel(cfg.model, llm, encoders, encoder_pads, shard_sequence)

@@ -62,10 +62,11 @@ def _mark_replicas(encoder, llm_tp: bool, pipeline: bool) -> None:
 
 def sync_encoder_replicas(cfg: OmniConfig, chunks: list[OmniModel]) -> None:
     """Make every copy of a replicated encoder (whole on every LLM TP rank, or on every pipeline
-    rank under the joint schedule) equal to the first: each rank drew its own initial weights
-    (the random state differs by pipeline stage and TP rank), and the copies would then train
-    apart, each rank encoding with different weights. Before the optimizer copies them into its
-    master weights. Collective over the tensor- and pipeline-parallel groups."""
+    rank under the joint schedule) equal to the first. Each copy is drawn from a state seeded by
+    the encoder's name (megaomni.models.initial_weights), so they start equal; this keeps that true
+    whatever an encoder's modules draw from (copies apart would train apart, each rank encoding
+    with different weights). Before the optimizer copies them into its master weights. Collective
+    over the tensor- and pipeline-parallel groups."""
     over_tp, over_pipeline = _replication(cfg)
     sources = []
     if over_tp:

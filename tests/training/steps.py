@@ -16,10 +16,11 @@ CPU = torch.device("cpu")
 
 
 def training_state(cfg: OmniConfig, seed: int = 0):
-    """megatron-core's DDP, optimizer and LR schedule over the model of ``cfg``, seeded."""
+    """megatron-core's DDP, optimizer and LR schedule over the model of ``cfg``, its initial
+    weights drawn from ``seed`` (``train.seed``: they follow it alone)."""
     from megaomni.training.setup import build_training_state
 
-    torch.manual_seed(seed)
+    cfg.train.seed = seed
     return build_training_state(cfg, VOCAB, PAD_IDS.__getitem__, CPU)
 
 
