@@ -482,6 +482,11 @@ class LoggingConfig:
     wandb_project: str = ""  # a Weights & Biases project to log to (pip install wandb); empty: none
     wandb_mode: str = "online"  # online, offline (synced later with `wandb sync`) or disabled
     wandb_name: str = ""  # the W&B run's name; empty: W&B picks one
+    # torch.profiler over iterations profile_start .. profile_start + profile_steps - 1 (0: off):
+    # a Chrome trace and a table of the top kernels per rank in <train.output_dir>/profile/
+    # (megaomni/training/profiler.py).
+    profile_start: int = 0
+    profile_steps: int = 1
 
 
 @dataclass

@@ -197,6 +197,9 @@ def check_logging(cfg: OmniConfig) -> None:
     """The dashboards asked for can start (megaomni/training/dashboards.py)."""
     logging_cfg = cfg.logging
     require_choice("logging.wandb_mode", logging_cfg.wandb_mode, WANDB_MODES)
+    require(logging_cfg.profile_start >= 0 and logging_cfg.profile_steps >= 1,
+            f"logging.profile_start={logging_cfg.profile_start}, logging.profile_steps={logging_cfg.profile_steps}: "
+            "the start must be >= 0 (0: off) and the steps >= 1")
     for name, package in missing_packages(logging_cfg).items():
         require(False, f"logging.{name}={getattr(logging_cfg, name)}: needs the {package} package, not installed: "
                 f"pip install {package} (or leave logging.{name} empty)")

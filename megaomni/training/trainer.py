@@ -25,6 +25,7 @@ from megaomni.training.evaluate import Evaluator
 from megaomni.training.health import HealthCheck
 from megaomni.training.metrics import MetricsWriter, check_finite
 from megaomni.training.preemption import StopSignals
+from megaomni.training.profiler import StepProfiler
 from megaomni.training.run_dir import check_run_dirs, checkpoint_root
 from megaomni.training.schedule import StepRunner
 from megaomni.training.setup import build_training_state
@@ -148,10 +149,13 @@ def train(cfg: OmniConfig) -> dict:
                                keep_last=cfg.checkpoint.keep_last)
 
     record: dict = {}
+    profiler = StepProfiler(cfg.logging.profile_start, cfg.logging.profile_steps, cfg.train.output_dir,
+                            dist.get_rank(), device)
     watchdog = Watchdog(cfg.train.step_timeout_s, dist.get_rank(), runner.current_action)
     with StopSignals(device, cfg.train.exit_grace_s) as signals, watchdog:
         for iteration in range(start + 1, cfg.train.iters + 1):
             watchdog.phase("data", iteration)
+            profiler.before(iteration)
             started, clock = time.perf_counter(), StepClock(device)
             batches = loader.next_step()
             clock.mark("data_wait")
@@ -173,6 +177,7 @@ def train(cfg: OmniConfig) -> dict:
             stats = reduce_step_stats(reports, tokens, sum(b.num_samples for b in batches), flops, device)
             skipped = merged(loader.index_skipped, *_over_data_parallel(loader.decode_skipped))
             step_time = time.perf_counter() - started
+            profiler.after(iteration)
             runner.write_timeline()
             record = {
                 "iteration": iteration,
