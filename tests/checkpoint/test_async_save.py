@@ -16,6 +16,7 @@ import torch
 
 from megaomni.checkpoint.check import SaveError, iterations, load_common
 from tests.conftest import read_metrics, run_pretrain, saved_tensors, start_pretrain
+from tests.training.test_preemption import _wait_for_lines
 
 SLOW_WRITES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "slow_writes.py")
 COMMON = ("train.iters=6", "train.warmup_iters=1", "checkpoint.save_interval=2", "logging.log_interval=100")
@@ -150,3 +151,21 @@ def test_kill_9_during_a_save_leaves_no_process_and_no_partial_latest(toy_data, 
     assert not left, left
     checkpoints = out / "checkpoints"
     assert sorted(os.listdir(checkpoints)) == ["iter_0000002.tmp"]  # never renamed, no `latest`
+
+
+@pytest.mark.slow
+def test_sigterm_waits_for_the_background_save(toy_data, tmp_path):
+    out = tmp_path / "run"
+    with open(tmp_path / "run.log", "w") as log:
+        proc = start_pretrain(f"data.path={toy_data}", "train.iters=40", "train.warmup_iters=1",
+                              "checkpoint.save_interval=1", "checkpoint.async_save=true", f"train.output_dir={out}",
+                              stdout=log, stderr=log)
+        _wait_for_lines(out / "metrics.jsonl", 3, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 143, (tmp_path / "run.log").read_text()[-3000:]
+    n = len(read_metrics(str(out)))
+    # The step's own save, begun in the background, written and named `latest` before the exit.
+    assert sorted(os.listdir(out / "checkpoints"))[-2:] == [f"iter_{n:07d}", "latest"]
+    assert (out / "checkpoints" / "latest").read_text() == f"iter_{n:07d}"
+    assert not [name for name in os.listdir(out / "checkpoints") if name.endswith(".tmp")]
+    assert f"saved {out / 'checkpoints' / f'iter_{n:07d}'}" in (tmp_path / "run.log").read_text()
