@@ -11,7 +11,8 @@ those weights (any layout), with a fresh optimizer, at iteration 0.
 
 A checkpoint is written to ``iter_N.tmp`` and renamed when every rank has finished, and
 ``latest`` is replaced atomically after that, so a crash never leaves a half checkpoint that
-resuming would pick up.
+resuming would pick up. An asynchronous save (megaomni.training.async_saves) does the renaming
+in its finalize step, on every rank once all have written.
 """
 
 from __future__ import annotations

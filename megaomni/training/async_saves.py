@@ -46,8 +46,9 @@ class AsyncSaves:
             return
         if exc_type is None or issubclass(exc_type, _EVERY_RANK):
             self.wait()
-        else:
-            self._queue.close(abort=True)  # kills this rank's worker, finalizes nothing
+        else:  # this rank's worker killed (its writers die with it), nothing finalized
+            for pending in self._queue.async_calls:
+                pending.async_caller.close(abort=True)
 
     def background(self, iteration: int) -> Optional[AsyncSaves]:
         """What ``save_checkpoint(background=...)`` takes for a save at ``iteration``."""

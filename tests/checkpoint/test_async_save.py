@@ -85,6 +85,31 @@ def test_a_full_disk_in_the_writers_is_one_line_and_leaves_no_partial_checkpoint
     assert (tmp_path / "latest").read_text() == "iter_0000001"
 
 
+def test_an_exception_of_one_rank_drops_the_background_save_and_its_processes(megatron_cpu, tmp_path, monkeypatch):
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    from megaomni.checkpoint.dist_ckpt import save_checkpoint
+    from megaomni.training.async_saves import AsyncSaves
+    from tests.training.steps import small_state
+
+    state = small_state()[1]
+    monkeypatch.setattr(filesystem_async, "_write_item", lambda *args, **kwargs: time.sleep(600))  # in the writers
+    with pytest.raises(KeyError), AsyncSaves(enabled=True, last_iteration=10) as saves:
+        save_checkpoint(str(tmp_path), 2, state.chunks, state.optimizer, state.scheduler, common={}, background=saves)
+        worker = saves._queue.async_calls[0].async_caller.process.pid
+        ends = time.monotonic() + 30
+        while time.monotonic() < ends and not _descendants(worker):  # its writers, started
+            time.sleep(0.01)
+        tree = [worker, *_descendants(worker)]
+        assert len(tree) > 1
+        raise KeyError("a failure on this rank alone: no collective may run")
+    ends = time.monotonic() + 10
+    while time.monotonic() < ends and any(_running(p) for p in tree):
+        time.sleep(0.05)
+    assert not [p for p in tree if _running(p)]
+    assert os.listdir(tmp_path) == ["iter_0000002.tmp"]  # never renamed, no `latest`
+
+
 def _parent(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
