@@ -220,8 +220,6 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
     ``background`` (megaomni.training.async_saves.AsyncSaves): the tensors are written while training
     goes on, the checkpoint renamed and named ``latest`` when ``background`` finalizes it."""
     final, tmp = _iter_dir(root, iteration), _iter_dir(root, iteration) + ".tmp"
-    if background is not None:
-        background.wait()  # the previous one first: checkpoints are published in order
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)  # dist_checkpointing wants it to exist, and empty

@@ -51,7 +51,9 @@ class AsyncSaves:
                 pending.async_caller.close(abort=True)
 
     def background(self, iteration: int) -> Optional[AsyncSaves]:
-        """What ``save_checkpoint(background=...)`` takes for a save at ``iteration``."""
+        """Collective: what ``save_checkpoint(background=...)`` takes for a save at ``iteration``, once
+        the pending save is finalized (checkpoints are published in order, one written at a time)."""
+        self.wait()
         return self if self.enabled and iteration < self.last_iteration else None
 
     def schedule(self, request: AsyncRequest) -> None:

@@ -7,6 +7,7 @@ and no partial checkpoint named ``latest``."""
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import time
@@ -51,6 +52,33 @@ def test_background_saves_are_the_synchronous_ones_and_resume_the_run(toy_data, 
     for ours, theirs in zip(resumed, sync[4:]):
         for key in ("loss", "grad_norm", "lr"):
             assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), (key, ours, theirs)
+
+
+def test_the_last_synchronous_save_waits_for_the_background_one(megatron_cpu, tmp_path, monkeypatch):
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    from megaomni.checkpoint.dist_ckpt import save_checkpoint
+    from megaomni.training.async_saves import AsyncSaves
+    from tests.training.steps import small_state
+
+    state = small_state()[1]
+    write = filesystem_async._write_item
+
+    @functools.wraps(write)  # megatron-core reads its signature
+    def slow_write(*args, **kwargs):  # still being written when the next save begins
+        if not slowed:  # once per writer process (each forks with it empty)
+            slowed.append(time.sleep(2))
+        return write(*args, **kwargs)
+
+    slowed: list = []
+
+    monkeypatch.setattr(filesystem_async, "_write_item", slow_write)
+    with AsyncSaves(enabled=True, last_iteration=3) as saves:
+        for iteration in (2, 3):
+            save_checkpoint(str(tmp_path), iteration, state.chunks, state.optimizer, state.scheduler, common={},
+                            background=saves.background(iteration))
+    assert (tmp_path / "latest").read_text() == "iter_0000003"
+    assert sorted(os.listdir(tmp_path)) == ["iter_0000002", "iter_0000003", "latest"]
 
 
 @pytest.mark.parametrize("background", [True, False], ids=["async", "sync"])
