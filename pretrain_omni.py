@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 
-from megaomni.checkpoint.check import CheckpointError
+from megaomni.checkpoint.check import SaveError
 from megaomni.config import ConfigError, describe_fields, load_config
 from megaomni.validation import validate
 
@@ -67,15 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("megaomni.train")
     try:
         train(cfg)
+    except SaveError as err:  # e.g. the disk filled up while saving (a ConfigError too: caught first)
+        logging.getLogger("megaomni.checkpoint").error("%s", err)
+        return 4
     except ConfigError as err:  # found once the ranks have started (megaomni.training.run_dir)
         print(f"config error: {err}", file=sys.stderr)
         return 2
     except (FloatingPointError, UnhealthyRun) as err:
         log.error("%s", err)
         return 3
-    except CheckpointError as err:  # e.g. the disk filled up while saving
-        logging.getLogger("megaomni.checkpoint").error("%s", err)
-        return 4
     except Preempted as stop:
         log.warning("%s", stop)
         return stop.exit_code

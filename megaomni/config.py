@@ -438,6 +438,9 @@ class CheckpointConfig:
     save_interval: int = 0  # 0: save only at the end
     save_last: bool = True  # false: no checkpoint at the last iteration (benchmarks)
     keep_last: int = 0  # after each save, remove all but the newest N whole checkpoints; 0: keep all
+    # Write checkpoints in a background process while training goes on (megaomni/training/async_saves.py);
+    # `latest` moves once every rank has finished writing. The last iteration's save is synchronous.
+    async_save: bool = False
     load: str = ""  # a checkpoint directory (or its parent holding `latest`)
     # Load the weights alone: a new optimizer, LR schedule and data position, from iteration 0, under
     # any model.freeze (a next training stage, e.g. LLaVA's stage 2 from its stage 1).

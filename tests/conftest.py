@@ -63,3 +63,14 @@ def load_script(relative: str) -> types.ModuleType:
 def read_metrics(output_dir: str) -> list[dict]:
     with open(os.path.join(output_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def saved_tensors(path, tmp_path) -> dict:
+    """A checkpoint's tensors by global name (megatron-core's dist_checkpointing writes PyTorch's
+    distributed checkpoint format, readable in one process)."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    out = tmp_path / f"{abs(hash(str(path)))}.pt"
+    dcp_to_torch_save(str(path), str(out))
+    return {k: v for k, v in torch.load(out, weights_only=False).items() if torch.is_tensor(v)}

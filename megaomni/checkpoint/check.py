@@ -35,6 +35,10 @@ class CheckpointError(ConfigError):
     """A checkpoint that cannot be loaded, or saved, worded for the user (one line)."""
 
 
+class SaveError(CheckpointError):
+    """A checkpoint that could not be written, e.g. on a full disk (pretrain_omni.py: exit 4)."""
+
+
 def _first_line(err: BaseException) -> str:
     """The exception's first sentence (PyTorch's run on with advice about the file's origin)."""
     text = str(err).strip().splitlines()

@@ -11,7 +11,8 @@ those weights (any layout), with a fresh optimizer, at iteration 0.
 
 A checkpoint is written to ``iter_N.tmp`` and renamed when every rank has finished, and
 ``latest`` is replaced atomically after that, so a crash never leaves a half checkpoint that
-resuming would pick up.
+resuming would pick up. An asynchronous save (megaomni.training.async_saves) does the renaming
+in its finalize step, on every rank once all have written.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import errno
 import logging
 import os
 import shutil
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -32,16 +34,18 @@ from megatron.core.dist_checkpointing.mapping import (
     ShardedTensorFactory,
 )
 from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+from torch.distributed.checkpoint.api import CheckpointException
 
 from megaomni.checkpoint.check import (
     LATEST,
     OPTIMIZER_STEP,
     WORLD_SIZE,
-    CheckpointError,
+    SaveError,
     find_checkpoint,
     iterations,
     saved_shapes,
 )
+from megaomni.checkpoint.writer_processes import writers_die_with_trainer
 
 log = logging.getLogger("megaomni.checkpoint")
 
@@ -152,25 +156,49 @@ def _disk_full(err: BaseException | None) -> bool:
     return False
 
 
-def _write(state: dict, tmp: str, final: str) -> None:
-    """Collective: this rank's part of the checkpoint into ``tmp``. A failure on any rank fails
-    every rank (none waits for it), after ``tmp`` is removed; a full disk is one line."""
-    failure = None
+def _on_every_rank(action: Callable, tmp: str, final: str):
+    """Collective: ``action()``'s result, this rank's part of writing ``final`` into ``tmp``. A failure
+    on any rank fails every rank (none waits for it), after ``tmp`` is removed; a full disk is one line."""
+    failure, result = None, None
     try:
-        dist_checkpointing.save(state, tmp)
-        os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
-        torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{dist.get_rank():05d}.pt"))
-    except Exception as err:  # any: the other ranks must hear of it
+        result = action()
+    except (Exception, CheckpointException) as err:  # any (PyTorch's is a BaseException): the other ranks must hear
         failure = err
     failures: list = [None] * dist.get_world_size()
     dist.all_gather_object(failures, None if failure is None else ("disk full" if _disk_full(failure) else "failed"))
     if not any(failures):
-        return
+        return result
     if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
     if "disk full" in failures:
-        raise CheckpointError(f"no space left on device while saving {final}")
+        raise SaveError(f"no space left on device while saving {final}")
     raise failure or RuntimeError(f"saving {final} failed on rank {failures.index('failed')}")
+
+
+def _write(state: dict, tmp: str, background: bool):
+    """This rank's part of the checkpoint into ``tmp``; ``background``: the tensors are left to the
+    returned AsyncRequest (the common state and RNG states are written now)."""
+    with writers_die_with_trainer():
+        request = dist_checkpointing.save(state, tmp, async_sharded_save=background)
+    os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
+    torch.save(_rng_state(), os.path.join(tmp, "rng", f"rank_{dist.get_rank():05d}.pt"))
+    return request
+
+
+def _publish(root: str, final: str, tmp: str, keep_last: int) -> None:
+    """Collective, once every rank has written its part: ``tmp`` becomes ``final``, then ``latest``
+    names it, then (``keep_last``) older checkpoints go."""
+    dist.barrier()
+    if dist.get_rank() == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        with open(os.path.join(root, LATEST + ".tmp"), "w") as f:
+            f.write(os.path.basename(final))
+        os.replace(os.path.join(root, LATEST + ".tmp"), os.path.join(root, LATEST))
+        log.info("saved checkpoint %s", final)
+        if keep_last:
+            _remove_old(root, keep_last)
+    dist.barrier()
 
 
 def _remove_old(root: str, keep_last: int) -> None:
@@ -184,14 +212,15 @@ def _remove_old(root: str, keep_last: int) -> None:
 
 
 def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, scheduler, common: dict,
-                    weights_only: bool = False, keep_last: int = 0) -> str:
+                    weights_only: bool = False, keep_last: int = 0, background=None) -> str:
     """Collective: every rank calls it. ``chunks`` are this rank's unwrapped model chunks;
     ``common`` is plain data identical on all ranks (data-loader position, config).
     ``weights_only``: the model alone (e.g. the initial weights, before any optimizer state).
-    ``keep_last``: once saved, older whole checkpoints beyond the newest ``keep_last`` are removed (0: none)."""
+    ``keep_last``: once saved, older whole checkpoints beyond the newest ``keep_last`` are removed (0: none).
+    ``background`` (megaomni.training.async_saves.AsyncSaves): the tensors are written while training
+    goes on, the checkpoint renamed and named ``latest`` when ``background`` finalizes it."""
     final, tmp = _iter_dir(root, iteration), _iter_dir(root, iteration) + ".tmp"
-    rank = dist.get_rank()
-    if rank == 0:
+    if dist.get_rank() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)  # dist_checkpointing wants it to exist, and empty
     dist.barrier()
@@ -202,18 +231,16 @@ def save_checkpoint(root: str, iteration: int, chunks: list, optimizer, schedule
         optimizer_state, step = _optimizer_state(optimizer, models)
         state = {**models, "optimizer": optimizer_state, OPTIMIZER_STEP: step, "scheduler": scheduler.state_dict()}
     state.update({"iteration": iteration, WORLD_SIZE: dist.get_world_size(), **common})
-    _write(state, tmp, final)
-    dist.barrier()
-    if rank == 0:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        with open(os.path.join(root, LATEST + ".tmp"), "w") as f:
-            f.write(os.path.basename(final))
-        os.replace(os.path.join(root, LATEST + ".tmp"), os.path.join(root, LATEST))
-        log.info("saved checkpoint %s", final)
-        if keep_last:
-            _remove_old(root, keep_last)
-    dist.barrier()
+    request = _on_every_rank(lambda: _write(state, tmp, background is not None), tmp, final)
+    if background is None:
+        _publish(root, final, tmp, keep_last)
+        return final
+
+    def finalize() -> None:  # after every rank's worker has finished writing
+        _on_every_rank(lambda: [fn() for fn in request.finalize_fns], tmp, final)
+        _publish(root, final, tmp, keep_last)
+
+    background.schedule(request._replace(finalize_fns=[finalize]))
     return final
 
 

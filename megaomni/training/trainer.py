@@ -20,6 +20,7 @@ from megaomni.data.tokenizer import load_tokenizer
 from megaomni.flops import FlopModel
 from megaomni.models.build import padded_vocab_size
 from megaomni.platform.distributed import init_distributed
+from megaomni.training.async_saves import AsyncSaves
 from megaomni.training.dashboards import Dashboards
 from megaomni.training.evaluate import Evaluator
 from megaomni.training.health import HealthCheck
@@ -146,13 +147,14 @@ def train(cfg: OmniConfig) -> dict:
         watchdog.phase("save", iteration)
         return save_checkpoint(save_root, iteration, state.chunks, optimizer, state.scheduler,
                                common={"data": loader.state_dict(), "config": cfg.to_dict(), **carried},
-                               keep_last=cfg.checkpoint.keep_last)
+                               keep_last=cfg.checkpoint.keep_last, background=saves.background(iteration))
 
     record: dict = {}
     profiler = StepProfiler(cfg.logging.profile_start, cfg.logging.profile_steps, cfg.train.output_dir,
                             dist.get_rank(), device)
     watchdog = Watchdog(cfg.train.step_timeout_s, dist.get_rank(), runner.current_action)
-    with StopSignals(device, cfg.train.exit_grace_s) as signals, watchdog:
+    with StopSignals(device, cfg.train.exit_grace_s) as signals, watchdog, \
+            AsyncSaves(cfg.checkpoint.async_save, cfg.train.iters) as saves:
         for iteration in range(start + 1, cfg.train.iters + 1):
             watchdog.phase("data", iteration)
             profiler.before(iteration)
@@ -198,15 +200,19 @@ def train(cfg: OmniConfig) -> dict:
                 **({"max_memory_gib": peak_memory_gib(device)} if device.type == "cuda" else {}),
             }
             check_finite(iteration, record["loss"], record["grad_norm"])
-            writer.write(record)
-            dashboards.write(record)
-            health.check(iteration, record["loss"], record["grad_norm"])
-            if evaluator and evaluator.due(iteration):
-                watchdog.phase("eval", iteration)
-                dashboards.write(evaluator.report(iteration, writer))
-            interval = cfg.checkpoint.save_interval
-            if (iteration == cfg.train.iters and cfg.checkpoint.save_last) or (interval and iteration % interval == 0):
-                signals.timed_save(save, iteration)
+            saves.poll()
+            try:  # written after the save, which it says blocked training save_blocked_s; also when a check stops
+                health.check(iteration, record["loss"], record["grad_norm"])
+                if evaluator and evaluator.due(iteration):
+                    watchdog.phase("eval", iteration)
+                    dashboards.write(evaluator.report(iteration, writer))
+                interval, last = cfg.checkpoint.save_interval, iteration == cfg.train.iters
+                if (last and cfg.checkpoint.save_last) or (interval and iteration % interval == 0):
+                    signals.timed_save(save, iteration)
+                    record["save_blocked_s"] = signals.save_s
+            finally:
+                writer.write(record)
+                dashboards.write(record)
             if iteration < cfg.train.iters:  # a signal during the last step: the run ends as it would have
                 signals.stop_if_signalled(iteration, save, save_root)
     loader.close()

@@ -39,7 +39,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_checkpoint(state, tmp_pat
 
     _save(tmp_path, 1, state)
 
-    def disk_full(state_dict, directory):
+    def disk_full(state_dict, directory, **kwargs):
         with open(os.path.join(directory, "__0_0.distcp"), "wb") as f:
             f.write(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

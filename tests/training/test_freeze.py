@@ -16,6 +16,7 @@ import torch
 
 from megaomni.config import ConfigError, OmniConfig, load_config
 from megaomni.validation import check_model
+from tests.conftest import saved_tensors
 from tests.media_views import vision_batch
 from tests.models.test_parts import VOCAB, small_config
 from tests.parallel.layouts import Model, ParitySetup, assert_same_run
@@ -271,16 +272,6 @@ def parity(toy_data, tmp_path_factory) -> ParitySetup:
     return ParitySetup(toy_data, tmp_path_factory.mktemp("freeze_parity"))
 
 
-def _saved_tensors(path, tmp_path) -> dict[str, torch.Tensor]:
-    """A checkpoint's tensors by global name (megatron-core's dist_checkpointing writes PyTorch's
-    distributed checkpoint format, readable in one process)."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    out = tmp_path / f"{abs(hash(str(path)))}.pt"
-    dcp_to_torch_save(str(path), str(out))
-    return {k: v for k, v in torch.load(out, weights_only=False).items() if torch.is_tensor(v)}
-
-
 @pytest.mark.slow
 # The joint schedule, whose executor skips a frozen encoder's backward (under megatron-core's
 # schedules frozen parameters are megatron-core's own case: no gradient buffer, no optimizer state).
@@ -289,8 +280,8 @@ def test_pp2_with_a_frozen_encoder_matches_one_process(parity, schedule, tmp_pat
     records = parity.run(FROZEN_VISION, tmp_path / "run", "parallel.pp=2", *schedule, nproc=2)
     assert_same_run(parity.reference(FROZEN_VISION), records, rel=1e-5)
     # No gradient reached the frozen encoder on any rank: saved as it started, with no optimizer state.
-    initial = _saved_tensors(parity.init_weights(FROZEN_VISION), tmp_path)
-    final = _saved_tensors(tmp_path / "run" / "checkpoints" / "iter_0000002", tmp_path)
+    initial = saved_tensors(parity.init_weights(FROZEN_VISION), tmp_path)
+    final = saved_tensors(tmp_path / "run" / "checkpoints" / "iter_0000002", tmp_path)
     vision = [k for k in initial if k.startswith("vision_encoder.")]
     assert vision and all(torch.equal(initial[k], final[k]) for k in vision)
     assert not [k for k in final if k.startswith("optimizer.") and "vision_encoder." in k]
