@@ -1,9 +1,10 @@
 """The joint encoder-LLM schedule trains exactly like one process (CPU, gloo, fp32).
 
-Same check as ``test_layouts.py`` (3 iterations from shared initial weights, the layout took effect,
-loss / answer NLL within ``REL``, the float64 grad norm within ``NORM_REL``, identical token counts), with every pipeline
-rank encoding a share of each micro-batch (its encoders ran: the probe counts their calls); and the
-baseline policy run by megaomni's executor instead of megatron-core's schedules.
+Same check as ``test_layouts.py`` (3 iterations from shared initial weights, the layout took
+effect, loss / answer NLL within ``REL``, the float64 grad norm within ``NORM_REL``, identical
+token counts), with every pipeline rank encoding a share of each micro-batch (its encoders ran:
+the probe counts their calls); and the baseline policy run by megaomni's executor instead of
+megatron-core's schedules.
 """
 
 from __future__ import annotations
