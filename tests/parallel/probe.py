@@ -83,9 +83,11 @@ class RankProbe:
         """megatron-core's ``get_grad_norm_fp32``, also summing the squares in float64 over the same group."""
         def get_grad_norm_fp32(grads_for_norm, norm_type=2, grad_stats_parallel_group=None):
             grads = [grads_for_norm] if isinstance(grads_for_norm, torch.Tensor) else list(grads_for_norm)
-            squares = torch.zeros(1, dtype=torch.float64)
+            # On the GPU under NCCL (benchmarks/layout_parity.py), which reduces only device tensors.
+            on_gpu = dist.get_backend(grad_stats_parallel_group) == "nccl"
+            squares = torch.zeros(1, dtype=torch.float64, device="cuda" if on_gpu else "cpu")
             for grad in grads:
-                squares += grad.detach().double().square().sum().cpu()
+                squares += grad.detach().double().square().sum().to(squares.device)
             dist.all_reduce(squares, group=grad_stats_parallel_group)
             self._squares.append(float(squares))
             return norm(grads_for_norm, norm_type, grad_stats_parallel_group)
