@@ -75,7 +75,8 @@ class MasterAdamW:
         self.optimizer.step()
         copies = [(p, m) for p, m in zip(self.params, self.master) if m is not p]
         if copies:
-            torch._foreach_copy_([p for p, _ in copies], [m for _, m in copies])
+            with torch.no_grad():  # the bf16 parameters are leaves that require grad
+                torch._foreach_copy_([p for p, _ in copies], [m for _, m in copies])
         for p in self.params + self.master:
             p.grad = None
         return norm

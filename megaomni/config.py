@@ -406,8 +406,9 @@ class TrainConfig:
     # the second on the CPU. cross_entropy: chunked (the output layer and loss chunk by chunk, no
     # full logits: megaomni/ops/cross_entropy.py; one tensor-parallel rank) | megatron (its
     # vocab-parallel loss over the whole fp32 logits). fusion: compile (elementwise chains compiled
-    # by torch.compile: megaomni/ops/kernels.py) | none. encoder_attention: dense (each length's images
-    # or clips one dense SDPA call, cuDNN's kernel) | varlen (flash varlen over the packed segments).
+    # by torch.compile: megaomni/ops/kernels.py) | none. encoder_attention: varlen (flash varlen over
+    # the packed segments; auto on both) | dense (each length's images or clips one dense SDPA call,
+    # cuDNN's kernel first: for fixed sizes, CLIP's or SigLIP's; each new size costs cuDNN a new plan).
     cross_entropy: str = "auto"
     fusion: str = "auto"
     encoder_attention: str = "auto"

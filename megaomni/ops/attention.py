@@ -183,14 +183,6 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
     return torch.cat([p for p in pieces if p is not None])
 
 
-def _dense_segments(config: TransformerConfig, q: torch.Tensor) -> bool:
-    """Segments through :func:`segment_attention` (``attention_backend`` fused: always; flash:
-    never, flash varlen; auto: on the GPU in half precision)."""
-    if config.attention_backend == AttnBackend.fused:
-        return True
-    return config.attention_backend == AttnBackend.auto and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
-
-
 class SDPAttention(MegatronModule):
     """megatron-core core-attention module backed by :func:`sdpa_attention`."""
 
@@ -248,7 +240,9 @@ class SDPAttention(MegatronModule):
         dropout_p = self.dropout_p if self.training else 0.0
         if cu_seqlens is not None and mask is None and dropout_p == 0 and (thd or query.shape[1] == 1):
             flat = [x if thd else x[:, 0] for x in (query, key, value)]  # [t, h, d]
-            if isinstance(packed_seq_params, SegmentParams) and not causal and _dense_segments(self.config, query):
+            # train.encoder_attention=dense (megaomni.ops.kernels) asks for attention_backend fused.
+            dense = self.config.attention_backend == AttnBackend.fused
+            if isinstance(packed_seq_params, SegmentParams) and not causal and dense:
                 out = segment_attention(*flat, packed_seq_params.lengths, self.softmax_scale)
                 return out.reshape(out.shape[0], 1, -1)
             out = varlen_attention(*flat, cu_seqlens, packed_seq_params.max_seqlen_q, causal=causal,
