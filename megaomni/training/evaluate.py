@@ -1,7 +1,7 @@
 """Evaluation during training: every ``eval.interval`` iterations (and at the last), the first
 ``eval.iters`` steps of each held-out set (``eval.path``), forward only, under the layout and
 pipeline schedule training runs; per-token loss and answer NLL per set, reduced over ranks as
-training's are (``trainer.reduce_step_stats``), in ``metrics.jsonl`` and the log.
+training's are (``step.reduce_step_stats``), in ``metrics.jsonl`` and the log.
 
 Each evaluation starts its sets from their beginning (fixed ``data.seed``), so evaluations read
 the same samples and compare; training's weights, gradients, RNG and data position are untouched.
@@ -22,7 +22,7 @@ from megaomni.checkpoint.dist_ckpt import _rng_state, _set_rng_state
 from megaomni.config import OmniConfig
 from megaomni.data.batch import Batch
 from megaomni.data.loader import OmniDataLoader
-from megaomni.training.step import make_forward_step
+from megaomni.training.step import make_forward_step, reduce_step_stats
 
 log = logging.getLogger("megaomni.train")
 
@@ -55,7 +55,6 @@ def evaluate_steps(runner, forward_step, steps: Iterable[list[Batch]], pad_id: i
     """The loss over ``steps`` (each this rank's micro-batches) run forward only: sums over all
     the steps' answer tokens and samples, then divided (not a mean of per-step means)."""
     # Imported here: the trainer imports this module.
-    from megaomni.training.trainer import reduce_step_stats
 
     reports, tokens, samples = [], 0, 0
     for batches in steps:

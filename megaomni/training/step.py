@@ -11,11 +11,13 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
 
 from megaomni.data.batch import Batch
 from megaomni.parallel.sequence import shard_tokens
 
-# Order of the micro-batch statistics summed over ranks (see trainer.reduce_step_stats).
+# Order of the micro-batch statistics summed over ranks (see reduce_step_stats).
 STAT_KEYS = ("loss_sum", "loss_tokens")
 
 
@@ -42,3 +44,25 @@ def make_forward_step(device: torch.device):
         return output, partial(loss_func, loss_mask)
 
     return forward_step
+
+
+def reduce_step_stats(reports: list[dict], tokens: int, samples: int, flops: float, device) -> dict:
+    """Sum the micro-batch statistics over data- and context-parallel ranks (each holds part of
+    the sums), count tokens, samples and model FLOPs once per data-parallel rank, then share the
+    last pipeline stage's totals with every stage (other stages contribute zeros)."""
+    local = torch.zeros(len(STAT_KEYS) + 3, dtype=torch.float64, device=device)
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        for report in reports:
+            local[: len(STAT_KEYS)] += report["stats"].to(local)
+        if ps.get_context_parallel_rank() == 0:
+            local[-3:] = torch.tensor([tokens, samples, flops], dtype=local.dtype)
+    dist.all_reduce(local, group=ps.get_data_parallel_group(with_context_parallel=True))
+    dist.all_reduce(local, group=ps.get_pipeline_model_parallel_group())
+    values = dict(zip(STAT_KEYS + ("tokens", "samples", "flops"), local.tolist()))
+    return {
+        "loss": values["loss_sum"] / max(values["loss_tokens"], 1.0),
+        "answer_nll": values["loss_sum"] / max(values["samples"], 1.0),
+        "tokens": int(values["tokens"]),
+        "loss_tokens": int(values["loss_tokens"]),
+        "flops": values["flops"],
+    }

@@ -30,34 +30,12 @@ from megaomni.training.profiler import StepProfiler
 from megaomni.training.run_dir import check_run_dirs, checkpoint_root
 from megaomni.training.schedule import StepRunner
 from megaomni.training.setup import build_training_state
-from megaomni.training.step import STAT_KEYS, make_forward_step
+from megaomni.training.step import make_forward_step, reduce_step_stats
 from megaomni.training.step_time import StepClock, action_time, over_ranks
 from megaomni.training.throughput import batch_flops, peak_tflops
 from megaomni.training.watchdog import Watchdog
 
 log = logging.getLogger("megaomni.train")
-
-
-def reduce_step_stats(reports: list[dict], tokens: int, samples: int, flops: float, device) -> dict:
-    """Sum the micro-batch statistics over data- and context-parallel ranks (each holds part of
-    the sums), count tokens, samples and model FLOPs once per data-parallel rank, then share the
-    last pipeline stage's totals with every stage (other stages contribute zeros)."""
-    local = torch.zeros(len(STAT_KEYS) + 3, dtype=torch.float64, device=device)
-    if ps.is_pipeline_last_stage(ignore_virtual=True):
-        for report in reports:
-            local[: len(STAT_KEYS)] += report["stats"].to(local)
-        if ps.get_context_parallel_rank() == 0:
-            local[-3:] = torch.tensor([tokens, samples, flops], dtype=local.dtype)
-    dist.all_reduce(local, group=ps.get_data_parallel_group(with_context_parallel=True))
-    dist.all_reduce(local, group=ps.get_pipeline_model_parallel_group())
-    values = dict(zip(STAT_KEYS + ("tokens", "samples", "flops"), local.tolist()))
-    return {
-        "loss": values["loss_sum"] / max(values["loss_tokens"], 1.0),
-        "answer_nll": values["loss_sum"] / max(values["samples"], 1.0),
-        "tokens": int(values["tokens"]),
-        "loss_tokens": int(values["loss_tokens"]),
-        "flops": values["flops"],
-    }
 
 
 def _over_data_parallel(counts: dict) -> list[dict]:
