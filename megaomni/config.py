@@ -402,13 +402,14 @@ class TrainConfig:
     recompute: str = "none"
     recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])
     recompute_parts: list[str] = field(default_factory=list)
-    # Kernels (none changes a weight; a resume may change them). auto: the first choice on a GPU,
-    # the second on the CPU. cross_entropy: chunked (the output layer and loss chunk by chunk, no
-    # full logits: megaomni/ops/cross_entropy.py; one tensor-parallel rank) | megatron (its
-    # vocab-parallel loss over the whole fp32 logits). fusion: compile (elementwise chains compiled
-    # by torch.compile: megaomni/ops/kernels.py) | none. encoder_attention: varlen (flash varlen over
-    # the packed segments; auto on both) | dense (each length's images or clips one dense SDPA call,
-    # cuDNN's kernel first: for fixed sizes, CLIP's or SigLIP's; each new size costs cuDNN a new plan).
+    # Kernels (none changes a weight; a resume may change them). cross_entropy: megatron (its
+    # vocab-parallel loss over the whole fp32 logits; auto) | chunked (the output layer and loss
+    # chunk by chunk, no full logits: megaomni/ops/cross_entropy.py; one tensor-parallel rank; less
+    # memory, a little slower). fusion: compile (elementwise chains compiled by torch.compile:
+    # megaomni/ops/kernels.py; auto on a GPU) | none (auto on the CPU). encoder_attention: varlen
+    # (flash varlen over the packed segments; auto) | dense (each length's images or clips one
+    # dense SDPA call, cuDNN's kernel first: for fixed sizes, CLIP's or SigLIP's; each new size costs
+    # cuDNN a new plan).
     cross_entropy: str = "auto"
     fusion: str = "auto"
     encoder_attention: str = "auto"

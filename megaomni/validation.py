@@ -85,7 +85,7 @@ def check_kernels(cfg: OmniConfig) -> None:
             "a step; use step (or auto)")
     require(train.cross_entropy != "chunked" or cfg.parallel.tp == 1,
             f"train.cross_entropy=chunked at parallel.tp={cfg.parallel.tp}: the chunked loss needs the whole "
-            "vocabulary on one rank; use megatron (or auto, which picks it under tensor parallelism)")
+            "vocabulary on one rank; use megatron (auto)")
 
 
 def check_freeze(cfg: OmniConfig) -> None:

@@ -37,7 +37,9 @@ class Kernels:
 def kernels(cfg: OmniConfig) -> Kernels:
     train, gpu = cfg.train, pick_device(cfg.train.device).type == "cuda"
     return Kernels(
-        chunked_loss=train.cross_entropy == "chunked" or (train.cross_entropy == "auto" and gpu and cfg.parallel.tp == 1),
+        # auto: megatron-core's. The chunked loss frees the logits' memory but ran 18 ms slower a
+        # 8k-token micro-batch on the H200 (benchmarks/NOTES.md): for where the loss sets the peak.
+        chunked_loss=train.cross_entropy == "chunked",
         fusion=train.fusion == "compile" or (train.fusion == "auto" and gpu),
         encoder_attention=ENCODER_ATTENTION[train.encoder_attention],
     )
