@@ -22,7 +22,7 @@ train: $(VENV)/.installed $(TOY)/tokenizer.model
 	$(PY) pretrain_omni.py --config $(CONFIG) $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=30 $(ARGS)
 
 test-quick: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" $(ARGS)

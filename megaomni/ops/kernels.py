@@ -1,5 +1,6 @@
-"""Which kernels run (``train.cross_entropy``, ``train.fusion``, ``train.encoder_attention``):
-``auto`` resolved by the device, and the fusions megatron-core leaves to Transformer Engine.
+"""Which kernels run (``train.cross_entropy``, ``train.fusion``, ``train.encoder_attention``; each
+``auto``: megatron-core's loss, fusion on a GPU only, varlen attention), and the fusions
+megatron-core leaves to Transformer Engine.
 
 Fusion (``compile``; ``auto``: on a GPU) turns each elementwise chain into one kernel each way:
 megatron-core's own bias + dropout + residual and SwiGLU / biased-GELU fusions (its ``jit_fuser``

@@ -167,10 +167,10 @@ def test_a_run_with_evaluation_trains_exactly_as_one_without(parity, one_process
 
 
 @pytest.mark.slow
+# Weights split (TP), the plan executor's forward-only plan (joint PP), expert all-to-alls (EP); DP2
+# and CP2 (eval equal there too when measured) left out for CI time.
 @pytest.mark.parametrize("model, overrides", [
-    pytest.param(DENSE, (), id="dense-dp2"),
     pytest.param(DENSE, ("parallel.tp=2",), id="dense-tp2"),
-    pytest.param(DENSE, ("parallel.cp=2",), id="dense-cp2"),
     pytest.param(DENSE, ("parallel.pp=2", "pipeline.schedule=joint", "pipeline.joint_fallback=false"),
                  id="dense-pp2_joint"),
     pytest.param(MOE, ("parallel.ep=2",), id="moe-ep2"),
