@@ -56,7 +56,8 @@ class OmniModel(MegatronModule):
     of how it is parallelised."""
 
     def __init__(self, cfg: ModelConfig, llm: nn.Module, encoders: dict[str, nn.Module],
-                 pad_ids: dict[str, tuple[int, ...]], shard_sequence: Callable[[torch.Tensor], torch.Tensor] = whole_sequence):
+                 pad_ids: dict[str, tuple[int, ...]],
+                 shard_sequence: Callable[[torch.Tensor], torch.Tensor] = whole_sequence):
         super().__init__(config=llm.config)
         self.model_type = llm.model_type  # megatron-core's schedules read it from the outer model
         self.cfg = cfg
@@ -102,8 +103,8 @@ class OmniModel(MegatronModule):
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 cu_seqlens: Optional[torch.Tensor] = None, media: Optional[dict[str, MediaBatch]] = None,
                 features: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
-        """``tokens``, ``position_ids`` ``[b, s]`` (or ``[3, b, s]``: multimodal RoPE): the whole sequence; ``labels``: this rank's part
-        of it (see ``shard_sequence``). Packed rows (``cu_seqlens``, on the host) keep attention
+        """``tokens``, ``position_ids`` ``[b, s]`` (or ``[3, b, s]``: multimodal RoPE): the whole
+        sequence; ``labels``: this rank's part of it (see ``shard_sequence``). Packed rows (``cu_seqlens``, on the host) keep attention
         inside each of their samples. ``media``, ``features``: see :meth:`embed`."""
         decoder_input = self.shard_sequence(self.embed(tokens, media or {}, features)) \
             if self.pre_process else None

@@ -86,7 +86,8 @@ def segment_params(lengths: torch.Tensor, device: Optional[torch.device] = None,
     params["lengths"] = tuple(lengths.tolist())
     if angles is None:
         return SegmentParams(**params)
-    return RotaryPackedSeqParams(**params, rotary_cos=torch.cos(angles).to(dtype), rotary_sin=torch.sin(angles).to(dtype))
+    return RotaryPackedSeqParams(**params, rotary_cos=torch.cos(angles).to(dtype),
+                                 rotary_sin=torch.sin(angles).to(dtype))
 
 
 def _rotate(t: torch.Tensor, params: RotaryPackedSeqParams) -> torch.Tensor:

@@ -112,7 +112,9 @@ _CPU_STREAM = _InertStream()
 
 def _with_list_splits(all_to_all_single):
     def call(output, input, output_split_sizes=None, input_split_sizes=None, *args, **kwargs):
-        as_list = (lambda s: None if s is None else [int(x) for x in s])
+        def as_list(s):
+            return None if s is None else [int(x) for x in s]
+
         return all_to_all_single(output, input, as_list(output_split_sizes), as_list(input_split_sizes),
                                  *args, **kwargs)
 

@@ -66,7 +66,8 @@ def test_rows_padded_alone_train_as_rows_padded_to_the_longest(toy_data, tmp_pat
     runs = {}
     for padding in ("row", "step"):
         proc = run_pretrain(f"data.path={toy_data}", f"train.output_dir={tmp_path / padding}", "train.iters=3",
-                            "train.warmup_iters=1", "data.seq_length=64", "data.max_tokens=80", f"data.row_padding={padding}")
+                            "train.warmup_iters=1", "data.seq_length=64", "data.max_tokens=80",
+                            f"data.row_padding={padding}")
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[padding] = read_metrics(str(tmp_path / padding))
     for alone, longest in zip(runs["row"], runs["step"]):

@@ -16,7 +16,8 @@ from tests.conftest import read_metrics, run_pretrain
 
 
 def test_step_time_parts_fit_in_the_step(toy_data, tmp_path):
-    proc = run_pretrain(f"data.path={toy_data}", f"train.output_dir={tmp_path}", "train.iters=2", "train.warmup_iters=1",
+    proc = run_pretrain(f"data.path={toy_data}", f"train.output_dir={tmp_path}", "train.iters=2",
+                        "train.warmup_iters=1",
                         "pipeline.executor=plan", "pipeline.timeline_interval=1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for record in read_metrics(str(tmp_path)):
