@@ -28,7 +28,9 @@ class Model:
 
 # 8 LLM layers so PP4 x VPP2 has a layer per virtual stage; 16 samples (~31 tokens each) packed
 # into rows of 128 tokens make >= 4 micro-batches a step, enough for the interleaved schedule.
-COMMON = ("train.iters=3", "train.warmup_iters=0", "checkpoint.save_interval=0", "model.llm.num_layers=8",
+# No checkpoint at the end (a run that needs one asks for it: checkpoint.save_interval or save_last).
+COMMON = ("train.iters=3", "train.warmup_iters=0", "checkpoint.save_interval=0", "checkpoint.save_last=false",
+          "model.llm.num_layers=8",
           "data.global_batch_size=16", "data.seq_length=64", "data.max_tokens=128")
 # The same steps unpacked: 4 right-padded micro-batches of 4 samples.
 PADDED = ("data.packing=false", "data.micro_batch_size=4")
