@@ -20,7 +20,7 @@ class StepClock:
     def __init__(self, device: torch.device):
         self.device = device
         self.parts: dict[str, float] = {}
-        self._last = self._started = time.perf_counter()
+        self._last = self.started = time.perf_counter()
 
     def mark(self, name: str) -> None:
         if self.device.type == "cuda":
@@ -31,7 +31,7 @@ class StepClock:
 
     @property
     def total(self) -> float:
-        return self._last - self._started
+        return self._last - self.started
 
 
 def action_time(timeline) -> dict:

@@ -136,7 +136,7 @@ def train(cfg: OmniConfig) -> dict:
         for iteration in range(start + 1, cfg.train.iters + 1):
             watchdog.phase("data", iteration)
             profiler.before(iteration)
-            started, clock = time.perf_counter(), StepClock(device)
+            clock = StepClock(device)
             batches = loader.next_step()
             clock.mark("data_wait")
             for ddp in state.ddp:
@@ -156,7 +156,7 @@ def train(cfg: OmniConfig) -> dict:
             flops = sum(batch_flops(flop_model, b, tokenizer.pad_id) for b in batches)
             stats = reduce_step_stats(reports, tokens, sum(b.num_samples for b in batches), flops, device)
             skipped = merged(loader.index_skipped, *_over_data_parallel(loader.decode_skipped))
-            step_time = time.perf_counter() - started
+            step_time = time.perf_counter() - clock.started
             profiler.after(iteration)
             runner.write_timeline()
             record = {
