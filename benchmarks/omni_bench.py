@@ -5,8 +5,9 @@ model TFLOP/s and MFU (megaomni/flops.py; recomputation not counted), peak memor
         [--variant NAME=KEY=VALUE,KEY=VALUE ...] [--baseline] [--name SUFFIX] [--out benchmarks/results] [OVERRIDE ...]
 
 Each variant is a ``pretrain_omni.py`` run of the recipe with its overrides (after the common
-``OVERRIDE``s); figures are medians over the iterations after the first ``--skip`` (start-up,
-allocator warm-up, the first profile), peak memory the largest any iteration reached. A run that
+``OVERRIDE``s); figures are over the iterations after the first ``--skip`` (start-up,
+compilation, allocator warm-up) as one span (report.summarize), peak memory the largest any
+iteration reached. A run that
 fails (out of memory, say) is a row with its last log line. Without ``--variant``: the activation
 recomputation table (none, selective core attention, full LLM, full everywhere). ``--baseline``
 adds the plain-PyTorch model of the recipe on the same batches (benchmarks/plain_omni.py, a row
@@ -20,12 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 
-from report import write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
+from report import summarize, write_result  # benchmarks/report.py: run as a script, this folder is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECOMPUTE_VARIANTS = [
@@ -56,6 +56,9 @@ def run_variant(config: str, name: str, overrides: list[str], common: list[str],
     cmd = [sys.executable, os.path.join(ROOT, "pretrain_omni.py"), "--config", config, f"train.output_dir={out}",
            f"train.iters={iters}", "train.overwrite=true", "checkpoint.save_last=false", *common, *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "console.txt"), "w") as f:  # beside the run's log: torch's own warnings too
+        f.write(proc.stdout + proc.stderr)
     row = {"variant": name, "overrides": overrides}
     metrics = os.path.join(out, "metrics.jsonl")
     records = []
@@ -65,20 +68,7 @@ def run_variant(config: str, name: str, overrides: list[str], common: list[str],
     if proc.returncode or len(records) <= skip:
         lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
         return {**row, "failed": lines[-1] if lines else f"exit {proc.returncode}"}
-    timed = records[skip:]
-
-    def median(key):
-        values = [r[key] for r in timed if key in r]
-        return statistics.median(values) if values else None
-
-    return {**row, "iterations": len(timed), "tokens_per_s": median("tokens_per_s"),
-            "step_time_s": median("step_time_s"),
-            "tflops_per_gpu": median("tflops_per_gpu"), "mfu": median("mfu"),
-            "max_memory_gib": max((r.get("max_memory_gib", 0.0) for r in records), default=None),
-            "padding": median("padding"), "micro_batches": median("micro_batches"),
-            # Every iteration's loss: variants that change only kernels start from the same weights
-            # and batches, so their first losses must agree within bf16 noise (a correctness check).
-            "losses": [r["loss"] for r in records]}
+    return {**row, **summarize(records, skip)}
 
 
 def run_baseline(config: str, common: list[str], iters: int, skip: int, work: str) -> dict:

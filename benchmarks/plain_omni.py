@@ -12,7 +12,8 @@ fp32 master weights and fp32 gradients, as megaomni's megatron-core optimizer do
 are clipped to ``train.clip_grad``, no weight decay on biases and norms, warmup + cosine LR.
 Tokens, model FLOPs and MFU are counted with megaomni's own code (megaomni.flops,
 megaomni.training.throughput), the step timed as megaomni's trainer times it (from fetching the
-batches to the loss on the host). Figures: medians after the first ``--skip`` steps.
+batches to the loss on the host). Figures: over the steps after the first ``--skip``, as
+omni_bench.py's (report.summarize).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import time
 
 import torch
 from plain_model import PlainOmni  # benchmarks/: run as a script, this folder is on sys.path
+from report import summarize
 
 from megaomni.config import OmniConfig, TrainConfig, load_config
 from megaomni.data.loader import OmniDataLoader
@@ -126,21 +127,6 @@ def train_steps(cfg: OmniConfig, iters: int, compile_layers: bool) -> list[dict]
     return records
 
 
-def summarize(records: list[dict], skip: int) -> dict:
-    """A row as benchmarks/omni_bench.py writes them: medians over the steps after ``skip``."""
-    timed = records[skip:]
-
-    def median(key):
-        values = [r[key] for r in timed if key in r]
-        return statistics.median(values) if values else None
-
-    return {"variant": "plain_pytorch", "iterations": len(timed), "tokens_per_s": median("tokens_per_s"),
-            "step_time_s": median("step_time_s"), "tflops_per_gpu": median("tflops_per_gpu"), "mfu": median("mfu"),
-            "max_memory_gib": max((r.get("max_memory_gib", 0.0) for r in records), default=None),
-            "padding": median("padding"), "micro_batches": median("micro_batches"),
-            "losses": [r["loss"] for r in records]}
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
@@ -157,7 +143,8 @@ def main(argv=None) -> dict:
     if args.skip >= args.iters:
         parser.error(f"--skip={args.skip}: must be below --iters={args.iters}")
     compile_layers = pick_device(cfg.train.device).type == "cuda" if args.compile is None else args.compile
-    row = {**summarize(train_steps(cfg, args.iters, compile_layers), args.skip), "compile": compile_layers}
+    row = {"variant": "plain_pytorch", **summarize(train_steps(cfg, args.iters, compile_layers), args.skip),
+           "compile": compile_layers}
     mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
     print(f"plain_pytorch  {row['tokens_per_s']:.0f} tokens/s  {row['tflops_per_gpu']:.2f} TFLOP/s  MFU {mfu}  "
           f"{row['step_time_s']:.3f} s/step  peak {row['max_memory_gib'] or 0:.1f} GiB")

@@ -57,3 +57,25 @@ def median_ms(fn, warmup: int, repeat: int, device) -> float:
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return sorted(times)[len(times) // 2]
+
+
+def summarize(records: list[dict], skip: int) -> dict:
+    """A training run's row from its per-step records (``metrics.jsonl``'s fields) after the first
+    ``skip`` (start-up, compilation, allocator warm-up): rates over the timed steps as one span
+    (tokens over seconds; TFLOP/s and MFU weighted by each step's time), not medians of per-step
+    rates, since steps differ in content (one holds four large images, the next text) and the
+    variants of one run see the same steps. Peak memory: the largest any step reached."""
+    timed = records[skip:]
+    seconds = sum(r["step_time_s"] for r in timed)
+
+    def over_time(key):
+        return sum(r[key] * r["step_time_s"] for r in timed) / seconds if all(key in r for r in timed) else None
+
+    return {"iterations": len(timed), "tokens_per_s": sum(r["tokens"] for r in timed) / seconds,
+            "step_time_s": seconds / len(timed), "tflops_per_gpu": over_time("tflops_per_gpu"),
+            "mfu": over_time("mfu"), "padding": over_time("padding"),
+            "max_memory_gib": max((r.get("max_memory_gib", 0.0) for r in records), default=None),
+            "micro_batches": sum(r.get("micro_batches", 0) for r in timed) / len(timed),
+            # Every step's loss: variants that change only kernels start from the same weights and
+            # batches, so their losses must agree within bf16 noise (a correctness check).
+            "losses": [r["loss"] for r in records]}

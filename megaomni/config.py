@@ -403,13 +403,15 @@ class TrainConfig:
     recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])
     recompute_parts: list[str] = field(default_factory=list)
     # Kernels (none changes a weight; a resume may change them). cross_entropy: megatron (its
-    # vocab-parallel loss over the whole fp32 logits; auto) | chunked (the output layer and loss
-    # chunk by chunk, no full logits: megaomni/ops/cross_entropy.py; one tensor-parallel rank; less
-    # memory, a little slower). fusion: compile (elementwise chains compiled by torch.compile:
-    # megaomni/ops/kernels.py; auto on a GPU) | none (auto on the CPU). encoder_attention: varlen
-    # (flash varlen over the packed segments; auto) | dense (each length's images or clips one
-    # dense SDPA call, cuDNN's kernel first: for fixed sizes, CLIP's or SigLIP's; each new size costs
-    # cuDNN a new plan).
+    # vocab-parallel loss over the whole fp32 logits; auto on the CPU or at tp > 1) | torch
+    # (torch's log-softmax + NLL over them; auto on one GPU rank) | chunked (the output layer and
+    # loss chunk by chunk, no full logits; less memory, a little slower); torch and chunked:
+    # megaomni/ops/cross_entropy.py, one tensor-parallel rank. fusion: compile (elementwise
+    # chains compiled by torch.compile: megaomni/ops/kernels.py) | layers (those and every
+    # transformer layer compiled whole; auto on a GPU, the chains alone for an MoE LLM) | none
+    # (auto on the CPU). encoder_attention: varlen (flash varlen over the packed segments; auto) |
+    # dense (each length's images or clips one dense SDPA call, cuDNN's kernel first: for fixed
+    # sizes, CLIP's or SigLIP's; each new size costs cuDNN a new plan).
     cross_entropy: str = "auto"
     fusion: str = "auto"
     encoder_attention: str = "auto"

@@ -74,7 +74,8 @@ def check_recompute(cfg: OmniConfig) -> None:
 
 def check_kernels(cfg: OmniConfig) -> None:
     train = cfg.train
-    for name, valid in (("cross_entropy", ("auto", "chunked", "megatron")), ("fusion", ("auto", "compile", "none")),
+    for name, valid in (("cross_entropy", ("auto", "chunked", "megatron", "torch")),
+                        ("fusion", ("auto", "compile", "layers", "none")),
                         ("encoder_attention", ("auto", "dense", "varlen"))):
         value = getattr(train, name)
         require(value in valid, f"train.{name}={value!r}: valid: {', '.join(valid)}")
@@ -83,9 +84,9 @@ def check_kernels(cfg: OmniConfig) -> None:
     require(cfg.data.row_padding != "row" or cfg.parallel.pp == 1,
             f"data.row_padding=row at parallel.pp={cfg.parallel.pp}: pipeline stages exchange one activation shape "
             "a step; use step (or auto)")
-    require(train.cross_entropy != "chunked" or cfg.parallel.tp == 1,
-            f"train.cross_entropy=chunked at parallel.tp={cfg.parallel.tp}: the chunked loss needs the whole "
-            "vocabulary on one rank; use megatron (auto)")
+    require(train.cross_entropy not in ("chunked", "torch") or cfg.parallel.tp == 1,
+            f"train.cross_entropy={train.cross_entropy} at parallel.tp={cfg.parallel.tp}: this loss needs the "
+            "whole vocabulary on one rank; use megatron (auto)")
 
 
 def check_freeze(cfg: OmniConfig) -> None:

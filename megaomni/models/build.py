@@ -10,7 +10,7 @@ from megaomni.media import registry
 from megaomni.models.initial_weights import reinit_llm, seeded
 from megaomni.models.llm import build_llm
 from megaomni.models.omni import OmniModel, whole_sequence
-from megaomni.ops.kernels import fuse_megatron_rotary, kernels
+from megaomni.ops.kernels import compile_layers, fuse_megatron_rotary, kernels
 
 
 def _stack_config(part, bf16: bool, **extra):
@@ -50,7 +50,7 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
                                head_dim=head_dim, init_std=llm_cfg.init_std, mrope_section=mrope,
                                add_qkv_bias=llm_cfg.qkv_bias, qk_layernorm=llm_cfg.qk_norm,
                                fusion=chosen.fusion, **recompute_fields(cfg.train, "llm"), **fields)
-    llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage, chosen.chunked_loss)
+    llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage, chosen.loss)
     reinit_llm(llm, cfg.train.seed)  # the same weights under every layout (megaomni.models.initial_weights)
     encoders, encoder_pads = {}, {}
     if pre_process if with_encoders is None else with_encoders:
@@ -64,7 +64,10 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
                 encoders[modality.name] = modality.encoder(part, config, llm_cfg.hidden_size, encoder_pg_collection)
             pads = media_pad_id(modality.name)
             encoder_pads[modality.name] = (pads,) if isinstance(pads, int) else tuple(pads)
-    return OmniModel(cfg.model, llm, encoders, encoder_pads, shard_sequence)
+    model = OmniModel(cfg.model, llm, encoders, encoder_pads, shard_sequence)
+    if chosen.whole_layers:
+        compile_layers(model)
+    return model
 
 
 def padded_vocab_size(tokenizer_vocab: int, configured: int, multiple: int = 64) -> int:

@@ -9,19 +9,26 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megaomni.config import LLMConfig
 from megaomni.layers.specs import llm_block_spec
-from megaomni.ops.cross_entropy import chunked_cross_entropy
+from megaomni.ops.cross_entropy import chunked_cross_entropy, full_cross_entropy
 
 
 class LLM(GPTModel):
-    """GPTModel whose loss may skip the full logits (``chunked_loss``: megaomni.ops.cross_entropy,
-    one tensor-parallel rank); everything else, logits included (no labels), is megatron-core's."""
+    """GPTModel whose loss (``loss``, a ``train.cross_entropy`` choice) may be megaomni's: without
+    the full logits (``chunked``) or torch's kernels over them (``torch``), both on one
+    tensor-parallel rank (megaomni.ops.cross_entropy). Everything else, logits included (no
+    labels), is megatron-core's."""
 
-    def __init__(self, *args, chunked_loss: bool = False, **kwargs):
+    def __init__(self, *args, loss: str = "megatron", **kwargs):
         super().__init__(*args, **kwargs)
-        self.chunked_loss = chunked_loss
+        self.loss = loss
+
+    def compute_language_model_loss(self, labels, logits):
+        if self.loss == "torch":
+            return full_cross_entropy(logits, labels)
+        return super().compute_language_model_loss(labels, logits)
 
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
-        if not (self.chunked_loss and self.post_process and labels is not None
+        if not (self.loss == "chunked" and self.post_process and labels is not None
                 and self.config.mtp_num_layers is None and kwargs.get("inference_context") is None):
             return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
         weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights \
@@ -30,7 +37,7 @@ class LLM(GPTModel):
 
 
 def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int, pre_process: bool = True,
-              post_process: bool = True, vp_stage: Optional[int] = None, chunked_loss: bool = False) -> LLM:
+              post_process: bool = True, vp_stage: Optional[int] = None, loss: str = "megatron") -> LLM:
     """The LLM part of one pipeline stage (all of it without pipelining)."""
     return LLM(
         config=config,
@@ -49,5 +56,5 @@ def build_llm(cfg: LLMConfig, config: TransformerConfig, vocab_size: int, pre_pr
         # sequence is then split for context / sequence parallelism (megaomni.parallel.sequence).
         scatter_embedding_sequence_parallel=False,
         vp_stage=vp_stage,
-        chunked_loss=chunked_loss,
+        loss=loss,
     )

@@ -104,8 +104,9 @@ class OmniModel(MegatronModule):
                 cu_seqlens: Optional[torch.Tensor] = None, media: Optional[dict[str, MediaBatch]] = None,
                 features: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """``tokens``, ``position_ids`` ``[b, s]`` (or ``[3, b, s]``: multimodal RoPE): the whole
-        sequence; ``labels``: this rank's part of it (see ``shard_sequence``). Packed rows (``cu_seqlens``, on the host) keep attention
-        inside each of their samples. ``media``, ``features``: see :meth:`embed`."""
+        sequence; ``labels``: this rank's part of it (see ``shard_sequence``). Packed rows
+        (``cu_seqlens``, on the host) keep attention inside each of their samples. ``media``,
+        ``features``: see :meth:`embed`."""
         decoder_input = self.shard_sequence(self.embed(tokens, media or {}, features)) \
             if self.pre_process else None
         packed = None if cu_seqlens is None else packed_params(cu_seqlens, tokens.device)

@@ -126,10 +126,15 @@ def sdpa_attention(
     elif cu_seqlens is not None:
         mask = block_mask(cu_seqlens, q.shape[2], causal)
         causal = False
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal, scale=scale,
-        enable_gqa=q.shape[1] != k.shape[1],
-    )
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal,
+                                          scale=scale, enable_gqa=_grouped(q, k))
+
+
+def _grouped(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether q and k (heads in dimension 1) have different head counts (GQA), as a Python bool: in a
+    compiled layer the shapes are symbolic, and SDPA takes no symbolic flag (the branch makes
+    dynamo decide it, guarded)."""
+    return True if q.shape[1] != k.shape[1] else False
 
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, longest: int,
@@ -178,7 +183,7 @@ def segment_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths
 
         with sdpa_kernel(_dense_backends(), set_priority=True):
             out = F.scaled_dot_product_attention(stacked(q), stacked(k), stacked(v), scale=scale,
-                                                 enable_gqa=q.shape[1] != k.shape[1])
+                                                 enable_gqa=_grouped(q, k))
         for j, i in enumerate(members):
             pieces[i] = out[j].transpose(0, 1)
     return torch.cat([p for p in pieces if p is not None])
@@ -226,7 +231,10 @@ class SDPAttention(MegatronModule):
             raise ValueError("SDPAttention expresses masks by attn_mask_type and cu_seqlens only")
         if isinstance(packed_seq_params, RotaryPackedSeqParams):
             query, key = self.rotate(query, packed_seq_params), self.rotate(key, packed_seq_params)
-            packed_seq_params = packed_seq_params.for_layer(self.layer_index)
+            # Only windowed encoders read the layer's index: a compiled layer (train.fusion=layers)
+            # is specialised on every integer it reads, one graph per layer.
+            if packed_seq_params.full_layers:
+                packed_seq_params = packed_seq_params.for_layer(self.layer_index)
         mask_type = attn_mask_type or self.attn_mask_type
         causal = mask_type == AttnMaskType.causal
         cu_seqlens = packed_seq_params.cu_seqlens_q if packed_seq_params is not None else None

@@ -1,4 +1,6 @@
-"""Output layer and cross-entropy in one, over chunks of tokens, without the full logits.
+"""The loss without megatron-core's passes: the output layer and cross-entropy in one, over
+chunks of tokens, without the full logits (``chunked``); and torch's own loss over the whole fp32
+logits (``torch``, :func:`full_cross_entropy`).
 
 megatron-core's path materialises the logits ``[tokens, vocab]`` in bf16, then in fp32 for the
 softmax, and keeps fp32 softmax for backward: at 8,192 tokens and Qwen2's 151,936 words that is
@@ -65,3 +67,15 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     flat = hidden.transpose(0, 1).reshape(b * s, h)
     loss = _ChunkedLinearCrossEntropy.apply(flat, weight, labels.reshape(-1), chunk)
     return loss.view(b, s)
+
+
+def full_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of ``logits [s, b, vocab]`` (the whole vocabulary) against
+    ``labels [b, s]``, as ``[b, s]`` fp32: torch's log-softmax and NLL kernels over fp32 logits
+    (what the plain-PyTorch baseline runs), where megatron-core's vocab-parallel loss makes a
+    separate pass over the ``[tokens, vocab]`` scores for each of its max, subtract, exp, sum and
+    gradient steps."""
+    s, b, vocab = logits.shape
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(s * b, vocab), labels.t().reshape(-1),
+                                             reduction="none")
+    return loss.view(s, b).t()

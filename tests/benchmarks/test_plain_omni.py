@@ -50,6 +50,7 @@ def plain_model():
 
 @pytest.fixture(scope="module")
 def plain_omni(plain_model):
+    load_script("benchmarks/report.py")  # plain_omni imports it by name
     return load_script("benchmarks/plain_omni.py")
 
 

@@ -34,7 +34,7 @@ def _assert_reshards(parity_setup, tmp_path, model, layout: tuple[str, ...], npr
 
 
 def test_checkpoint_reshards_between_tp1_and_tp2_pp2(parity_setup, tmp_path):
-    _assert_reshards(parity_setup, tmp_path, DENSE, TP2_PP2, nproc=4, saved_at=3, iters=6)
+    _assert_reshards(parity_setup, tmp_path, DENSE, TP2_PP2, nproc=4, saved_at=2, iters=4)
 
 
 def test_moe_checkpoint_reshards_across_expert_parallelism(parity_setup, tmp_path):
@@ -54,8 +54,8 @@ def test_distributed_optimizer_checkpoint_reshards_to_one_process_and_back(parit
 
 def test_checkpoints_move_between_two_split_layouts(parity_setup, tmp_path):
     """Neither side one process: saved at PP2 x VPP2 under the joint schedule, resumed at CP2 under
-    megatron-core's (layers, stages and the sequence split all change), continuing the one-process run;
-    and weights alone (checkpoint.finetune) loaded at TP2 + SP train as one process's finetune does."""
+    megatron-core's (layers, stages and the sequence split all change), continuing the one-process
+    run. (Weights alone loaded under another layout: tests/checkpoint/test_convert_hf_tool.py.)"""
     run, iters, saved_at = parity_setup.run, 4, 2
     schedule = (f"train.iters={iters}", f"checkpoint.save_interval={saved_at}")
     single = run(DENSE, tmp_path / "one", *schedule)
@@ -63,7 +63,3 @@ def test_checkpoints_move_between_two_split_layouts(parity_setup, tmp_path):
     checkpoint = f"checkpoint.load={tmp_path / 'pp' / 'checkpoints' / f'iter_{saved_at:07d}'}"
     resumed = run(DENSE, tmp_path / "cp", f"train.iters={iters}", checkpoint, "parallel.cp=2", nproc=2)
     assert_same_run(single[saved_at:], resumed, rel=1e-5)
-    finetune = (f"train.iters={saved_at}", checkpoint, "checkpoint.finetune=true")
-    one_finetuned = run(DENSE, tmp_path / "ft_one", *finetune)
-    assert_same_run(one_finetuned, run(DENSE, tmp_path / "ft_tp", *finetune, "parallel.tp=2", "parallel.sp=true",
-                                       nproc=2), rel=1e-5)

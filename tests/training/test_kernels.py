@@ -5,10 +5,12 @@ same math in another order: equal within float32 noise), and a bad value is one 
 from __future__ import annotations
 
 import pytest
+from torch._dynamo.utils import counters
 
 from megaomni.config import ConfigError, load_config
+from megaomni.models import build as models_build
 from megaomni.models import llm as models_llm
-from megaomni.ops import attention
+from megaomni.ops import attention, kernels
 from megaomni.validation import check_model
 from tests.conftest import read_metrics, run_pretrain
 from tests.models.test_parts import small_config
@@ -16,10 +18,10 @@ from tests.training import steps
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (("train.fusion=fused",), "train.fusion='fused': valid: auto, compile, none"),
+    (("train.fusion=fused",), "train.fusion='fused': valid: auto, compile, layers, none"),
     (("train.encoder_attention=flash",), "train.encoder_attention='flash': valid: auto, dense, varlen"),
     (("train.cross_entropy=chunked", "parallel.tp=2", "model.llm.num_query_groups=2"),
-     "train.cross_entropy=chunked at parallel.tp=2: the chunked loss needs the whole vocabulary on one rank"),
+     "train.cross_entropy=chunked at parallel.tp=2: this loss needs the whole vocabulary on one rank"),
 ])
 def test_bad_kernel_settings_fail_with_one_line(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -43,15 +45,24 @@ def _step(tie: bool = False, **train):
 @pytest.mark.parametrize("train, module, name", [
     (dict(cross_entropy="chunked"), models_llm, "chunked_cross_entropy"),
     (dict(cross_entropy="chunked", tie=True), models_llm, "chunked_cross_entropy"),
+    (dict(cross_entropy="torch"), models_llm, "full_cross_entropy"),
     (dict(encoder_attention="dense"), attention, "segment_attention"),
-    pytest.param(dict(fusion="compile"), attention, "compiled", marks=pytest.mark.slow),  # ~40 s
-], ids=["chunked_loss", "chunked_loss_tied", "dense_encoder_attention", "fusion"])
+    # Every transformer layer compiled (and the elementwise chains inside them): ~40 s of dynamo.
+    pytest.param(dict(fusion="layers"), models_build, "compile_layers", marks=pytest.mark.slow),
+], ids=["chunked_loss", "chunked_loss_tied", "torch_loss", "dense_encoder_attention", "fusion_layers"])
 def test_a_step_with_each_kernel_choice_equals_the_reference(megatron_cpu, monkeypatch, train, module, name):
+    """(The compiled layers take the aot_eager backend here: dynamo's capture and AOT autograd, as
+    on a GPU, without inductor's C++ build of each graph.)"""
+    monkeypatch.setattr(kernels, "LAYER_BACKEND", "aot_eager")
     tie = train.pop("tie", False)
     calls, original = [], getattr(module, name)
     monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    counters.clear()
     loss, norm, grads = _step(tie, **train)
     assert calls, f"{train} did not reach {name}"
+    if train.get("fusion") == "layers":  # the layers ran compiled, not quietly eager (on the CPU the
+        # attention's block-mask fallback reads lengths on the host: graph breaks the GPU has not)
+        assert counters["aot_autograd"]["total"] >= 3, dict(counters)
     monkeypatch.setattr(module, name, original)
     ref_loss, ref_norm, ref_grads = _step(tie)
     assert loss == pytest.approx(ref_loss, rel=1e-6) and norm == pytest.approx(ref_norm, rel=1e-5)
