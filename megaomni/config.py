@@ -408,10 +408,10 @@ class TrainConfig:
     # loss chunk by chunk, no full logits; less memory, a little slower); torch and chunked:
     # megaomni/ops/cross_entropy.py, one tensor-parallel rank. fusion: compile (elementwise
     # chains compiled by torch.compile: megaomni/ops/kernels.py) | layers (those and every
-    # transformer layer compiled whole; auto on a GPU, the chains alone for an MoE LLM) | none
-    # (auto on the CPU). encoder_attention: varlen (flash varlen over the packed segments; auto) |
-    # dense (each length's images or clips one dense SDPA call, cuDNN's kernel first: for fixed
-    # sizes, CLIP's or SigLIP's; each new size costs cuDNN a new plan).
+    # transformer layer compiled whole; auto on a GPU for a dense LLM at tp = cp = 1, else the
+    # chains alone) | none (auto on the CPU). encoder_attention: varlen (flash varlen over the
+    # packed segments; auto) | dense (each length's images or clips one dense SDPA call, cuDNN's
+    # kernel first: for fixed sizes, CLIP's or SigLIP's; each new size costs cuDNN a new plan).
     cross_entropy: str = "auto"
     fusion: str = "auto"
     encoder_attention: str = "auto"

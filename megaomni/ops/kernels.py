@@ -6,7 +6,7 @@ Fusion ``compile`` turns each elementwise chain into one kernel each way: megatr
 bias + dropout + residual and SwiGLU / biased-GELU fusions (its ``jit_fuser`` is
 ``torch.compile``); the activations it does not fuse (QuickGELU, tanh GELU) and both rotary paths
 (megatron-core's unfused one in the LLM, our attention core's in the encoders) compiled here.
-Fusion ``layers`` (``auto`` on a GPU with a dense LLM) also compiles every transformer layer whole (LLM and
+Fusion ``layers`` (``auto`` on a GPU for a dense LLM at tp = cp = 1) also compiles every transformer layer whole (LLM and
 encoders, :func:`compile_layers`), so that norms fuse with the residual adds and the q/k/v split
 and layout copies with the rotary, as the plain-PyTorch baseline's compiled layers do. None of it
 changes a weight, only rounding: one bf16 rounding per fused chain instead of per op.
@@ -46,14 +46,15 @@ class Kernels:
 
 def kernels(cfg: OmniConfig) -> Kernels:
     train, gpu = cfg.train, pick_device(cfg.train.device).type == "cuda"
-    dense = not cfg.model.llm.moe.enabled
+    measured_layers = not cfg.model.llm.moe.enabled and cfg.parallel.tp == 1 and cfg.parallel.cp == 1
     return Kernels(
         loss=train.cross_entropy if train.cross_entropy != "auto" else AUTO_LOSS[gpu and cfg.parallel.tp == 1],
         fusion=train.fusion in ("compile", "layers") or (train.fusion == "auto" and gpu),
-        # auto on a GPU: whole layers (+3.6% over the chains alone on vl_2b) for a dense LLM; an MoE
-        # LLM keeps the chains (its dispatcher reads token counts on the host inside each layer:
-        # graph breaks; not yet measured compiled).
-        whole_layers=train.fusion == "layers" or (train.fusion == "auto" and gpu and dense),
+        # auto on a GPU: whole layers (+3.6% over the chains alone on vl_2b) for a dense LLM without
+        # tensor or context parallelism; elsewhere the chains, until measured: an MoE dispatcher
+        # reads token counts on the host inside each layer (graph breaks), and TP / CP put
+        # collectives inside the layers.
+        whole_layers=train.fusion == "layers" or (train.fusion == "auto" and gpu and measured_layers),
         encoder_attention=ENCODER_ATTENTION[train.encoder_attention],
     )
 
