@@ -6,10 +6,11 @@ Fusion ``compile`` turns each elementwise chain into one kernel each way: megatr
 bias + dropout + residual and SwiGLU / biased-GELU fusions (its ``jit_fuser`` is
 ``torch.compile``); the activations it does not fuse (QuickGELU, tanh GELU) and both rotary paths
 (megatron-core's unfused one in the LLM, our attention core's in the encoders) compiled here.
-Fusion ``layers`` (``auto`` on a GPU for a dense LLM at tp = cp = 1) also compiles every transformer layer whole (LLM and
-encoders, :func:`compile_layers`), so that norms fuse with the residual adds and the q/k/v split
-and layout copies with the rotary, as the plain-PyTorch baseline's compiled layers do. None of it
-changes a weight, only rounding: one bf16 rounding per fused chain instead of per op.
+Fusion ``layers`` (``auto`` on a GPU for a dense LLM at tp = cp = 1) also compiles every
+transformer layer whole (LLM and encoders, :func:`compile_layers`), so that norms fuse with the
+residual adds and the q/k/v split and layout copies with the rotary, as the plain-PyTorch
+baseline's compiled layers do. None of it changes a weight, only rounding: one bf16 rounding per
+fused chain instead of per op.
 """
 
 from __future__ import annotations
