@@ -42,8 +42,13 @@ def lazy_compile(fn=None, **options):
 
 
 class _Loader(importlib.abc.Loader):
+    """The module's own loader, with ``jit_fuser`` replaced once the module has run."""
+
     def __init__(self, loader):
         self.loader = loader
+
+    def __getattr__(self, name):  # get_source, get_code, ...: the original loader's
+        return getattr(self.loader, name)
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
