@@ -5,6 +5,7 @@ same math in another order: equal within float32 noise), and a bad value is one 
 from __future__ import annotations
 
 import pytest
+import torch
 from torch._dynamo.utils import counters
 
 from megaomni.config import ConfigError, load_config
@@ -85,3 +86,17 @@ def test_rows_padded_alone_train_as_rows_padded_to_the_longest(toy_data, tmp_pat
         assert alone["loss"] == pytest.approx(longest["loss"], rel=1e-6)
         assert alone["grad_norm"] == pytest.approx(longest["grad_norm"], rel=1e-5)
         assert alone["tokens"] == longest["tokens"] and alone["padding"] < longest["padding"]
+
+
+@pytest.mark.parametrize("gpu, overrides, loss, whole_layers", [
+    (False, (), "megatron", False),  # the CPU: megatron-core's loss, nothing compiled
+    (True, (), "torch", True),  # one GPU rank, dense LLM: torch's loss, whole layers
+    (True, ("parallel.tp=2", "model.llm.num_query_groups=2"), "megatron", False),  # vocab-parallel loss; collectives
+    (True, ("parallel.cp=2",), "torch", False),  # collectives inside the layers
+    (True, ("model.llm.moe.num_experts=4",), "torch", False),  # the dispatcher's host reads
+    (True, ("train.fusion=layers", "train.cross_entropy=chunked", "parallel.cp=2"), "chunked", True),  # asked
+])
+def test_auto_picks_the_measured_kernels(monkeypatch, gpu, overrides, loss, whole_layers):
+    monkeypatch.setattr(kernels, "pick_device", lambda _: torch.device("cuda" if gpu else "cpu"))
+    chosen = kernels.kernels(load_config(None, list(overrides)))
+    assert (chosen.loss, chosen.whole_layers, chosen.fusion) == (loss, whole_layers, gpu)
