@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 TP2_PP2 = ("parallel.tp=2", "parallel.pp=2")
 DISTOPT = ("parallel.distributed_optimizer=true",)
-PP2_EP2 = ("parallel.pp=2", "parallel.ep=2")
+EP2 = ("parallel.ep=2",)
 
 
 def _assert_reshards(parity_setup, tmp_path, model, layout: tuple[str, ...], nproc: int, saved_at: int,
@@ -40,9 +40,9 @@ def test_checkpoint_reshards_between_tp1_and_tp2_pp2(parity_setup, tmp_path):
 def test_moe_checkpoint_reshards_across_expert_parallelism(parity_setup, tmp_path):
     """With EP > 1 megatron-core gives the expert parameters an optimizer of their own (at EP 1 they
     share the dense one): the checkpoint's optimizer state, keyed by parameter name alone, moves
-    between the two. Saved at PP2 x EP2, resumed in one process, and the reverse (the second step
-    shows Adam's carried state)."""
-    _assert_reshards(parity_setup, tmp_path, MOE, PP2_EP2, nproc=4, saved_at=1, iters=2)
+    between the two. Saved at EP2, resumed in one process, and the reverse (the second step shows
+    Adam's carried state). (Stages move in the TP2 x PP2 case; 2 ranks here, not 4, for CI time.)"""
+    _assert_reshards(parity_setup, tmp_path, MOE, EP2, nproc=2, saved_at=1, iters=2)
 
 
 def test_distributed_optimizer_checkpoint_reshards_to_one_process_and_back(parity_setup, tmp_path):
