@@ -30,15 +30,17 @@ def test_bad_kernel_settings_fail_with_one_line(overrides, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def _step(tie: bool = False, **train):
+def _step(tie: bool = False, audio: bool = True, **train):
     cfg = small_config()
     cfg.train.iters, cfg.train.warmup_iters = 2, 0
     cfg.model.llm.tie_embeddings = tie
+    cfg.model.audio.enabled = audio
     defaults = dict(cross_entropy="megatron", fusion="none", encoder_attention="varlen")
     for name, value in {**defaults, **train}.items():
         setattr(cfg.train, name, value)
     state = steps.training_state(cfg)
-    batches = [steps.micro_batch(cfg, 1), steps.micro_batch(cfg, 2, ("vision",))]
+    batches = [steps.micro_batch(cfg, 1, ("vision", "audio") if audio else ("vision",)),
+               steps.micro_batch(cfg, 2, ("vision",))]
     return steps.step(cfg, state, batches)
 
 
@@ -48,24 +50,25 @@ def _step(tie: bool = False, **train):
     (dict(cross_entropy="chunked", tie=True), models_llm, "chunked_cross_entropy"),
     (dict(cross_entropy="torch"), models_llm, "full_cross_entropy"),
     (dict(encoder_attention="dense"), attention, "segment_attention"),
-    # Every transformer layer compiled (and the elementwise chains inside them): ~40 s of dynamo.
-    pytest.param(dict(fusion="layers"), models_build, "compile_layers", marks=pytest.mark.slow),
+    # Every transformer layer compiled (and the elementwise chains inside them): ~30 s of dynamo;
+    # the LLM's and the vision encoder's layers (the audio encoder's are of the vision kind).
+    pytest.param(dict(fusion="layers", audio=False), models_build, "compile_layers", marks=pytest.mark.slow),
 ], ids=["chunked_loss", "chunked_loss_tied", "torch_loss", "dense_encoder_attention", "fusion_layers"])
 def test_a_step_with_each_kernel_choice_equals_the_reference(megatron_cpu, monkeypatch, train, module, name):
     """(The compiled layers take the aot_eager backend here: dynamo's capture and AOT autograd, as
     on a GPU, without inductor's C++ build of each graph.)"""
     monkeypatch.setattr(kernels, "LAYER_BACKEND", "aot_eager")
-    tie = train.pop("tie", False)
+    tie, audio = train.pop("tie", False), train.pop("audio", True)
     calls, original = [], getattr(module, name)
     monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
     counters.clear()
-    loss, norm, grads = _step(tie, **train)
+    loss, norm, grads = _step(tie, audio, **train)
     assert calls, f"{train} did not reach {name}"
     if train.get("fusion") == "layers":  # the layers ran compiled, not quietly eager (on the CPU the
         # attention's block-mask fallback reads lengths on the host: graph breaks the GPU has not)
         assert counters["aot_autograd"]["total"] >= 3, dict(counters)
     monkeypatch.setattr(module, name, original)
-    ref_loss, ref_norm, ref_grads = _step(tie)
+    ref_loss, ref_norm, ref_grads = _step(tie, audio)
     assert loss == pytest.approx(ref_loss, rel=1e-6) and norm == pytest.approx(ref_norm, rel=1e-5)
     for name, grad in grads.items():
         assert grad.abs().max() > 0 or ref_grads[name].abs().max() == 0, name
