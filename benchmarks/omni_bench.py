@@ -7,8 +7,8 @@ model TFLOP/s and MFU (megaomni/flops.py; recomputation not counted), peak memor
 Each variant is a ``pretrain_omni.py`` run of the recipe with its overrides (after the common
 ``OVERRIDE``s); figures are over the iterations after the first ``--skip`` (start-up,
 compilation, allocator warm-up) as one span (report.summarize), peak memory the largest any
-iteration reached. A run that
-fails (out of memory, say) is a row with its last log line. Without ``--variant``: the activation
+iteration reached. A run that fails (out of memory, say) is a row with its last log line.
+Without ``--variant``: the activation
 recomputation table (none, selective core attention, full LLM, full everywhere). ``--baseline``
 adds the plain-PyTorch model of the recipe on the same batches (benchmarks/plain_omni.py, a row
 ``plain_pytorch``, with the common ``OVERRIDE``s) and each variant's tokens/s over the baseline's
