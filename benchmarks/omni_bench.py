@@ -75,7 +75,7 @@ def run_baseline(config: str, common: list[str], iters: int, skip: int, work: st
     """benchmarks/plain_omni.py's row, in its own process as the variants run."""
     out = os.path.join(work, "plain_pytorch.json")
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "plain_omni.py"), "--config", config, "--iters", str(iters),
-           "--skip", str(skip), "--json", out, *common]
+           "--skip", str(skip), "--json", out, *common, f"train.output_dir={os.path.join(work, 'plain_pytorch')}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode or not os.path.isfile(out):
         lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]

@@ -34,6 +34,7 @@ from megaomni.flops import FlopModel
 from megaomni.models.build import padded_vocab_size
 from megaomni.models.freeze import freeze
 from megaomni.platform.distributed import pick_device
+from megaomni.training.profiler import StepProfiler
 from megaomni.training.throughput import batch_flops, peak_tflops
 from megaomni.validation import validate
 
@@ -96,9 +97,12 @@ def train_steps(cfg: OmniConfig, iters: int, compile_layers: bool) -> list[dict]
     optimizer = MasterAdamW(list(model.parameters()), cfg.train, fused=device.type == "cuda")
     loader = OmniDataLoader(cfg, tokenizer, dp_rank=0, dp_size=1)
     flop_model, peak = FlopModel.from_config(cfg.model, vocab), peak_tflops(device, cfg.train.peak_tflops)
+    # logging.profile_start: the same profile as megaomni's trainer writes, in train.output_dir/profile.
+    profiler = StepProfiler(cfg.logging.profile_start, cfg.logging.profile_steps, cfg.train.output_dir, 0, device)
     records = []
     try:
         for iteration in range(1, iters + 1):
+            profiler.before(iteration)
             started = time.perf_counter()
             batches = loader.next_step()
             loss_tokens = sum(float(b.loss_mask.sum()) for b in batches)  # host tensors: no sync
@@ -112,6 +116,7 @@ def train_steps(cfg: OmniConfig, iters: int, compile_layers: bool) -> list[dict]
             grad_norm = optimizer.step(lr_at(cfg.train, iteration))
             loss = float(loss_sum) / max(loss_tokens, 1.0)  # the host waits for the step here
             step_time = time.perf_counter() - started
+            profiler.after(iteration)
             tokens = sum(int((b.tokens != tokenizer.pad_id).sum()) for b in batches)
             tflops = sum(batch_flops(flop_model, b, tokenizer.pad_id) for b in batches) / step_time / 1e12
             records.append({"iteration": iteration, "loss": loss, "grad_norm": float(grad_norm), "tokens": tokens,

@@ -109,12 +109,15 @@ def test_two_steps_on_cpu(plain_omni, toy_data, tmp_path):
     vocab = padded_vocab_size(load_tokenizer(os.path.join(toy_data, "tokenizer.model")).vocab_size, 0)
     row = plain_omni.main(["--config", TINY_CONFIG, "--iters", "2", "--skip", "1", "--json", str(tmp_path / "row.json"),
                       "model.audio.enabled=false", f"data.path={toy_data}", "train.device=cpu",
-                            "train.warmup_iters=1"])
+                            "train.warmup_iters=1", "logging.profile_start=2", f"train.output_dir={tmp_path}"])
     assert len(row["losses"]) == 2 and all(math.isfinite(x) for x in row["losses"])
     # Untrained (init std 0.02): near the uniform guess, ln(vocab), as megaomni's toy run starts.
     assert abs(row["losses"][0] - math.log(vocab)) < 0.5, (row["losses"], math.log(vocab))
     assert row["tokens_per_s"] > 0 and row["iterations"] == 1 and not row["compile"]
     assert (tmp_path / "row.json").is_file()
+    # logging.profile_start profiles the baseline as megaomni's trainer profiles its steps.
+    summary = (tmp_path / "profile" / "summary_rank_00000.txt").read_text()
+    assert summary.startswith("iterations 2-2:") and "aten::" in summary, summary[:300]
 
 
 def test_omni_bench_baseline_row(toy_data, tmp_path):
