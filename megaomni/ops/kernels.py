@@ -25,6 +25,7 @@ from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.transformer_layer import TransformerLayer
 
 from megaomni.config import OmniConfig
+from megaomni.ops.linear import PlainLinear
 from megaomni.platform.distributed import pick_device
 
 _UNFUSED_ROTARY = rope_utils._apply_rotary_pos_emb_bshd
@@ -91,4 +92,16 @@ def compile_layers(model: torch.nn.Module) -> None:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     for module in model.modules():
         if isinstance(module, TransformerLayer):
+            fold_biases(module)
             module.compile(dynamic=True, backend=LAYER_BACKEND)
+
+
+def fold_biases(layer: TransformerLayer) -> None:
+    """Biases into their GEMMs (megaomni.ops.linear: ``fold_bias``) wherever the layer adds them
+    plainly; not into the MLP's first linear where megatron-core's fused bias-activation kernels
+    (SwiGLU, GELU) take the bias themselves."""
+    mlp = getattr(layer, "mlp", None)
+    keeps = getattr(mlp, "linear_fc1", None) if layer.config.bias_activation_fusion else None
+    for module in layer.modules():
+        if isinstance(module, PlainLinear) and module is not keeps:
+            module.fold_bias = True

@@ -10,6 +10,9 @@
   builds a host tensor of every gradient's norm, a GPU sync per tensor (1,831 a step on omni_moe's
   128 experts x 6 layers, measured in its profile), and its scaling and the optimizer's copies
   loop over tensors. Here they are ``torch._foreach_*`` calls: the same values, no sync.
+- 0.16.1 without Apex or TE: Adam falls back to ``torch.optim.AdamW`` in its default (foreach)
+  form, a dozen passes over the fp32 state where Apex's FusedAdam makes one. ``fuse_adam`` turns
+  on torch's own fused kernel (``fused=True``) wherever torch has it for the parameters' device.
 """
 
 from __future__ import annotations
@@ -36,6 +39,26 @@ def apply() -> None:
     if megatron_optimizer.multi_tensor_scale_impl is local_multi_tensor_scale:
         megatron_optimizer.multi_tensor_scale_impl = foreach_scale
         megatron_optimizer._multi_tensor_copy_this_to_that = foreach_copy
+
+
+def fuse_adam(optimizer) -> int:
+    """Turns on torch's fused AdamW in every torch Adam under a megatron-core optimizer (chained,
+    mixed precision or distributed) whose parameters all live on a device torch fuses for; the
+    number of param groups switched. Set before the first step, which creates the state as the
+    fused kernel keeps it (``step`` on the parameters' device)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    fusable = set(_get_fused_kernels_supported_devices())
+    switched = 0
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_adam = getattr(inner, "optimizer", None)
+        if not isinstance(torch_adam, torch.optim.Adam) or torch_adam.state:
+            continue
+        for group in torch_adam.param_groups:
+            if group["params"] and all(p.device.type in fusable and p.is_floating_point() for p in group["params"]):
+                group.update(fused=True, foreach=False)
+                switched += 1
+    return switched
 
 
 def foreach_l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):

@@ -6,6 +6,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megaomni.config import TrainConfig
+from megaomni.platform.mcore_compat import fuse_adam
 
 
 def build_optimizer(cfg: TrainConfig, model_chunks: list, distributed: bool = False):
@@ -25,6 +26,7 @@ def build_optimizer(cfg: TrainConfig, model_chunks: list, distributed: bool = Fa
         ),
         model_chunks,
     )
+    fuse_adam(optimizer)
     scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,

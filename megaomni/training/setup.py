@@ -17,6 +17,7 @@ from megaomni.config import OmniConfig
 from megaomni.models.freeze import freeze
 from megaomni.models.omni import OmniModel
 from megaomni.parallel.model_chunks import build_model_chunks, sync_encoder_replicas
+from megaomni.training.ddp import OmniDDP
 from megaomni.training.optimizer import build_optimizer
 
 log = logging.getLogger("megaomni.train")
@@ -58,7 +59,7 @@ def build_training_state(cfg: OmniConfig, vocab_size: int, media_pad_id, device:
     )
     # Only the first chunk's buckets are used by megatron-core's bucketing; later chunks reduce
     # their grads in one go (Megatron-LM's arrangement).
-    ddp = [DistributedDataParallel(chunk.config, ddp_config, chunk, disable_bucketing=i > 0)
+    ddp = [OmniDDP(chunk.config, ddp_config, chunk, disable_bucketing=i > 0)
            for i, chunk in enumerate(chunks)]
     config = chunks[0].config  # the schedules read the first chunk's config
     config.finalize_model_grads_func = finalize_model_grads

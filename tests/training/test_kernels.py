@@ -103,3 +103,26 @@ def test_auto_picks_the_measured_kernels(monkeypatch, gpu, overrides, loss, whol
     monkeypatch.setattr(kernels, "pick_device", lambda _: torch.device("cuda" if gpu else "cpu"))
     chosen = kernels.kernels(load_config(None, list(overrides)))
     assert (chosen.loss, chosen.whole_layers, chosen.fusion) == (loss, whole_layers, gpu)
+
+
+@pytest.mark.parametrize("activation, kept", [("quick_gelu", set()), ("gelu", {"mlp.linear_fc1"})])
+def test_whole_layers_fold_biases_their_callers_add_plainly(megatron_cpu, activation, kept):
+    """compile_layers puts each bias into its GEMM (ops.linear ``fold_bias``), but for the MLP's
+    first linear where megatron-core's fused bias-GELU kernel takes the bias itself."""
+    from megatron.core.transformer.spec_utils import build_module
+
+    from megaomni.layers.specs import encoder_layer_spec
+    from megaomni.layers.transformer_config import make_transformer_config
+    from megaomni.ops.linear import PlainLinear
+
+    config = make_transformer_config(num_layers=1, hidden_size=8, num_attention_heads=2, ffn_hidden_size=16,
+                                     norm_eps=1e-6, norm="layernorm", activation=activation, bias=True, fusion=True)
+    layer = build_module(encoder_layer_spec("layernorm"), config=config, layer_number=1)
+    kernels.fold_biases(layer)
+    linears = {n: m for n, m in layer.named_modules() if isinstance(m, PlainLinear)}
+    assert set(linears) == {"self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1",
+                            "mlp.linear_fc2"}
+    assert {n for n, m in linears.items() if not m.fold_bias} == kept
+    x = torch.randn(5, 1, 8)
+    out, bias = linears["mlp.linear_fc2"](torch.randn(5, 1, 16))
+    assert bias is None and linears["mlp.linear_fc1"](x)[1] is (linears["mlp.linear_fc1"].bias if kept else None)
