@@ -9,8 +9,8 @@ bias + dropout + residual and SwiGLU / biased-GELU fusions (its ``jit_fuser`` is
 Fusion ``layers`` (``auto`` on a GPU for a dense LLM at tp = cp = 1) also compiles every
 transformer layer whole (LLM and encoders, :func:`compile_layers`), so that norms fuse with the
 residual adds and the q/k/v split and layout copies with the rotary, as the plain-PyTorch
-baseline's compiled layers do, with each bias inside its GEMM (:func:`fold_biases`). None of it changes a weight, only rounding: one bf16 rounding per
-fused chain instead of per op.
+baseline's compiled layers do, with each bias inside its GEMM (:func:`fold_biases`). None of it
+changes a weight, only rounding: one bf16 rounding per fused chain instead of per op.
 """
 
 from __future__ import annotations
