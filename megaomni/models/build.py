@@ -49,8 +49,7 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
     llm_config = _stack_config(llm_cfg, cfg.train.bf16, num_query_groups=llm_cfg.num_query_groups,
                                head_dim=head_dim, init_std=llm_cfg.init_std, mrope_section=mrope,
                                add_qkv_bias=llm_cfg.qkv_bias, qk_layernorm=llm_cfg.qk_norm,
-                               fusion=chosen.fusion, perform_initialization=False,  # reinit_llm draws them
-                               **recompute_fields(cfg.train, "llm"), **fields)
+                               fusion=chosen.fusion, **recompute_fields(cfg.train, "llm"), **fields)
     llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage, chosen.loss)
     reinit_llm(llm, cfg.train.seed)  # the same weights under every layout (megaomni.models.initial_weights)
     encoders, encoder_pads = {}, {}

@@ -6,17 +6,14 @@ megatron-core's CPU initialisation draws every weight whole from one random stre
 rank's tensor-parallel slice, so TP ranks agree; but a pipeline stage or an EP rank builds other
 layers or experts from that stream, so a layer built elsewhere got other values. Here:
 
-- the LLM is built without megatron-core's initialisation (``perform_initialization=False``,
-  megaomni.models.build: its draws would all be replaced, and on omni_moe's 768 experts they were
-  60% of building the model), then each random weight is drawn whole (one expert's at a time)
+- the LLM's random weights are drawn again after it is built, each whole (one expert's at a time)
   from a generator seeded by the seed and its checkpoint key (global layer number, global expert
-  index), with the init function megatron-core would have used, and this rank's shard copied out
-  of it. The shards are the checkpoint's own (``sharded_state_dict``), so they are exactly what a
-  checkpoint of another layout would reshard. Norm weights are set to ones, biases to zeros; a
-  weight without a rule is an error.
+  index), with the init function megatron-core gave it, and this rank's shard copied out of it.
+  The shards are the checkpoint's own (``sharded_state_dict``), so they are exactly what a
+  checkpoint of another layout would reshard. Norm weights (ones) and biases (zeros) are left.
 - each encoder is built whole on its rank(s), from a random state seeded by the seed and its name.
 
-Drawing whole tensors costs what megatron-core's CPU initialisation did.
+Drawing whole tensors costs what megatron-core's CPU initialisation already does, once more.
 """
 
 from __future__ import annotations
@@ -39,9 +36,8 @@ _RANDOM = (
     ("router.weight", "init_method"),
     ("gate_weight", "init_method"),
 )
-# Constants: norm weights ones, norm biases and linear biases zeros (checked in this order).
-_CONSTANT = (("layer_norm_weight", 1.0), ("layernorm.weight", 1.0), ("layer_norm_bias", 0.0),
-             ("layernorm.bias", 0.0), (".bias", 0.0))
+# Constant at construction (norms: ones, biases: zeros), hence already the same in every layout.
+_CONSTANT = ("layer_norm_weight", "layer_norm_bias", "layernorm.weight", "layernorm.bias", ".bias")
 
 
 def stable_seed(seed: int, name: str) -> int:
@@ -60,13 +56,11 @@ def seeded(seed: int, name: str):
 
 
 def _init_function(config, key: str):
-    """The init function of the LLM weight ``key``, or its constant value."""
     for ending, field in _RANDOM:
         if key.endswith(ending):
             return getattr(config, field)
-    for ending, value in _CONSTANT:
-        if key.endswith(ending):
-            return value
+    if key.endswith(_CONSTANT):
+        return None
     raise ValueError(f"no initial-weight rule for the LLM weight {key}: add one to megaomni/models/initial_weights.py")
 
 
@@ -91,8 +85,7 @@ def reinit_llm(llm, seed: int) -> None:
         if not isinstance(shard, ShardedTensor) or shard.data.untyped_storage().data_ptr() not in storages:
             continue  # extra state, buffers
         init = _init_function(config, shard.key)
-        if isinstance(init, float):
-            shard.data.fill_(init)
+        if init is None:
             continue
         lead = shard.prepend_axis_num
         name = (shard.key, shard.global_offset[:lead])

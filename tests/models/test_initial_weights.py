@@ -44,21 +44,3 @@ def test_distributions_are_megatron_cores(megatron_cpu):
             assert value.std().item() == pytest.approx(std / math.sqrt(2 * layers), rel=0.1), key
         else:
             assert value.mean().abs().item() < std / 5 and value.std().item() == pytest.approx(std, rel=0.1), key
-
-
-def test_constants_are_set_and_nothing_is_left_as_allocated(megatron_cpu):
-    """megatron-core's own initialisation is off for the LLM (its weights come from torch.empty):
-    reinit_llm sets biases to zeros and norms to ones, and a weight it has no rule for is an error."""
-    from megaomni.models.build import build_model
-    from megaomni.models.initial_weights import reinit_llm
-
-    cfg = small_config()
-    cfg.model.llm.qkv_bias = True
-    model = build_model(cfg, VOCAB, {"vision": 5, "audio": 6}.__getitem__)
-    assert model.llm.config.perform_initialization is False
-    biases = {n: p for n, p in model.llm.named_parameters() if n.endswith(".bias")}
-    assert biases and all(torch.equal(p, torch.zeros_like(p)) for p in biases.values()), list(biases)
-    assert all(torch.isfinite(p).all() for p in model.llm.parameters())
-    model.llm.stray = torch.nn.Parameter(torch.empty(3))
-    with pytest.raises(ValueError, match="no initial-weight rule for the LLM weight stray"):
-        reinit_llm(model.llm, 7)
