@@ -41,15 +41,14 @@ def apply() -> None:
         megatron_optimizer._multi_tensor_copy_this_to_that = foreach_copy
 
 
-def fuse_adam(optimizer) -> int:
+def fuse_adam(optimizer) -> None:
     """Turns on torch's fused AdamW in every torch Adam under a megatron-core optimizer (chained,
-    mixed precision or distributed) whose parameters all live on a device torch fuses for; the
-    number of param groups switched. Set before the first step, which creates the state as the
-    fused kernel keeps it (``step`` on the parameters' device)."""
+    mixed precision or distributed) whose parameters all live on a device torch fuses for. Set
+    before the first step, which creates the state as the fused kernel keeps it (``step`` on the
+    parameters' device)."""
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
     fusable = set(_get_fused_kernels_supported_devices())
-    switched = 0
     for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
         torch_adam = getattr(inner, "optimizer", None)
         if not isinstance(torch_adam, torch.optim.Adam) or torch_adam.state:
@@ -57,8 +56,6 @@ def fuse_adam(optimizer) -> int:
         for group in torch_adam.param_groups:
             if group["params"] and all(p.device.type in fusable and p.is_floating_point() for p in group["params"]):
                 group.update(fused=True, foreach=False)
-                switched += 1
-    return switched
 
 
 def foreach_l2_norm(chunk_size, noop_flag, tensor_lists, per_tensor, *args):

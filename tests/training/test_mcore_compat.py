@@ -40,3 +40,26 @@ def test_foreach_scale_and_copy_equal_the_loops():
     model = [torch.empty_like(t, dtype=torch.bfloat16) for t in grads]
     foreach_copy(grads, model)
     assert all(torch.equal(m, g.to(torch.bfloat16)) for m, g in zip(model, grads))
+
+
+def test_the_trainers_optimizer_runs_torchs_fused_adam(megatron_cpu):
+    """``fuse_adam`` under ``build_optimizer``: every torch Adam group megatron-core made is fused,
+    and its step gives the foreach form's weights (float32, within rounding)."""
+    from tests.training import steps
+
+    _, state = steps.small_state()
+    adams = [inner.optimizer for inner in getattr(state.optimizer, "chained_optimizers", [state.optimizer])]
+    groups = [group for adam in adams for group in adam.param_groups]
+    assert groups and all(group["fused"] and not group["foreach"] for group in groups)
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3, generator=gen)) for _ in range(2)]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for p, c in zip(params, copies):
+        p.grad = torch.randn(p.shape, generator=gen)
+        c.grad = p.grad.clone()
+    fused = torch.optim.AdamW(params, lr=0.1, weight_decay=0.1, fused=True)
+    loop = torch.optim.AdamW(copies, lr=0.1, weight_decay=0.1, foreach=True)
+    for _ in range(3):
+        fused.step()
+        loop.step()
+    assert all(torch.allclose(p, c, rtol=1e-6, atol=1e-7) for p, c in zip(params, copies))
