@@ -65,8 +65,10 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
             pads = media_pad_id(modality.name)
             encoder_pads[modality.name] = (pads,) if isinstance(pads, int) else tuple(pads)
     model = OmniModel(cfg.model, llm, encoders, encoder_pads, shard_sequence)
-    if chosen.whole_layers:
-        compile_layers(model)
+    parts = {"llm": [llm], "encoders": list(encoders.values())}
+    for name in chosen.whole_layers:
+        for part in parts[name]:
+            compile_layers(part)
     return model
 
 

@@ -13,6 +13,11 @@ Implementations (``model.llm.moe.grouped_gemm``):
 - ``cuda``: ``csrc/grouped_gemm.cu``, cuBLAS's grouped GEMM over pointers to each expert's weight:
   no stack at all. Built only where CUDA is (``megaomni._grouped_gemm_ext``); on the H200 it runs
   at 0.4-0.75x of ``torch._grouped_mm``, so ``auto`` does not pick it.
+
+Under megaomni's DDP (megaomni.training.ddp marks the weights ``ADDS_IN_BACKWARD``) the ``torch``
+path adds the weight gradients into the weights' fp32 ``main_grad`` itself, in one kernel
+(megaomni.ops.grad_accumulate), and hands autograd none: otherwise each expert's gradient is one
+more autograd accumulation and DDP hook on the host, 1,536 a layer's micro-batch for 128 experts.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from typing import Sequence
 import torch
 
 from megaomni.config import ConfigError
+from megaomni.ops.grad_accumulate import accumulate_groups
 
 IMPLEMENTATIONS = ("auto", "cuda", "torch", "loop")
+# Set on a parameter whose gradient a backward pass may add into its ``main_grad`` itself.
+ADDS_IN_BACKWARD = "adds_grad_in_backward"
 
 try:
     from megaomni import _grouped_gemm_ext
@@ -98,6 +106,8 @@ class _StackedGroupedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, offsets, *weights):
         ctx.save_for_backward(x, offsets, *weights)
+        adds = all(getattr(w, ADDS_IN_BACKWARD, False) and w.requires_grad for w in weights)
+        ctx.main_grads = [w.main_grad for w in weights] if adds else None
         return torch._grouped_mm(x, torch.stack(weights).transpose(1, 2), offs=offsets)
 
     @staticmethod
@@ -107,6 +117,9 @@ class _StackedGroupedLinear(torch.autograd.Function):
         grad_x = torch._grouped_mm(grad, torch.stack(weights), offs=offsets) if ctx.needs_input_grad[0] else None
         # Groups along the contracted (token) dimension: one (out, in) gradient per group.
         grad_w = torch._grouped_mm(grad.t(), x, offs=offsets)
+        if ctx.main_grads is not None:
+            accumulate_groups(ctx.main_grads, grad_w)
+            return grad_x, None, *[None] * len(weights)
         return grad_x, None, *grad_w.unbind(0)
 
 

@@ -6,8 +6,9 @@ Fusion ``compile`` turns each elementwise chain into one kernel each way: megatr
 bias + dropout + residual and SwiGLU / biased-GELU fusions (its ``jit_fuser`` is
 ``torch.compile``); the activations it does not fuse (QuickGELU, tanh GELU) and both rotary paths
 (megatron-core's unfused one in the LLM, our attention core's in the encoders) compiled here.
-Fusion ``layers`` (``auto`` on a GPU for a dense LLM at tp = cp = 1) also compiles every
-transformer layer whole (LLM and encoders, :func:`compile_layers`), so that norms fuse with the
+Fusion ``layers`` also compiles every transformer layer whole (LLM and encoders,
+:func:`compile_layers`; ``auto`` on a GPU at tp = cp = 1: the encoders', and the LLM's where it is
+dense), so that norms fuse with the
 residual adds and the q/k/v split and layout copies with the rotary, as the plain-PyTorch
 baseline's compiled layers do, with each bias inside its GEMM (:func:`fold_biases`). None of it
 changes a weight, only rounding: one bf16 rounding per fused chain instead of per op.
@@ -42,21 +43,26 @@ ENCODER_ATTENTION = {"auto": AttnBackend.flash, "dense": AttnBackend.fused, "var
 class Kernels:
     loss: str  # megatron | torch | chunked (megaomni.ops.cross_entropy)
     fusion: bool  # the elementwise chains
-    whole_layers: bool  # every transformer layer through torch.compile (compile_layers)
+    whole_layers: frozenset  # of "llm", "encoders": their transformer layers through torch.compile
     encoder_attention: AttnBackend  # read by megaomni.ops.attention (fused: dense per segment length)
 
 
 def kernels(cfg: OmniConfig) -> Kernels:
     train, gpu = cfg.train, pick_device(cfg.train.device).type == "cuda"
-    measured_layers = not cfg.model.llm.moe.enabled and cfg.parallel.tp == 1 and cfg.parallel.cp == 1
+    # auto on a GPU: whole layers (+3.6% over the chains alone on vl_2b) without tensor or context
+    # parallelism, which put collectives inside the layers; not an MoE LLM's, whose dispatcher
+    # reads token counts on the host inside each layer (graph breaks), but its encoders' (omni_moe:
+    # their 64 eager layers kept the GPU busy a third of the step; benchmarks/NOTES.md).
+    if train.fusion == "layers":
+        whole = {"llm", "encoders"}
+    elif train.fusion == "auto" and gpu and cfg.parallel.tp == 1 and cfg.parallel.cp == 1:
+        whole = {"encoders"} | (set() if cfg.model.llm.moe.enabled else {"llm"})
+    else:
+        whole = set()
     return Kernels(
         loss=train.cross_entropy if train.cross_entropy != "auto" else AUTO_LOSS[gpu and cfg.parallel.tp == 1],
         fusion=train.fusion in ("compile", "layers") or (train.fusion == "auto" and gpu),
-        # auto on a GPU: whole layers (+3.6% over the chains alone on vl_2b) for a dense LLM without
-        # tensor or context parallelism; elsewhere the chains, until measured: an MoE dispatcher
-        # reads token counts on the host inside each layer (graph breaks), and TP / CP put
-        # collectives inside the layers.
-        whole_layers=train.fusion == "layers" or (train.fusion == "auto" and gpu and measured_layers),
+        whole_layers=frozenset(whole),
         encoder_attention=ENCODER_ATTENTION[train.encoder_attention],
     )
 

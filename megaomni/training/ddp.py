@@ -2,7 +2,11 @@
 micro-batch's bf16 gradient into the fp32 ``main_grad``) through megaomni.ops.grad_accumulate:
 one vectorised kernel on a GPU where ATen's mixed-dtype add is not. Everything else (buckets,
 reductions, ``no_sync``, the hook's bookkeeping) is megatron-core's: the add is done first and
-``param.grad`` cleared, so megatron-core's own hook, run after, finds nothing left to add."""
+``param.grad`` cleared, so megatron-core's own hook, run after, finds nothing left to add.
+
+Without overlapped reduction the hook has nothing to do but that add, so a backward pass may do it
+itself: the parameters are marked for megaomni.ops.grouped_gemm, whose MoE expert weights then
+skip autograd's accumulation and the hook altogether."""
 
 from __future__ import annotations
 
@@ -11,9 +15,16 @@ from megatron.core.distributed import DistributedDataParallel
 from megatron.core.transformer.cuda_graphs import is_graph_capturing
 
 from megaomni.ops.grad_accumulate import accumulate
+from megaomni.ops.grouped_gemm import ADDS_IN_BACKWARD
 
 
 class OmniDDP(DistributedDataParallel):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.ddp_config.overlap_grad_reduce:
+            for param in self.param_to_bucket_group:
+                setattr(param, ADDS_IN_BACKWARD, True)
+
     def _make_backward_post_hook(self, param: torch.nn.Parameter):
         megatron_hook = super()._make_backward_post_hook(param)
         if self.ddp_config.overlap_grad_reduce:  # megatron-core's hook then needs param.grad itself

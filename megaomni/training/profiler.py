@@ -1,6 +1,7 @@
 """``logging.profile_start`` / ``profile_steps``: torch.profiler over a few iterations, written per
 rank as a Chrome trace (chrome://tracing, Perfetto) and a table of the operators and kernels that
-took the most device time, with the share of the profiled wall time the GPU was busy."""
+took the most device time, with the share of the profiled wall time the GPU was busy (on a GPU, a
+second table of the operators by host time)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ class StepProfiler:
         key = "self_device_time_total" if gpu else "self_cpu_time_total"
         busy = sum(getattr(e, key) for e in events if not gpu or e.device_type.name == "CUDA") / 1e6
         table = events.table(sort_by=key, row_limit=40)
+        if gpu:  # where a step the GPU waits on spends its host time
+            table += "\nhost time (self CPU):\n" + events.table(sort_by="self_cpu_time_total", row_limit=30)
         summary = (f"iterations {self.first}-{self.last}: {wall:.3f} s wall, {'GPU kernels' if gpu else 'CPU ops'} "
                    f"{busy:.3f} s ({busy / wall:.0%} of it)\n")
         with open(os.path.join(self.folder, f"summary_rank_{self.rank:05d}.txt"), "w") as f:

@@ -24,11 +24,13 @@ def training_state(cfg: OmniConfig, seed: int = 0):
     return build_training_state(cfg, VOCAB, PAD_IDS.__getitem__, CPU)
 
 
-def small_state(*freeze: str, seed: int = 0):
+def small_state(*freeze: str, seed: int = 0, moe=None):
     """The tiny model's config and training state with ``freeze``; weight decay on, and gradient
-    clipping that acts (the grad norm matters)."""
+    clipping that acts (the grad norm matters). ``moe``: a ``model.llm.moe`` for an MoE LLM."""
     cfg = small_config()
     cfg.model.freeze = list(freeze)
+    if moe is not None:
+        cfg.model.llm.moe = moe
     cfg.train.iters, cfg.train.warmup_iters, cfg.train.lr, cfg.train.min_lr = 4, 0, 1e-2, 1e-3
     cfg.train.weight_decay, cfg.train.clip_grad = 0.1, 0.05
     # Adam's first step is lr * g / (|g| + eps): with eps near float noise in a gradient (1e-8) an

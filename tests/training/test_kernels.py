@@ -92,12 +92,12 @@ def test_rows_padded_alone_train_as_rows_padded_to_the_longest(toy_data, tmp_pat
 
 
 @pytest.mark.parametrize("gpu, overrides, loss, whole_layers", [
-    (False, (), "megatron", False),  # the CPU: megatron-core's loss, nothing compiled
-    (True, (), "torch", True),  # one GPU rank, dense LLM: torch's loss, whole layers
-    (True, ("parallel.tp=2", "model.llm.num_query_groups=2"), "megatron", False),  # vocab-parallel loss; collectives
-    (True, ("parallel.cp=2",), "torch", False),  # collectives inside the layers
-    (True, ("model.llm.moe.num_experts=4",), "torch", False),  # the dispatcher's host reads
-    (True, ("train.fusion=layers", "train.cross_entropy=chunked", "parallel.cp=2"), "chunked", True),  # asked
+    (False, (), "megatron", set()),  # the CPU: megatron-core's loss, nothing compiled
+    (True, (), "torch", {"llm", "encoders"}),  # one GPU rank, dense LLM: torch's loss, whole layers
+    (True, ("parallel.tp=2", "model.llm.num_query_groups=2"), "megatron", set()),  # vocab-parallel loss; collectives
+    (True, ("parallel.cp=2",), "torch", set()),  # collectives inside the layers
+    (True, ("model.llm.moe.num_experts=4",), "torch", {"encoders"}),  # the dispatcher's host reads
+    (True, ("train.fusion=layers", "train.cross_entropy=chunked", "parallel.cp=2"), "chunked", {"llm", "encoders"}),
 ])
 def test_auto_picks_the_measured_kernels(monkeypatch, gpu, overrides, loss, whole_layers):
     monkeypatch.setattr(kernels, "pick_device", lambda _: torch.device("cuda" if gpu else "cpu"))
