@@ -50,6 +50,13 @@ def _variant(text: str) -> tuple[str, list[str]]:
     return name, [p for p in [*parts, current] if p]
 
 
+def _why(proc: subprocess.CompletedProcess) -> str:
+    """A failed run's reason: its last error line (out of memory, say), else its last line."""
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error:" in line]
+    return (errors or lines or [f"exit {proc.returncode}"])[-1]
+
+
 def run_variant(config: str, name: str, overrides: list[str], common: list[str], iters: int, skip: int,
                 work: str) -> dict:
     out = os.path.join(work, name)
@@ -66,8 +73,7 @@ def run_variant(config: str, name: str, overrides: list[str], common: list[str],
         with open(metrics) as f:
             records = [json.loads(line) for line in f if line.strip()]
     if proc.returncode or len(records) <= skip:
-        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-        return {**row, "failed": lines[-1] if lines else f"exit {proc.returncode}"}
+        return {**row, "failed": _why(proc)}
     return {**row, **summarize(records, skip)}
 
 
@@ -78,8 +84,7 @@ def run_baseline(config: str, common: list[str], iters: int, skip: int, work: st
            "--skip", str(skip), "--json", out, *common, f"train.output_dir={os.path.join(work, 'plain_pytorch')}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode or not os.path.isfile(out):
-        lines = [line for line in (proc.stderr + proc.stdout).splitlines() if line.strip()]
-        return {"variant": "plain_pytorch", "failed": lines[-1] if lines else f"exit {proc.returncode}"}
+        return {"variant": "plain_pytorch", "failed": _why(proc)}
     with open(out) as f:
         return json.load(f)
 
