@@ -8,10 +8,10 @@ bias + dropout + residual and SwiGLU / biased-GELU fusions (its ``jit_fuser`` is
 (megatron-core's unfused one in the LLM, our attention core's in the encoders) compiled here.
 Fusion ``layers`` also compiles every transformer layer whole (LLM and encoders,
 :func:`compile_layers`; ``auto`` on a GPU at tp = cp = 1: the encoders', and the LLM's where it is
-dense), so that norms fuse with the
-residual adds and the q/k/v split and layout copies with the rotary, as the plain-PyTorch
-baseline's compiled layers do, with each bias inside its GEMM (:func:`fold_biases`). None of it
-changes a weight, only rounding: one bf16 rounding per fused chain instead of per op.
+dense), so that norms fuse with the residual adds and the q/k/v split and layout copies with the
+rotary, as the plain-PyTorch baseline's compiled layers do, with each bias inside its GEMM
+(:func:`fold_biases`). None of it changes a weight, only rounding: one bf16 rounding per fused
+chain instead of per op.
 """
 
 from __future__ import annotations
