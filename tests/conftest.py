@@ -1,4 +1,5 @@
-"""Shared fixtures: toy data made once per session, and a runner for the shipped entry point."""
+"""Shared fixtures: toy data made once per session, a runner for the shipped entry point, and
+megatron-core's process-wide MoE state reset between tests."""
 
 from __future__ import annotations
 
@@ -13,6 +14,17 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(ROOT, "examples", "configs", "tiny_omni.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_moe_aux_loss_scale():
+    """megatron-core keeps the MoE auxiliary-loss scale in a class attribute shaped by the first
+    value set: a test's bare MoE backward (outside a schedule) leaves a 0-dim one that a later
+    test's schedule cannot copy its [1]-shaped scale into. Each test starts with it unset."""
+    yield
+    moe_utils = sys.modules.get("megatron.core.transformer.moe.moe_utils")
+    if moe_utils is not None:
+        moe_utils.MoEAuxLossAutoScaler.main_loss_backward_scale = None
 
 
 @pytest.fixture(scope="session")
