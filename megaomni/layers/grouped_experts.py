@@ -3,8 +3,10 @@ megatron-core's loop of one MLP per expert.
 
 The parameters are ``SequentialMLP``'s (``local_experts.{e}.linear_fc1/linear_fc2``), so
 checkpoints, their resharding across EP and the Hugging Face tables stay as they are; only the
-forward pass differs. The activation, the routing weights and their dtype casts are megatron-core's
-own ``MLP.forward``, run once over all local experts' tokens with the two linears grouped.
+forward pass differs. The activation, the routing weights and their dtype casts are
+megatron-core's own ``MLP.forward``, run once over all local experts' tokens with the two linears
+grouped. ``pack_experts`` lays each linear's expert weights back to back in one tensor, so that
+the grouped GEMM reads them as one (experts, out, in) view and copies none.
 """
 
 from __future__ import annotations
@@ -57,3 +59,19 @@ class GroupedExperts(SequentialMLP):
         # Counted on the host by the dispatcher; placed once for both linears.
         offsets = placed_offsets(torch.cumsum(tokens_per_expert, 0), x.device, self._resolved)
         return MLP.forward(_ExpertsAsOneMLP(self.local_experts, offsets, self._resolved), x, permuted_probs)
+
+
+@torch.no_grad()
+def pack_experts(module: torch.nn.Module) -> None:
+    """Each ``GroupedExperts`` linear's weights moved into one (experts, out, in) tensor, each
+    parameter a slice of it (values, names and parameter objects unchanged). Run after the model
+    has its device and dtype (``Module.to`` gives every parameter a tensor of its own again);
+    megatron-core's distributed optimizer moves them into its buffer, and the grouped GEMM then
+    stacks them again (megaomni.ops.grouped_gemm.stacked)."""
+    for experts in module.modules():
+        if isinstance(experts, GroupedExperts):
+            for linear in ("linear_fc1", "linear_fc2"):
+                weights = [getattr(e, linear).weight for e in experts.local_experts]
+                packed = torch.stack([w.data for w in weights])
+                for weight, piece in zip(weights, packed):
+                    weight.data = piece

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 from megaomni.config import OmniConfig
 from megaomni.layers.transformer_config import make_transformer_config, moe_config_fields, recompute_fields
 from megaomni.media import registry
-from megaomni.models.initial_weights import reinit_llm, seeded
+from megaomni.models.initial_weights import draws_deferred, reinit_llm, seeded
 from megaomni.models.llm import build_llm
 from megaomni.models.omni import OmniModel, whole_sequence
 from megaomni.ops.kernels import compile_layers, fuse_megatron_rotary, kernels
@@ -50,7 +50,8 @@ def build_model(cfg: OmniConfig, vocab_size: int, media_pad_id: Callable[[str], 
                                head_dim=head_dim, init_std=llm_cfg.init_std, mrope_section=mrope,
                                add_qkv_bias=llm_cfg.qkv_bias, qk_layernorm=llm_cfg.qk_norm,
                                fusion=chosen.fusion, **recompute_fields(cfg.train, "llm"), **fields)
-    llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage, chosen.loss)
+    with draws_deferred(llm_config):
+        llm = build_llm(llm_cfg, llm_config, vocab_size, pre_process, post_process, vp_stage, chosen.loss)
     reinit_llm(llm, cfg.train.seed)  # the same weights under every layout (megaomni.models.initial_weights)
     encoders, encoder_pads = {}, {}
     if pre_process if with_encoders is None else with_encoders:

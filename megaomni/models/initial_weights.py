@@ -13,7 +13,8 @@ layers or experts from that stream, so a layer built elsewhere got other values.
   checkpoint of another layout would reshard. Norm weights (ones) and biases (zeros) are left.
 - each encoder is built whole on its rank(s), from a random state seeded by the seed and its name.
 
-Drawing whole tensors costs what megatron-core's CPU initialisation already does, once more.
+megatron-core's own draws are skipped while the LLM is built (``draws_deferred``): they would
+all be drawn again here, and drawing twice doubled an MoE LLM's build.
 """
 
 from __future__ import annotations
@@ -38,6 +39,30 @@ _RANDOM = (
 )
 # Constant at construction (norms: ones, biases: zeros), hence already the same in every layout.
 _CONSTANT = ("layer_norm_weight", "layer_norm_bias", "layernorm.weight", "layernorm.bias", ".bias")
+
+
+_INIT_FIELDS = tuple(sorted({field for _, field in _RANDOM}))
+
+
+def _drawn_later(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+@contextmanager
+def draws_deferred(config):
+    """megatron-core's init functions as no-ops inside, restored after, for building the LLM
+    before ``reinit_llm``. Its init path still runs, so it still marks each tensor-parallel weight
+    (``tensor_model_parallel``, ``partition_dim``), which it does nowhere else (turning
+    ``perform_initialization`` off loses the marks, and with them TP's grad norm). The weights
+    hold uninitialised memory until ``reinit_llm`` draws them."""
+    saved = {field: getattr(config, field) for field in _INIT_FIELDS}
+    for field in _INIT_FIELDS:
+        setattr(config, field, _drawn_later)
+    try:
+        yield
+    finally:
+        for field, init in saved.items():
+            setattr(config, field, init)
 
 
 def stable_seed(seed: int, name: str) -> int:

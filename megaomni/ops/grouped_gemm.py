@@ -7,9 +7,10 @@ Implementations (``model.llm.moe.grouped_gemm``):
 
 - ``loop``: one matmul per group, the reference (megatron-core's ``SequentialMLP`` runs this; it
   needs the group sizes on the host, a device sync per MoE layer).
-- ``torch``: ``torch._grouped_mm`` over the weights stacked inside the call. The stack is built
-  again in backward instead of being kept for it, so it costs one copy of the expert weights in
-  bandwidth per pass, not memory held through the step.
+- ``torch``: ``torch._grouped_mm`` over the weights as one (groups, out, in) tensor: a view where
+  they lie back to back in one storage (megaomni.layers.grouped_experts.pack_experts does that
+  for training), else a stack built inside the call, and again in backward rather than kept
+  (one copy of the expert weights in bandwidth per pass, not memory held through the step).
 - ``cuda``: ``csrc/grouped_gemm.cu``, cuBLAS's grouped GEMM over pointers to each expert's weight:
   no stack at all. Built only where CUDA is (``megaomni._grouped_gemm_ext``); on the H200 it runs
   at 0.4-0.75x of ``torch._grouped_mm``, so ``auto`` does not pick it.
@@ -102,19 +103,32 @@ def loop_grouped_linear(x: torch.Tensor, weights: Sequence[torch.Tensor], offset
     return torch.cat([piece @ weight.t() for piece, weight in zip(pieces, weights)])
 
 
+def stacked(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``weights`` (one linear's, all of one shape) as one (groups, out, in) tensor: a view of
+    their storage when they lie in it back to back, in order (no copy), else ``torch.stack``."""
+    first = weights[0]
+    step = first.numel() * first.element_size()
+    base = first.data_ptr()
+    end = first.storage_offset() * first.element_size() + step * len(weights)
+    if (first.is_contiguous() and first.untyped_storage().nbytes() >= end
+            and [w.data_ptr() for w in weights] == list(range(base, base + step * len(weights), step))):
+        return first.detach().as_strided((len(weights), *first.shape), (first.numel(), *first.stride()))
+    return torch.stack(weights)
+
+
 class _StackedGroupedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, offsets, *weights):
         ctx.save_for_backward(x, offsets, *weights)
         adds = all(getattr(w, ADDS_IN_BACKWARD, False) and w.requires_grad for w in weights)
         ctx.main_grads = [w.main_grad for w in weights] if adds else None
-        return torch._grouped_mm(x, torch.stack(weights).transpose(1, 2), offs=offsets)
+        return torch._grouped_mm(x, stacked(weights).transpose(1, 2), offs=offsets)
 
     @staticmethod
     def backward(ctx, grad):
         x, offsets, *weights = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_x = torch._grouped_mm(grad, torch.stack(weights), offs=offsets) if ctx.needs_input_grad[0] else None
+        grad_x = torch._grouped_mm(grad, stacked(weights), offs=offsets) if ctx.needs_input_grad[0] else None
         # Groups along the contracted (token) dimension: one (out, in) gradient per group.
         grad_w = torch._grouped_mm(grad.t(), x, offs=offsets)
         if ctx.main_grads is not None:

@@ -4,6 +4,7 @@ megatron-core's DDP, the optimizer and the LR schedule."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from megatron.core.distributed import (
 )
 
 from megaomni.config import OmniConfig
+from megaomni.layers.grouped_experts import pack_experts
 from megaomni.models.freeze import freeze
 from megaomni.models.omni import OmniModel
 from megaomni.parallel.model_chunks import build_model_chunks, sync_encoder_replicas
@@ -44,13 +46,17 @@ def _log_parameters(chunks: list[OmniModel]) -> None:
 
 
 def build_training_state(cfg: OmniConfig, vocab_size: int, media_pad_id, device: torch.device) -> TrainingState:
+    start = time.perf_counter()
     chunks = build_model_chunks(cfg, vocab_size, media_pad_id)
+    log.info("model built in %.1f s", time.perf_counter() - start)
     for chunk in chunks:  # before DDP and the optimizer: both leave out what does not require grad
         freeze(chunk, cfg.model.freeze)
     # bf16: every parameter, megatron-core's and the plain torch ones (patch embedding, convs,
     # projectors), lives in bf16; the optimizer keeps fp32 master weights.
     dtype = torch.bfloat16 if cfg.train.bf16 else torch.float32
     chunks = [chunk.to(device=device, dtype=dtype) for chunk in chunks]
+    for chunk in chunks:
+        pack_experts(chunk)
     sync_encoder_replicas(cfg, chunks)
     _log_parameters(chunks)
     ddp_config = DistributedDataParallelConfig(

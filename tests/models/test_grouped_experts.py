@@ -1,6 +1,7 @@
 """An MoE layer whose experts run as grouped GEMMs (megaomni.layers.grouped_experts) against
 megatron-core's per-expert loop (SequentialMLP) with the same weights: the same parameters and
-names, outputs and gradients (fp32, CPU: torch._grouped_mm)."""
+names, outputs and gradients (fp32, CPU: torch._grouped_mm); packed (``pack_experts``), the
+same with the weights read in place, not stacked."""
 
 from __future__ import annotations
 
@@ -26,7 +27,20 @@ def _moe_layer(grouped_gemm: str):
                         config=config)
 
 
-def test_grouped_experts_equal_the_loop(megatron_cpu):
+@pytest.mark.parametrize("packed", [False, True], ids=["apart", "packed"])
+def test_grouped_experts_equal_the_loop(megatron_cpu, monkeypatch, packed):
+    from megaomni.layers.grouped_experts import pack_experts
+    from megaomni.ops import grouped_gemm
+
+    in_place = []
+    original = grouped_gemm.stacked
+
+    def recorded(weights):
+        out = original(weights)
+        in_place.append(out.untyped_storage().data_ptr() == weights[0].untyped_storage().data_ptr())
+        return out
+
+    monkeypatch.setattr(grouped_gemm, "stacked", recorded)
     loop, grouped = _moe_layer("loop"), _moe_layer("torch")
     assert type(loop.experts).__name__ == "SequentialMLP" and type(grouped.experts).__name__ == "GroupedExperts"
     assert loop.state_dict().keys() == grouped.state_dict().keys()
@@ -35,12 +49,21 @@ def test_grouped_experts_equal_the_loop(megatron_cpu):
         for p in grouped.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     loop.load_state_dict(grouped.state_dict())
+    names = {n: p for n, p in grouped.named_parameters()}
+    if packed:
+        pack_experts(grouped)
+        assert {n: p for n, p in grouped.named_parameters()} == names  # the same parameter objects
+        assert loop.state_dict().keys() == grouped.state_dict().keys()
+        mine = grouped.state_dict()
+        for key, value in loop.state_dict().items():
+            assert value is None or torch.equal(value, mine[key]), key
     x = torch.randn(24, 2, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
     outputs = []
     for layer in (loop, grouped):
         y, _ = layer(x)
         outputs.append((y, torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])))
     assert grouped.experts._resolved == "torch"
+    assert in_place == [packed] * 4  # two linears, forward and backward
     (y_loop, g_loop), (y_grouped, g_grouped) = outputs
     torch.testing.assert_close(y_grouped, y_loop, rtol=1e-6, atol=1e-6)
     for a, b in zip(g_grouped, g_loop):

@@ -44,3 +44,32 @@ def test_distributions_are_megatron_cores(megatron_cpu):
             assert value.std().item() == pytest.approx(std / math.sqrt(2 * layers), rel=0.1), key
         else:
             assert value.mean().abs().item() < std / 5 and value.std().item() == pytest.approx(std, rel=0.1), key
+
+
+def test_megatron_cores_draws_are_skipped_while_the_llm_is_built(megatron_cpu, monkeypatch):
+    """reinit_llm draws every random LLM weight, so megatron-core's own draws are skipped while the
+    LLM is built (they doubled an MoE LLM's build); its init path still marks the
+    tensor-parallel weights, and the config's init functions are its own again afterwards."""
+    from megaomni.models import build, initial_weights
+
+    drawn, inside = [], []
+    original_normal = torch.Tensor.normal_
+    monkeypatch.setattr(torch.Tensor, "normal_",
+                        lambda t, *a, **k: (inside and drawn.append(t.numel())) or original_normal(t, *a, **k))
+    original_build = build.build_llm
+
+    def counted(*args, **kwargs):
+        inside.append(True)
+        try:
+            return original_build(*args, **kwargs)
+        finally:
+            inside.clear()
+
+    monkeypatch.setattr(build, "build_llm", counted)
+    model = build.build_model(small_config(), VOCAB, {"vision": 5, "audio": 6}.__getitem__)
+    assert drawn == []
+    linears = {n: p for n, p in model.llm.named_parameters() if n.endswith(("linear_qkv.weight", "linear_fc2.weight"))}
+    assert linears and all(getattr(p, "tensor_model_parallel", None) for p in linears.values()), list(linears)
+    config = model.llm.config
+    assert all(getattr(config, f) is not initial_weights._drawn_later
+               for f in ("init_method", "output_layer_init_method", "embedding_init_method"))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from megaomni.config import ConfigError
-from megaomni.ops.grouped_gemm import grouped_linear, loop_grouped_linear, resolve
+from megaomni.ops.grouped_gemm import grouped_linear, loop_grouped_linear, resolve, stacked
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 # dtype -> (rtol, atol) against float64: fp32 rounding, bf16's 8-bit mantissa over K <= 64.
@@ -60,6 +60,18 @@ def test_matches_the_loop_in_float64(device, dtype, impl, width):
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got.double().cpu(), want, rtol=rtol, atol=atol)
     assert torch.count_nonzero(grads[2]) == 0  # the expert without tokens
+
+
+def test_weights_back_to_back_stack_as_a_view_and_others_as_a_copy():
+    buffer = torch.randn(4, 6, 5)
+    in_order, backwards, gapped = list(buffer.unbind(0)), list(buffer.unbind(0))[::-1], [buffer[0], buffer[2]]
+    apart = [w.clone() for w in in_order]
+    for weights, view in ((in_order, True), (backwards, False), (gapped, False), (apart, False), (in_order[1:], True)):
+        got = stacked(weights)
+        assert torch.equal(got, torch.stack(weights))
+        assert (got.untyped_storage().data_ptr() == buffer.untyped_storage().data_ptr()) is view
+    # The first weight's storage must hold them all: a view never reads past it.
+    assert stacked([buffer[3], buffer[3]]).untyped_storage().data_ptr() != buffer.untyped_storage().data_ptr()
 
 
 def test_auto_and_explicit_choices():

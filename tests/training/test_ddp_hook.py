@@ -47,6 +47,10 @@ def test_grouped_experts_add_their_gradients_in_backward(megatron_cpu, monkeypat
     monkeypatch.setattr(grouped_gemm, "accumulate_groups",
                         lambda mains, grads: grouped.append(len(mains)) or original_many(mains, grads))
     cfg, state = steps.small_state(moe=moe)
+    # The trainer packed each linear's expert weights back to back: the grouped GEMM reads them in place.
+    experts = state.chunks[0].llm.decoder.layers[0].mlp.experts.local_experts
+    fc1 = [e.linear_fc1.weight for e in experts]
+    assert grouped_gemm.stacked(fc1).untyped_storage().data_ptr() == fc1[0].untyped_storage().data_ptr()
     batches = [steps.micro_batch(cfg, 1), steps.micro_batch(cfg, 2, ("vision",))]
     loss, norm, grads = steps.step(cfg, state, batches)
     named = {n: p for n, p in steps.params(state).items() if p.requires_grad}
