@@ -28,6 +28,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer
 from megaomni.config import OmniConfig
 from megaomni.ops.linear import PlainLinear
 from megaomni.platform.distributed import pick_device
+from megaomni.platform.lazy_compile import lazy_compile
 
 _UNFUSED_ROTARY = rope_utils._apply_rotary_pos_emb_bshd
 # auto: torch's loss on one GPU tensor-parallel rank (vl_2b on an H200: +5.3% tokens/s over
@@ -69,9 +70,10 @@ def kernels(cfg: OmniConfig) -> Kernels:
 
 @lru_cache(maxsize=None)
 def compiled(fn: Callable) -> Callable:
-    """``fn`` through ``torch.compile`` (once per function: every layer shares the compiled code;
-    sizes that vary, the encoders' token counts, turn dynamic after the first recompile)."""
-    return torch.compile(fn)
+    """``fn`` through ``torch.compile``, built on first use as megatron-core's fusions are
+    (megaomni.platform.lazy_compile), once per function: every layer shares the compiled code;
+    sizes that vary, the encoders' token counts, turn dynamic after the first recompile."""
+    return lazy_compile(fn)
 
 
 def fuse_megatron_rotary(on: bool) -> None:
