@@ -311,9 +311,8 @@ class DataConfig:
     micro_batch_multiple: int = 1
     # The length packed rows are padded to (rounded up to 8, and to what SP / CP split evenly):
     # step (the step's longest row: one activation shape, which pipeline stages exchange) | row
-    # (each row its own: no attention or MLP over padding) | auto (row without pipelining and
-    # with a dense LLM; an MoE router balances over pad tokens too, so its aux loss would depend
-    # on the layout's padding).
+    # (each row its own: no attention or MLP over padding) | auto (row without pipelining). An
+    # MoE router leaves the padding out of its balancing either way (megatron-core's padding_mask).
     row_padding: str = "auto"
     decoder: str = "auto"  # images: pillow | dali (NVIDIA DALI, same pixels) | auto (DALI when importable)
     min_pixels: int = 28 * 28

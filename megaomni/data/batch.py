@@ -36,6 +36,15 @@ class Batch:
     cu_seqlens: Optional[torch.Tensor] = None
     num_samples: int = 0
 
+    def padding_mask(self) -> Optional[torch.Tensor]:
+        """``[1, s]`` bool on the tokens' device, True on a packed row's padding segment: what an
+        MoE router leaves out of its balancing (megatron-core's ``padding_mask``), so that the
+        aux loss does not depend on how far a layout pads. None unpacked (rows' lengths not kept)."""
+        if self.cu_seqlens is None:
+            return None
+        used = int(self.cu_seqlens[self.num_samples])  # on the host: no device sync
+        return torch.arange(self.tokens.shape[1], device=self.tokens.device)[None] >= used
+
     def to(self, device: torch.device | str) -> "Batch":
         """The tensors kernels read, on ``device``; the shape metadata (``cu_seqlens``, the media's
         sizes) stays on the host, where reading it costs no GPU synchronisation. The models copy

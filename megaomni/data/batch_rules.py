@@ -40,6 +40,7 @@ def equal_micro_batches(moe: MoEConfig, par: ParallelConfig, dp: int) -> bool:
 
 def rows_padded_alone(cfg: OmniConfig) -> bool:
     """``data.row_padding``: each packed row padded to its own length (auto: without pipelining,
-    whose stages exchange one shape, and with a dense LLM, whose loss sees no padding)."""
+    whose stages exchange one shape; an MoE router leaves the padding out of its balancing, so the
+    loss sees none of it either way)."""
     padding = cfg.data.row_padding
-    return padding == "row" or (padding == "auto" and cfg.parallel.pp == 1 and not cfg.model.llm.moe.enabled)
+    return padding == "row" or (padding == "auto" and cfg.parallel.pp == 1)

@@ -13,6 +13,7 @@ from megatron.core.transformer.module import MegatronModule
 from torch import nn
 
 from megaomni.config import ModelConfig
+from megaomni.layers import moe_padding  # noqa: F401  (the padding mask's aux-loss scale, even over ranks)
 from megaomni.media.modality import MediaBatch
 from megaomni.ops.attention import packed_params
 
@@ -102,11 +103,13 @@ class OmniModel(MegatronModule):
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor, labels: Optional[torch.Tensor] = None,
                 cu_seqlens: Optional[torch.Tensor] = None, media: Optional[dict[str, MediaBatch]] = None,
-                features: Optional[dict[str, torch.Tensor]] = None) -> torch.Tensor:
+                features: Optional[dict[str, torch.Tensor]] = None,
+                padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``tokens``, ``position_ids`` ``[b, s]`` (or ``[3, b, s]``: multimodal RoPE): the whole
         sequence; ``labels``: this rank's part of it (see ``shard_sequence``). Packed rows
         (``cu_seqlens``, on the host) keep attention inside each of their samples. ``media``,
-        ``features``: see :meth:`embed`."""
+        ``features``: see :meth:`embed`. ``padding_mask`` ``[b, s]`` (True on padding): an MoE
+        router's balancing leaves those tokens out (a dense LLM ignores it)."""
         decoder_input = self.shard_sequence(self.embed(tokens, media or {}, features)) \
             if self.pre_process else None
         packed = None if cu_seqlens is None else packed_params(cu_seqlens, tokens.device)
@@ -119,4 +122,6 @@ class OmniModel(MegatronModule):
             decoder_input=decoder_input,
             labels=labels if self.post_process else None,
             packed_seq_params=packed,
+            **({"padding_mask": self.shard_sequence(padding_mask.t()).t()}
+               if padding_mask is not None and self.cfg.llm.moe.enabled else {}),
         )

@@ -40,7 +40,8 @@ def make_forward_step(device: torch.device):
         loss_mask = shard_tokens(batch.loss_mask)
         # features: encoder outputs computed elsewhere (the joint schedule); None: the model encodes.
         output = model(batch.tokens, batch.position_ids, labels=shard_tokens(batch.labels),
-                       cu_seqlens=batch.cu_seqlens, media=batch.media, features=features)
+                       cu_seqlens=batch.cu_seqlens, media=batch.media, features=features,
+                       padding_mask=batch.padding_mask())
         return output, partial(loss_func, loss_mask)
 
     return forward_step

@@ -44,7 +44,7 @@ def test_packed_micro_batches_hold_the_step_within_budget(cfg, tokenizer):
     for _ in range(3):
         batches = loader.next_step()
         plan = loader.last_plan
-        # Each row padded to its own length (data.row_padding=auto, a dense LLM without pipelining).
+        # Each row padded to its own length (data.row_padding=auto without pipelining).
         lengths = [plan.row_lengths[p] for p in plan.ranks[0]]
         assert [b.tokens.shape for b in batches] == [(1, n) for n in lengths] and max(lengths) == plan.length <= 128
         for b, length in zip(batches, lengths):
