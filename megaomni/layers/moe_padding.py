@@ -3,10 +3,10 @@
 The omni model hands an MoE router its packed rows' padding (``padding_mask``), which the
 balancing (aux loss, expert bias) leaves out. With a mask, megatron-core (0.16.1 to 0.19.2)
 scales each rank's aux-loss gradient by that rank's own count of valid tokens; without one, by
-its share of the tensor/context-parallel group's tokens (``routing_map.shape[0]``, the same on every rank). Under
-sequence or context parallelism the padding lies on some ranks only, so the counts differ and the
-router's gradients part from one process's (tests/parallel: MoE tp2_sp). Here every rank counts
-the group's valid tokens over its size, as it does without a mask."""
+its share of the tensor/context-parallel group's tokens (``routing_map.shape[0]``, the same on
+every rank). Under sequence or context parallelism the padding lies on some ranks only, so the
+counts differ and the router's gradients part from one process's (tests/parallel: MoE tp2_sp).
+Here every rank counts the group's valid tokens over its size, as it does without a mask."""
 
 from __future__ import annotations
 
